@@ -1,0 +1,227 @@
+//! The TOML config: serde schema, defaults and full validation.
+//!
+//! Every table rejects unknown keys; validation errors name the key path
+//! (`routes[1].upstream`) and the problem, so `sluice check` can point at it.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+pub use validate::ValidationError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Time a client gets to send a complete request head (slowloris defence).
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take before exit.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// One log line per request (target `sluice::access`).
+    #[serde(default = "defaults::yes")]
+    pub access_log: bool,
+    /// Largest request head (request line + headers) accepted over HTTP/1.1.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most headers accepted in one request.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[serde(default = "defaults::h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: u32,
+    /// Client connections served at once; further accepts wait.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory holding `NAME.wasm` files; relative paths are taken from the config file's directory.
+    #[serde(default = "defaults::plugins_dir")]
+    pub dir: PathBuf,
+    /// CPU deadline of one plugin call, in milliseconds (1 ms epoch ticks).
+    #[serde(default = "defaults::deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear memory cap of one plugin instance, in MiB; also the ceiling for per-plugin caps.
+    #[serde(default = "defaults::memory_limit_mib")]
+    pub memory_limit_mib: u64,
+    /// Plugin instances alive at once across all requests (sizes the instance pool).
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: defaults::plugins_dir(),
+            deadline_ms: defaults::deadline_ms(),
+            memory_limit_mib: defaults::memory_limit_mib(),
+            max_instances: defaults::max_instances(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each server, used round robin.
+    pub servers: Vec<String>,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time from sending the request to receiving the response head.
+    #[serde(default = "defaults::response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// Idle keep-alive connections kept per server.
+    #[serde(default = "defaults::max_idle_per_server")]
+    pub max_idle_per_server: usize,
+    /// Idle keep-alive connections are closed after this long.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in logs and passed to plugins; defaults to `route#INDEX`.
+    pub name: Option<String>,
+    /// Exact host (`example.com`) or wildcard (`*.example.com`); absent matches any host.
+    pub host: Option<String>,
+    /// Path prefix; the longest matching prefix wins.
+    #[serde(default = "defaults::route_path")]
+    pub path: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub plugins: Vec<RoutePluginConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePluginConfig {
+    /// Plugin name: the file `NAME.wasm` in the plugins directory.
+    pub name: String,
+    /// Handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Overrides `[plugins] deadline_ms` for this plugin on this route.
+    pub deadline_ms: Option<u64>,
+    /// Overrides `[plugins] memory_limit_mib`; may not exceed it.
+    pub memory_limit_mib: Option<u64>,
+}
+
+/// What a plugin failure (trap, deadline, memory cap) does to the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Answer 500 with a generic body.
+    #[default]
+    Deny,
+    /// Skip the plugin and go on as if it were not there.
+    Allow,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn drain_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn max_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn h2_max_concurrent_streams() -> u32 {
+        128
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn plugins_dir() -> PathBuf {
+        PathBuf::from("plugins")
+    }
+    pub fn deadline_ms() -> u64 {
+        10
+    }
+    pub fn memory_limit_mib() -> u64 {
+        16
+    }
+    pub fn max_instances() -> u32 {
+        1000
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        3_000
+    }
+    pub fn response_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn max_idle_per_server() -> usize {
+        256
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn route_path() -> String {
+        "/".to_string()
+    }
+}
+
+impl Config {
+    /// Parse TOML text; `base_dir` anchors relative paths (the config file's directory).
+    pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Config> {
+        let mut config: Config = toml::from_str(text)?;
+        if config.plugins.dir.is_relative() {
+            config.plugins.dir = base_dir.join(&config.plugins.dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::parse(&text, base_dir).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Display name of route `index`.
+    pub fn route_name(&self, index: usize) -> String {
+        route_name(&self.routes[index], index)
+    }
+}
+
+pub fn route_name(route: &RouteConfig, index: usize) -> String {
+    route.name.clone().unwrap_or_else(|| format!("route#{index}"))
+}

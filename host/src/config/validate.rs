@@ -1,0 +1,246 @@
+//! Semantic checks that serde cannot express. Each error names the key path.
+
+use std::collections::HashSet;
+
+use super::{route_name, Config};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ValidationError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn err(key: impl Into<String>, problem: impl Into<String>) -> ValidationError {
+    ValidationError {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Smallest buffer hyper accepts for an HTTP/1 connection.
+const MIN_HEADER_BYTES: usize = 8192;
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let s = &self.server;
+        positive("server.header_read_timeout_ms", s.header_read_timeout_ms)?;
+        positive("server.max_connections", s.max_connections as u64)?;
+        positive("server.max_headers", s.max_headers as u64)?;
+        positive(
+            "server.h2_max_concurrent_streams",
+            s.h2_max_concurrent_streams.into(),
+        )?;
+        if s.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(err(
+                "server.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            ));
+        }
+
+        let p = &self.plugins;
+        positive("plugins.deadline_ms", p.deadline_ms)?;
+        positive("plugins.memory_limit_mib", p.memory_limit_mib)?;
+        positive("plugins.max_instances", p.max_instances.into())?;
+        if p.memory_limit_mib > 4096 {
+            return Err(err("plugins.memory_limit_mib", "must be at most 4096"));
+        }
+
+        for (name, up) in &self.upstreams {
+            let key = format!("upstreams.{name}");
+            if up.servers.is_empty() {
+                return Err(err(
+                    format!("{key}.servers"),
+                    "needs at least one server",
+                ));
+            }
+            for (i, server) in up.servers.iter().enumerate() {
+                check_server_addr(server)
+                    .map_err(|problem| err(format!("{key}.servers[{i}]"), problem))?;
+            }
+            positive(&format!("{key}.connect_timeout_ms"), up.connect_timeout_ms)?;
+            positive(&format!("{key}.response_timeout_ms"), up.response_timeout_ms)?;
+        }
+
+        let mut names = HashSet::new();
+        let mut places = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !names.insert(route_name(route, i)) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("duplicate route name {:?}", route_name(route, i)),
+                ));
+            }
+            if !route.path.starts_with('/') {
+                return Err(err(format!("{key}.path"), "must start with \"/\""));
+            }
+            if let Some(host) = &route.host {
+                check_route_host(host).map_err(|problem| err(format!("{key}.host"), problem))?;
+            }
+            let place = (
+                route.host.as_deref().map(str::to_ascii_lowercase),
+                route.path.clone(),
+            );
+            if !places.insert(place) {
+                return Err(err(
+                    format!("{key}.path"),
+                    "another route has the same host and path",
+                ));
+            }
+            if !self.upstreams.contains_key(&route.upstream) {
+                return Err(err(
+                    format!("{key}.upstream"),
+                    format!(
+                        "unknown upstream {:?} (defined: {})",
+                        route.upstream,
+                        self.upstream_names()
+                    ),
+                ));
+            }
+            for (j, plugin) in route.plugins.iter().enumerate() {
+                let pkey = format!("{key}.plugins[{j}]");
+                check_plugin_name(&plugin.name)
+                    .map_err(|problem| err(format!("{pkey}.name"), problem))?;
+                if let Some(ms) = plugin.deadline_ms {
+                    positive(&format!("{pkey}.deadline_ms"), ms)?;
+                }
+                if let Some(mib) = plugin.memory_limit_mib {
+                    positive(&format!("{pkey}.memory_limit_mib"), mib)?;
+                    if mib > p.memory_limit_mib {
+                        return Err(err(
+                            format!("{pkey}.memory_limit_mib"),
+                            format!(
+                                "{mib} exceeds plugins.memory_limit_mib ({})",
+                                p.memory_limit_mib
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_names(&self) -> String {
+        if self.upstreams.is_empty() {
+            return "none".to_string();
+        }
+        self.upstreams
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ValidationError> {
+    if value == 0 {
+        return Err(err(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// `host:port` with a non-empty host and a numeric port; no scheme or path.
+fn check_server_addr(addr: &str) -> Result<(), String> {
+    if addr.contains("://") || addr.contains('/') {
+        return Err(format!("{addr:?} must be host:port, without scheme or path"));
+    }
+    let authority: http::uri::Authority = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not a valid host:port"))?;
+    if authority.port_u16().is_none() {
+        return Err(format!("{addr:?} has no port (expected host:port)"));
+    }
+    if authority.host().is_empty() || authority.as_str().contains('@') {
+        return Err(format!("{addr:?} is not a valid host:port"));
+    }
+    Ok(())
+}
+
+fn check_route_host(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix("*.").unwrap_or(host);
+    let valid = !bare.is_empty()
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !bare.starts_with('.')
+        && !bare.ends_with('.');
+    if !valid {
+        return Err(format!(
+            "{host:?} is not a host name (use \"example.com\" or \"*.example.com\", without port)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_plugin_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a plugin name (letters, digits, '-' and '_'; the file is NAME.wasm)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse(text, Path::new("."))
+    }
+
+    const BASE: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n";
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse(&format!("{BASE}[[routes]]\nupstream = \"app\"\npth = \"/\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `pth`"), "{e:#}");
+    }
+
+    #[test]
+    fn unknown_upstream_lists_defined_ones() {
+        let e = parse(&format!("{BASE}[[routes]]\nupstream = \"nope\"\n")).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("routes[0].upstream"), "{msg}");
+        assert!(msg.contains("unknown upstream \"nope\" (defined: app)"), "{msg}");
+    }
+
+    #[test]
+    fn server_without_port_is_rejected() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"localhost\"]\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("upstreams.app.servers[0]"), "{e:#}");
+    }
+
+    #[test]
+    fn per_plugin_memory_cannot_exceed_global() {
+        let e = parse(&format!(
+            "{BASE}[[routes]]\nupstream = \"app\"\n[[routes.plugins]]\nname = \"x\"\nmemory_limit_mib = 64\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("routes[0].plugins[0].memory_limit_mib"), "{e:#}");
+    }
+
+    #[test]
+    fn bad_on_error_value_is_named() {
+        let e = parse(&format!(
+            "{BASE}[[routes]]\nupstream = \"app\"\n[[routes.plugins]]\nname = \"x\"\non_error = \"maybe\"\n"
+        ))
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("maybe") && msg.contains("deny"), "{msg}");
+    }
+
+    #[test]
+    fn relative_plugin_dir_is_anchored_at_config_dir() {
+        let c = Config::parse(BASE, Path::new("/etc/sluice")).unwrap();
+        assert_eq!(c.plugins.dir, Path::new("/etc/sluice/plugins"));
+    }
+}

@@ -1,0 +1,11 @@
+//! Sluice: a reverse proxy whose request and response logic runs as sandboxed
+//! WebAssembly components.
+
+pub mod app;
+pub mod config;
+pub mod plugin;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

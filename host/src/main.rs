@@ -1,0 +1,70 @@
+//! The `sluice` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Sluice: a reverse proxy programmed with WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy until SIGTERM/SIGINT, then drain in-flight requests and exit 0.
+    Run {
+        /// Path of the TOML config file.
+        #[arg(short, long, default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: schema, routes, upstreams, and every plugin (load + init).
+    /// Exits non-zero with a message naming the key and the problem.
+    Check {
+        /// Path of the TOML config file.
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => sluice::app::run(&config).await,
+            Command::Check { config } => {
+                let parsed = sluice::config::Config::load(&config)?;
+                let summary = sluice::app::check(&parsed).await?;
+                println!(
+                    "{}: ok ({} routes, {} upstreams, plugins: {})",
+                    config.display(),
+                    summary.routes,
+                    summary.upstreams,
+                    if summary.plugins.is_empty() { "none".to_string() } else { summary.plugins.join(", ") }
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The only `bindgen!` in the host: Rust types for `wit/plugin.wit`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    exports: { default: async },
+});
+
+pub use sluice::plugin::types::{Forward, LogLevel, Response};

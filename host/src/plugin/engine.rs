@@ -1,0 +1,117 @@
+//! The one wasmtime `Engine`: pooling allocator, epoch interruption, and a linker
+//! that offers plugins the host API and an empty WASI.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Plugin;
+use super::host_api::InstanceState;
+
+/// Interval between epoch ticks: the unit of plugin CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Sizes the instance pool; fixed for the life of the process.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Largest linear memory any plugin instance may grow to.
+    pub max_memory_bytes: usize,
+    /// Plugin instances alive at once.
+    pub max_instances: u32,
+}
+
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    limits: EngineLimits,
+    _ticker: EpochTicker,
+}
+
+impl PluginEngine {
+    pub fn new(limits: EngineLimits) -> anyhow::Result<Self> {
+        let n = limits.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            // Rust guests use 3 core instances; interpreters (Python) up to 14.
+            .max_core_instances_per_component(20)
+            .total_core_instances(n.saturating_mul(4))
+            .max_memories_per_component(4)
+            .total_memories(n.saturating_mul(2))
+            .max_tables_per_component(4)
+            .total_tables(n.saturating_mul(2))
+            .total_stacks(n)
+            .max_memory_size(limits.max_memory_bytes)
+            // Keeping a little memory resident avoids page faults and madvise per request.
+            .linear_memory_keep_resident(128 * 1024)
+            .table_keep_resident(64 * 1024)
+            .async_stack_keep_resident(64 * 1024);
+
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the WebAssembly engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot link WASI into the plugin linker")?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the host API into the plugin linker")?;
+
+        let ticker = EpochTicker::start(engine.clone()).context("cannot start the epoch thread")?;
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
+
+    pub fn limits(&self) -> EngineLimits {
+        self.limits
+    }
+}
+
+/// A thread that advances the engine's epoch every tick until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

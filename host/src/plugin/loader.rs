@@ -1,0 +1,94 @@
+//! Turning a `NAME.wasm` file into a ready-to-instantiate plugin version.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::PluginPre;
+use super::engine::PluginEngine;
+use super::host_api::InstanceState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin file {} not found", .0.display())]
+    Missing(PathBuf),
+    #[error("cannot read plugin file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid WebAssembly component: {reason}", .path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{} does not implement the sluice:plugin world: {reason}", .path.display())]
+    WrongWorld { path: PathBuf, reason: String },
+}
+
+/// One compiled version of a plugin.
+pub struct LoadedPlugin {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file's bytes.
+    pub hash: String,
+    pub size: usize,
+    pub loaded_at: SystemTime,
+    pub pre: PluginPre<InstanceState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Path of plugin `name` inside `dir`.
+pub fn plugin_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.wasm"))
+}
+
+/// Read, compile and link one plugin file. CPU heavy: call it off the async workers.
+pub fn load_plugin(engine: &PluginEngine, name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            LoadError::Missing(path.to_path_buf())
+        } else {
+            LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let component = Component::new(engine.engine(), &bytes).map_err(|e| LoadError::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    })?;
+    let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+        path: path.to_path_buf(),
+        reason: format!("{e:#}"),
+    };
+    let instance_pre = engine.linker().instantiate_pre(&component).map_err(wrong_world)?;
+    let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+    Ok(LoadedPlugin {
+        name: Arc::from(name),
+        path: path.to_path_buf(),
+        hash: hex_sha256(&bytes),
+        size: bytes.len(),
+        loaded_at: SystemTime::now(),
+        pre,
+    })
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}

@@ -1,0 +1,11 @@
+//! The plugin runtime: engine, bindings, host API, loading and chain execution.
+
+pub mod bindings;
+pub mod chain;
+pub mod engine;
+pub mod host_api;
+pub mod loader;
+
+pub use chain::{BoundPlugin, ChainFailure, PluginFault, RequestDecision, ResponseDecision};
+pub use engine::{EngineLimits, PluginEngine};
+pub use loader::{load_plugin, plugin_path, LoadError, LoadedPlugin};

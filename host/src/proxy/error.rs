@@ -1,0 +1,86 @@
+//! Everything that can stop a request, and the one place that turns it into
+//! the response a client sees. Clients get a short generic body; details go to the log.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::ProxyBody;
+use crate::plugin::ChainFailure;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches host {host:?} path {path:?}")]
+    NoRoute { host: String, path: String },
+    #[error("method CONNECT is not supported")]
+    ConnectMethod,
+    #[error(transparent)]
+    Plugin(#[from] ChainFailure),
+    #[error("plugin chain returned an invalid {0}")]
+    InvalidPluginOutput(String),
+    #[error("a plugin chose upstream {0:?}, which is not configured")]
+    UnknownUpstream(String),
+    #[error("cannot connect to upstream {upstream} ({server}): {reason}")]
+    UpstreamConnect {
+        upstream: String,
+        server: String,
+        reason: String,
+    },
+    #[error("connecting to upstream {upstream} ({server}) timed out")]
+    UpstreamConnectTimeout { upstream: String, server: String },
+    #[error("upstream {upstream} ({server}) did not answer within {timeout_ms} ms")]
+    UpstreamTimeout {
+        upstream: String,
+        server: String,
+        timeout_ms: u128,
+    },
+    #[error("upstream {upstream} ({server}) failed: {reason}")]
+    UpstreamProtocol {
+        upstream: String,
+        server: String,
+        reason: String,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Plugin(_)
+            | ProxyError::InvalidPluginOutput(_)
+            | ProxyError::UnknownUpstream(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The response the client sees; logs the detail it hides.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(target: "sluice::proxy", status = status.as_u16(), "{self}");
+        }
+        plain_response(status)
+    }
+}
+
+/// `STATUS REASON\n` as text/plain.
+pub fn plain_response(status: StatusCode) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

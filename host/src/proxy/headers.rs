@@ -1,0 +1,194 @@
+//! Header rules of a reverse proxy: hop-by-hop stripping, forwarding headers,
+//! and moving headers across the plugin boundary.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn is_proxy_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == "proxy" || name.starts_with("proxy-")
+}
+
+/// True for headers the host owns: plugins cannot set or remove them.
+pub fn is_host_owned(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH || is_proxy_header(name)
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// With `upgrade` set, `Upgrade` survives and `Connection: upgrade` is restored.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_proxy_header(name))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
+        headers.remove(&name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// True when an HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && headers.contains_key(header::UPGRADE)
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What the seed's nginx config gives an app: X-Real-IP, X-Forwarded-For (appended),
+/// X-Forwarded-Proto, X-Forwarded-Host.
+pub fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, scheme: &'static str, client_host: Option<&HeaderValue>) {
+    let ip = client_ip.to_string();
+    let mut forwarded_for = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = value.to_str() {
+            if !v.trim().is_empty() {
+                forwarded_for.push_str(v.trim());
+                forwarded_for.push_str(", ");
+            }
+        }
+    }
+    forwarded_for.push_str(&ip);
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert(X_REAL_IP.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    match client_host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Headers as the plugin interface carries them.
+pub fn to_wit(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Replaces the plugin-visible headers of `headers` with `list`, keeping host-owned ones.
+pub fn apply_wit(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+    let mut next = HeaderMap::with_capacity(list.len() + 2);
+    for (name, value) in list {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?}"))?;
+        if is_host_owned(&name) {
+            continue;
+        }
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| format!("value of header {:?}", name.as_str()))?;
+        next.append(name, value);
+    }
+    for (name, value) in headers.iter() {
+        if is_host_owned(name) {
+            next.append(name.clone(), value.clone());
+        }
+    }
+    *headers = next;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = map(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("te", "trailers"), ("proxy-authorization", "x"), ("x-keep", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn upgrade_survives_only_for_upgrades() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-real-ip", "6.6.6.6")]);
+        add_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&HeaderValue::from_static("a.com")));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get("x-real-ip").unwrap(), "127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "a.com");
+    }
+
+    #[test]
+    fn plugins_cannot_touch_framing_headers() {
+        let mut h = map(&[("content-length", "5"), ("x-a", "1")]);
+        apply_wit(&mut h, vec![("content-length".into(), b"99".to_vec()), ("x-b".into(), b"2".to_vec())]).unwrap();
+        assert_eq!(h.get("content-length").unwrap(), "5");
+        assert!(h.get("x-a").is_none());
+        assert_eq!(h.get("x-b").unwrap(), "2");
+    }
+
+    #[test]
+    fn invalid_plugin_header_is_reported() {
+        let mut h = HeaderMap::new();
+        let e = apply_wit(&mut h, vec![("bad name".into(), b"x".to_vec())]).unwrap_err();
+        assert!(e.contains("bad name"));
+    }
+}

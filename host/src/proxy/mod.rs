@@ -1,0 +1,347 @@
+//! The request pipeline, top to bottom: route, on-request chain, upstream,
+//! on-response chain. Errors become responses in one place (`error.rs`).
+
+mod error;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+pub use error::{plain_response, ProxyError};
+
+use crate::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
+use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
+use crate::plugin::PluginEngine;
+use crate::router::normalize_host;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::Upstream;
+
+/// Body of every response the proxy sends: streamed from upstream, or complete.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    engine: Arc<PluginEngine>,
+}
+
+/// Per-request facts kept for the access log.
+struct Exchange {
+    started: Instant,
+    method: Method,
+    path: String,
+    upstream: String,
+    trail: String,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Snapshot, engine: Arc<PluginEngine>) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            engine,
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<PluginEngine> {
+        &self.engine
+    }
+
+    /// Replaces the snapshot; requests in flight finish on the old one.
+    pub fn swap_snapshot(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Serves one request; never fails (errors become responses).
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let snapshot = self.snapshot.load_full();
+        let mut exchange = Exchange {
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            upstream: String::from("-"),
+            trail: String::new(),
+        };
+        let response = match self.pipeline(&snapshot, req, peer, &mut exchange).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        };
+        if snapshot.access_log {
+            tracing::info!(
+                target: "sluice::access",
+                client = %peer.ip(),
+                method = %exchange.method,
+                path = %exchange.path,
+                status = response.status().as_u16(),
+                upstream = %exchange.upstream,
+                duration_us = exchange.started.elapsed().as_micros() as u64,
+                plugins = exchange.trail.trim_end(),
+            );
+        }
+        response
+    }
+
+    async fn pipeline(
+        &self,
+        snapshot: &Snapshot,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::ConnectMethod);
+        }
+        // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
+        let client_host: Option<HeaderValue> = match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let host = client_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(normalize_host)
+            .unwrap_or_default();
+        let Some(route_index) = snapshot.router.lookup(&host, req.uri().path()) else {
+            return Err(ProxyError::NoRoute {
+                host,
+                path: exchange.path.clone(),
+            });
+        };
+        let route = &snapshot.routes[route_index];
+
+        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+        if let Some(host) = &client_host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
+
+        let client = ClientInfo {
+            ip: peer.ip().to_string(),
+            scheme: "http".to_string(),
+            route: route.name.to_string(),
+        };
+        let (parts, body) = req.into_parts();
+        let mut parts = parts;
+        let mut upstream = route.upstream.clone();
+        let mut stage = None;
+        if !route.chain.is_empty() {
+            let head = request_head(&parts);
+            let (decision, response_stage) =
+                chain::run_on_request(&self.engine, &route.chain, &client, head, &mut exchange.trail).await;
+            match decision {
+                RequestDecision::Forward { head, upstream: choice } => {
+                    apply_request_head(&mut parts, head)?;
+                    if let Some(name) = choice {
+                        upstream = snapshot
+                            .upstreams
+                            .get(&name)
+                            .cloned()
+                            .ok_or(ProxyError::UnknownUpstream(name))?;
+                    }
+                }
+                RequestDecision::Respond(response) => {
+                    let head = ResponseHead {
+                        status: response.status,
+                        headers: response.headers,
+                    };
+                    let plugin_response = complete_response(head, response.body)?;
+                    return self
+                        .respond_through_chain(response_stage, &client, plugin_response, exchange)
+                        .await;
+                }
+                RequestDecision::Fail(failure) => return Err(failure.into()),
+            }
+            stage = Some(response_stage);
+        }
+
+        headers::add_forwarding(&mut parts.headers, peer.ip(), "http", client_host.as_ref());
+        let (response, server) = self.forward(route, &upstream, parts, body, exchange).await?;
+
+        let response = match stage {
+            Some(stage) if !stage.is_empty() => {
+                self.respond_through_chain(stage, &client, response, exchange).await?
+            }
+            _ => response,
+        };
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
+            return Ok(tunnel(client_upgrade, response, server));
+        }
+        Ok(response)
+    }
+
+    /// Sends the request to one server of `upstream` and returns its response head.
+    async fn forward(
+        &self,
+        _route: &Route,
+        upstream: &Upstream,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        exchange: &mut Exchange,
+    ) -> Result<(Response<ProxyBody>, String), ProxyError> {
+        let server = upstream.pick().clone();
+        exchange.upstream = format!("{}/{}", upstream.name, server);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(server.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::InvalidPluginOutput(format!("request target: {e}")))?;
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, body);
+
+        let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request)).await;
+        let server_name = server.to_string();
+        let mut response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(upstream_error(upstream, &server_name, e)),
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    server: server_name,
+                    timeout_ms: upstream.response_timeout.as_millis(),
+                })
+            }
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(response.headers_mut(), switching);
+        Ok((response.map(Either::Left), server_name))
+    }
+
+    /// Runs `on-response` hooks over `response` (upstream or plugin-made).
+    async fn respond_through_chain(
+        &self,
+        stage: chain::ResponseStage<'_>,
+        client: &ClientInfo,
+        response: Response<ProxyBody>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if stage.is_empty() {
+            return Ok(response);
+        }
+        let (mut parts, body) = response.into_parts();
+        let head = ResponseHead {
+            status: parts.status.as_u16(),
+            headers: headers::to_wit(&parts.headers),
+        };
+        match stage.run(client, head, &mut exchange.trail).await {
+            ResponseDecision::Continue(head) => {
+                parts.status = status_from(head.status)?;
+                headers::apply_wit(&mut parts.headers, head.headers)
+                    .map_err(ProxyError::InvalidPluginOutput)?;
+                Ok(Response::from_parts(parts, body))
+            }
+            ResponseDecision::Replace(response) => {
+                let head = ResponseHead {
+                    status: response.status,
+                    headers: response.headers,
+                };
+                complete_response(head, response.body)
+            }
+            ResponseDecision::Fail(failure) => Err(failure.into()),
+        }
+    }
+}
+
+fn upstream_error(upstream: &Upstream, server: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+    let timed_out = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    let reason = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    match (e.is_connect(), timed_out) {
+        (true, true) => ProxyError::UpstreamConnectTimeout {
+            upstream: upstream.name.clone(),
+            server: server.to_string(),
+        },
+        (true, false) => ProxyError::UpstreamConnect {
+            upstream: upstream.name.clone(),
+            server: server.to_string(),
+            reason,
+        },
+        _ => ProxyError::UpstreamProtocol {
+            upstream: upstream.name.clone(),
+            server: server.to_string(),
+            reason,
+        },
+    }
+}
+
+fn request_head(parts: &http::request::Parts) -> RequestHead {
+    RequestHead {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        headers: headers::to_wit(&parts.headers),
+    }
+}
+
+/// Applies a plugin-rewritten request head to the outgoing request.
+fn apply_request_head(parts: &mut http::request::Parts, head: RequestHead) -> Result<(), ProxyError> {
+    let invalid = |what: &str| ProxyError::InvalidPluginOutput(what.to_string());
+    parts.method = Method::from_bytes(head.method.as_bytes()).map_err(|_| invalid("method"))?;
+    if !head.path.starts_with('/') {
+        return Err(invalid("path (must start with \"/\")"));
+    }
+    let target = if head.query.is_empty() {
+        head.path
+    } else {
+        format!("{}?{}", head.path, head.query)
+    };
+    let path_and_query = PathAndQuery::try_from(target).map_err(|_| invalid("path or query"))?;
+    parts.uri = Uri::from(path_and_query);
+    headers::apply_wit(&mut parts.headers, head.headers).map_err(ProxyError::InvalidPluginOutput)?;
+    Ok(())
+}
+
+fn status_from(code: u16) -> Result<StatusCode, ProxyError> {
+    StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| !s.is_informational())
+        .ok_or_else(|| ProxyError::InvalidPluginOutput(format!("status {code}")))
+}
+
+/// A complete response built by a plugin.
+fn complete_response(head: ResponseHead, body: Vec<u8>) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status_from(head.status)?;
+    headers::apply_wit(response.headers_mut(), head.headers).map_err(ProxyError::InvalidPluginOutput)?;
+    Ok(response)
+}
+
+/// After a `101`, splices the client and upstream connections together.
+fn tunnel(client_upgrade: hyper::upgrade::OnUpgrade, mut response: Response<ProxyBody>, server: String) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(target: "sluice::proxy", server, "upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(target: "sluice::proxy", server, "tunnel closed: {e}");
+        }
+    });
+    response
+}

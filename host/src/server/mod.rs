@@ -1,0 +1,145 @@
+//! The client-facing listener: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one
+//! port, connection limits, slow-client timeouts, graceful drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::ServerConfig;
+use crate::proxy::Proxy;
+
+/// Connection-level settings taken from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub max_connections: usize,
+}
+
+impl From<&ServerConfig> for ServerLimits {
+    fn from(c: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            drain_timeout: Duration::from_millis(c.drain_timeout_ms),
+            max_header_bytes: c.max_header_bytes,
+            max_headers: c.max_headers,
+            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
+            max_connections: c.max_connections,
+        }
+    }
+}
+
+/// Accepts and serves connections until `shutdown` resolves, then drains in-flight
+/// requests for at most `drain_timeout`. Returns whether the drain completed in time.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(target: "sluice::server", "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "sluice::server", %peer, "connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tracing::info!(target: "sluice::server", "stopped accepting; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => true,
+        () = tokio::time::sleep(limits.drain_timeout) => {
+            tracing::warn!(target: "sluice::server", "drain timeout reached; exiting with requests in flight");
+            false
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Binds the listen address with a message naming it on failure.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.listen): {e}"))
+}

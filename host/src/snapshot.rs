@@ -1,0 +1,111 @@
+//! Everything that can change while serving, in one immutable value.
+//! A request loads the snapshot once and finishes on it; a reload builds a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Config, RoutePluginConfig};
+use crate::plugin::{load_plugin, plugin_path, BoundPlugin, LoadedPlugin, PluginEngine};
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    pub chain: Vec<BoundPlugin>,
+}
+
+pub struct Snapshot {
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub access_log: bool,
+}
+
+/// Compiled plugins by name.
+pub type PluginSet = HashMap<String, Arc<LoadedPlugin>>;
+
+/// Compiles every plugin the routes reference. CPU heavy: run off the async workers.
+pub fn load_referenced_plugins(config: &Config, engine: &PluginEngine) -> anyhow::Result<PluginSet> {
+    let mut set = PluginSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        for (j, plugin) in route.plugins.iter().enumerate() {
+            if set.contains_key(&plugin.name) {
+                continue;
+            }
+            let path = plugin_path(&config.plugins.dir, &plugin.name);
+            let loaded = load_plugin(engine, &plugin.name, &path).with_context(|| {
+                format!(
+                    "routes[{i}].plugins[{j}]: plugin {:?} on route {:?} cannot be loaded",
+                    plugin.name,
+                    config.route_name(i)
+                )
+            })?;
+            set.insert(plugin.name.clone(), Arc::new(loaded));
+        }
+    }
+    Ok(set)
+}
+
+impl Snapshot {
+    /// Binds plugins to routes and runs each plugin's `init` on its route config,
+    /// so a config a plugin rejects fails here rather than on a request.
+    pub async fn build(config: &Config, engine: &PluginEngine, plugins: &PluginSet) -> anyhow::Result<Snapshot> {
+        let mut upstreams = HashMap::new();
+        for (name, up) in &config.upstreams {
+            upstreams.insert(name.clone(), Arc::new(Upstream::new(name, up)?));
+        }
+        let mut router = Router::default();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let name = config.route_name(i);
+            let upstream = upstreams
+                .get(&route.upstream)
+                .cloned()
+                .with_context(|| format!("routes[{i}].upstream: unknown upstream {:?}", route.upstream))?;
+            let mut chain = Vec::with_capacity(route.plugins.len());
+            for (j, plugin) in route.plugins.iter().enumerate() {
+                let bound = bind(config, plugin, plugins).with_context(|| {
+                    format!("routes[{i}].plugins[{j}]: plugin {:?} on route {name:?}", plugin.name)
+                })?;
+                if let Err(fault) = bound.instantiate(engine).await {
+                    anyhow::bail!(
+                        "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?} {fault}",
+                        plugin.name
+                    );
+                }
+                chain.push(bound);
+            }
+            router.add(route.host.as_deref(), &route.path, i);
+            routes.push(Route {
+                name: Arc::from(name),
+                upstream,
+                chain,
+            });
+        }
+        Ok(Snapshot {
+            router,
+            routes,
+            upstreams,
+            access_log: config.server.access_log,
+        })
+    }
+}
+
+fn bind(config: &Config, plugin: &RoutePluginConfig, plugins: &PluginSet) -> anyhow::Result<BoundPlugin> {
+    let loaded = plugins
+        .get(&plugin.name)
+        .cloned()
+        .with_context(|| format!("plugin {:?} is not loaded", plugin.name))?;
+    let config_json = serde_json::to_string(&plugin.config).context("config cannot be converted to JSON")?;
+    let memory_mib = plugin.memory_limit_mib.unwrap_or(config.plugins.memory_limit_mib);
+    Ok(BoundPlugin {
+        plugin: loaded,
+        config_json,
+        on_error: plugin.on_error,
+        deadline_ms: plugin.deadline_ms.unwrap_or(config.plugins.deadline_ms),
+        memory_limit_bytes: (memory_mib as usize) << 20,
+    })
+}

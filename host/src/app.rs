@@ -100,10 +100,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 /// `sluice run`: serve until SIGTERM/SIGINT, then drain.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let running = start(&config).await?;
-    tracing::info!(target: "sluice::server", "listening on http://{} (HTTP/1.1 and h2c)", running.addr);
+    tracing::info!(target: "sluice::server", config = %config_path.display(), "listening on http://{} (HTTP/1.1 and h2c)", running.addr);
     server::shutdown_signal().await;
     tracing::info!(target: "sluice::server", "shutdown signal received");
     if running.shutdown().await {

@@ -36,7 +36,22 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `run` sizes the runtime from the config; a config that does not load fails here.
+    let config = match &cli.command {
+        Command::Run { config } | Command::Check { config } => sluice::config::Config::load(config),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        builder.worker_threads(config.server.workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -45,13 +60,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => sluice::app::run(&config).await,
-            Command::Check { config } => {
-                let parsed = sluice::config::Config::load(&config)?;
-                let summary = sluice::app::check(&parsed).await?;
+            Command::Run { config: path } => sluice::app::run(&path, config).await,
+            Command::Check { config: path } => {
+                let summary = sluice::app::check(&config).await?;
                 println!(
                     "{}: ok ({} routes, {} upstreams, plugins: {})",
-                    config.display(),
+                    path.display(),
                     summary.routes,
                     summary.upstreams,
                     if summary.plugins.is_empty() { "none".to_string() } else { summary.plugins.join(", ") }

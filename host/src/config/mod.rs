@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// Client connections served at once; further accepts wait.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Async worker threads; 0 means one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

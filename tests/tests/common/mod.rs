@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+#[allow(unused_imports)]
 pub use echo_origin::{spawn_local as spawn_origin, Origin};
 pub use sluice::app::Running;
 

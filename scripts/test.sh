@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs, builds the
+# guest plugins and fixtures, the proxy, then runs every test. Safe to run again.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+echo "== format"
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+cargo fmt --all -- --check
+
+echo "== guest plugins and test fixtures (wasm32-wasip2)"
+"$root/scripts/build-guests.sh" all
+
+echo "== plugin unit tests (native)"
+cargo test --manifest-path plugins/Cargo.toml --target-dir "$root/target" -q
+
+echo "== proxy build"
+cargo build --release --workspace --bins
+
+echo "== host unit tests and end-to-end tests"
+cargo test --release --workspace
+
+echo "== lint"
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+echo "all tests passed"

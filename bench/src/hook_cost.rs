@@ -14,7 +14,7 @@ use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
 use sluice::plugin::{load_plugin, plugin_path, BoundPlugin, EngineLimits, PluginEngine};
 
 fn bound(engine: &PluginEngine, dir: &std::path::Path, name: &str, config: serde_json::Value) -> anyhow::Result<BoundPlugin> {
-    let loaded = load_plugin(engine, name, &plugin_path(dir, name))?;
+    let loaded = load_plugin(engine, None, name, &plugin_path(dir, name))?;
     Ok(BoundPlugin {
         plugin: Arc::new(loaded),
         config_json: config.to_string(),

@@ -1,18 +1,21 @@
-//! Start-up and shut-down: config → engine → plugins → snapshot → listener.
+//! Start-up and shut-down: config → engine → plugins → snapshot → listeners,
+//! plus the hot-reload watcher and the admin API.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, metrics::Metrics};
 use crate::config::Config;
-use crate::plugin::{EngineLimits, PluginEngine};
+use crate::plugin::{CompileCache, EngineLimits, PluginEngine, PluginRegistry};
 use crate::proxy::Proxy;
+use crate::reload::{watcher, Reloader};
 use crate::server::{self, ServerLimits};
-use crate::snapshot::{load_referenced_plugins, Snapshot};
+use crate::snapshot::{plugin_set, Snapshot};
 
 /// What `sluice check` found.
 #[derive(Debug)]
@@ -31,40 +34,80 @@ pub fn engine_for(config: &Config) -> anyhow::Result<Arc<PluginEngine>> {
     Ok(Arc::new(PluginEngine::new(limits)?))
 }
 
-/// Compiles plugins (off the async workers) and builds the first snapshot.
-pub async fn build_snapshot(config: &Config, engine: &Arc<PluginEngine>) -> anyhow::Result<Snapshot> {
-    let plugins = {
-        let config = config.clone();
-        let engine = engine.clone();
-        tokio::task::spawn_blocking(move || load_referenced_plugins(&config, &engine))
-            .await
-            .context("plugin loading task failed")??
+/// Compiles the plugins directory (off the async workers). A plugin a route uses
+/// must load; any other file that fails is reported and skipped.
+pub async fn load_plugins(config: &Config, engine: &Arc<PluginEngine>, use_cache: bool) -> anyhow::Result<Arc<PluginRegistry>> {
+    let cache = if use_cache && config.plugins.compile_cache {
+        match CompileCache::new(config.plugins.cache_dir.clone(), engine.engine()) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(target: "sluice::plugin", dir = %config.plugins.cache_dir.display(), "compile cache disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
     };
-    Snapshot::build(config, engine, &plugins).await
+    let registry = Arc::new(PluginRegistry::new(config.plugins.dir.clone(), cache));
+    let config = config.clone();
+    let engine = engine.clone();
+    let loading = registry.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for (i, route) in config.routes.iter().enumerate() {
+            for (j, plugin) in route.plugins.iter().enumerate() {
+                if loading.current(&plugin.name).is_some() {
+                    continue;
+                }
+                let loaded = loading.compile(&engine, &plugin.name).with_context(|| {
+                    format!(
+                        "routes[{i}].plugins[{j}]: plugin {:?} on route {:?} cannot be loaded",
+                        plugin.name,
+                        config.route_name(i)
+                    )
+                })?;
+                loading.commit(loaded);
+            }
+        }
+        // Unused plugins are loaded too, so a later config reload can use them.
+        for name in loading.files().unwrap_or_default() {
+            if loading.current(&name).is_some() {
+                continue;
+            }
+            match loading.compile(&engine, &name) {
+                Ok(loaded) => loading.commit(loaded),
+                Err(e) => {
+                    tracing::warn!(target: "sluice::plugin", plugin = name, "unused plugin does not load: {e}");
+                    loading.record_error(&name, e.to_string());
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .context("plugin loading task failed")??;
+    Ok(registry)
 }
 
-/// Validates everything `run` would, without binding a socket.
+/// Validates everything `run` would, without binding a socket or writing the cache.
 pub async fn check(config: &Config) -> anyhow::Result<CheckSummary> {
     let engine = engine_for(config)?;
-    let snapshot = build_snapshot(config, &engine).await?;
-    let mut plugins: Vec<String> = snapshot
-        .routes
-        .iter()
-        .flat_map(|r| r.chain.iter().map(|b| b.name().to_string()))
-        .collect();
-    plugins.sort();
-    plugins.dedup();
+    let registry = load_plugins(config, &engine, false).await?;
+    let snapshot = Snapshot::build(config, &engine, &plugin_set(config, &registry)?, None).await?;
     Ok(CheckSummary {
         routes: snapshot.routes.len(),
         upstreams: snapshot.upstreams.len(),
-        plugins,
+        plugins: config.referenced_plugins().iter().map(|s| s.to_string()).collect(),
     })
 }
 
 /// A proxy serving in the background (used by `run` and by tests).
 pub struct Running {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
+    pub reloader: Arc<Reloader>,
+    _watch: Option<watcher::WatchHandle>,
+    admin_task: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<bool>,
 }
@@ -72,20 +115,48 @@ pub struct Running {
 impl Running {
     /// Stops accepting, drains, and returns whether the drain finished in time.
     pub async fn shutdown(mut self) -> bool {
+        if let Some(admin) = self.admin_task.take() {
+            admin.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.await.unwrap_or(false)
+        (&mut self.task).await.unwrap_or(false)
     }
 }
 
-/// Builds everything from `config` and starts serving on its listen address.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let engine = engine_for(config)?;
-    let snapshot = build_snapshot(config, &engine).await?;
+/// Builds everything from `config` (read from `config_path`) and starts serving.
+pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running> {
+    let engine = engine_for(&config)?;
+    let registry = load_plugins(&config, &engine, true).await?;
+    let snapshot = Snapshot::build(&config, &engine, &plugin_set(&config, &registry)?, None).await?;
     let listener = server::bind(config.server.listen).await?;
     let addr = listener.local_addr().context("listener has no local address")?;
+    let admin_listener = match config.admin.listen {
+        Some(admin_addr) => Some(
+            tokio::net::TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?,
+        ),
+        None => None,
+    };
+
     let proxy = Arc::new(Proxy::new(snapshot, engine));
+    let reloader = Arc::new(Reloader::new(
+        absolute(config_path),
+        config.clone(),
+        proxy.clone(),
+        registry,
+        Arc::new(Metrics::default()),
+    ));
+    let watch = if config.plugins.watch {
+        Some(watcher::spawn(reloader.clone())?)
+    } else {
+        None
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_task = admin_listener.map(|l| tokio::spawn(admin::serve(l, reloader.clone())));
+
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = ServerLimits::from(&config.server);
     let task = tokio::spawn(server::serve(listener, proxy.clone(), limits, async move {
@@ -93,17 +164,39 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }));
     Ok(Running {
         addr,
+        admin_addr,
         proxy,
+        reloader,
+        _watch: watch,
+        admin_task,
         stop: Some(stop),
         task,
     })
 }
 
-/// `sluice run`: serve until SIGTERM/SIGINT, then drain.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `sluice run`: serve until SIGTERM/SIGINT (SIGHUP reloads), then drain.
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
-    let running = start(&config).await?;
+    let running = start(config_path, config).await?;
     tracing::info!(target: "sluice::server", config = %config_path.display(), "listening on http://{} (HTTP/1.1 and h2c)", running.addr);
+    if let Some(admin) = running.admin_addr {
+        tracing::info!(target: "sluice::server", "admin API on http://{admin}");
+    }
+    let reloader = running.reloader.clone();
+    let hangups = tokio::spawn(async move {
+        #[cfg(unix)]
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                tracing::info!(target: "sluice::reload", "SIGHUP: reloading config and plugins");
+                let _ = reloader.reload_all().await;
+            }
+        }
+    });
     server::shutdown_signal().await;
+    hangups.abort();
     tracing::info!(target: "sluice::server", "shutdown signal received");
     if running.shutdown().await {
         tracing::info!(target: "sluice::server", "drained; bye");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, RoutePluginConfig};
-use crate::plugin::{load_plugin, plugin_path, BoundPlugin, LoadedPlugin, PluginEngine};
+use crate::plugin::{BoundPlugin, LoadedPlugin, PluginEngine, PluginRegistry};
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -27,24 +27,14 @@ pub struct Snapshot {
 /// Compiled plugins by name.
 pub type PluginSet = HashMap<String, Arc<LoadedPlugin>>;
 
-/// Compiles every plugin the routes reference. CPU heavy: run off the async workers.
-pub fn load_referenced_plugins(config: &Config, engine: &PluginEngine) -> anyhow::Result<PluginSet> {
+/// The serving versions of every plugin `config` uses.
+pub fn plugin_set(config: &Config, registry: &PluginRegistry) -> anyhow::Result<PluginSet> {
     let mut set = PluginSet::new();
-    for (i, route) in config.routes.iter().enumerate() {
-        for (j, plugin) in route.plugins.iter().enumerate() {
-            if set.contains_key(&plugin.name) {
-                continue;
-            }
-            let path = plugin_path(&config.plugins.dir, &plugin.name);
-            let loaded = load_plugin(engine, &plugin.name, &path).with_context(|| {
-                format!(
-                    "routes[{i}].plugins[{j}]: plugin {:?} on route {:?} cannot be loaded",
-                    plugin.name,
-                    config.route_name(i)
-                )
-            })?;
-            set.insert(plugin.name.clone(), Arc::new(loaded));
-        }
+    for name in config.referenced_plugins() {
+        let plugin = registry
+            .current(name)
+            .with_context(|| format!("plugin {name:?} is not loaded"))?;
+        set.insert(name.to_string(), plugin);
     }
     Ok(set)
 }
@@ -52,10 +42,24 @@ pub fn load_referenced_plugins(config: &Config, engine: &PluginEngine) -> anyhow
 impl Snapshot {
     /// Binds plugins to routes and runs each plugin's `init` on its route config,
     /// so a config a plugin rejects fails here rather than on a request.
-    pub async fn build(config: &Config, engine: &PluginEngine, plugins: &PluginSet) -> anyhow::Result<Snapshot> {
+    /// Upstreams whose settings did not change keep their pool from `previous`.
+    pub async fn build(
+        config: &Config,
+        engine: &PluginEngine,
+        plugins: &PluginSet,
+        previous: Option<&Snapshot>,
+    ) -> anyhow::Result<Snapshot> {
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
-            upstreams.insert(name.clone(), Arc::new(Upstream::new(name, up)?));
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| old.config == *up)
+                .cloned();
+            let upstream = match kept {
+                Some(old) => old,
+                None => Arc::new(Upstream::new(name, up)?),
+            };
+            upstreams.insert(name.clone(), upstream);
         }
         let mut router = Router::default();
         let mut routes = Vec::with_capacity(config.routes.len());

@@ -24,9 +24,22 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The admin API: plugin status, forced reload, health, metrics. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// e.g. "127.0.0.1:9901"; must be a loopback address unless `allow_remote` is true.
+    pub listen: Option<SocketAddr>,
+    /// Allow a non-loopback admin address (the admin API has no authentication).
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -56,12 +69,21 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Directory holding `NAME.wasm` files; relative paths are taken from the config file's directory.
     #[serde(default = "defaults::plugins_dir")]
     pub dir: PathBuf,
+    /// Reload a plugin when its file changes, and the config when the config file changes.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// Directory for compiled plugins (never the plugins directory); relative to the config file.
+    #[serde(default = "defaults::cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Keep compiled plugins in `cache_dir` so restarts skip compilation.
+    #[serde(default = "defaults::yes")]
+    pub compile_cache: bool,
     /// CPU deadline of one plugin call, in milliseconds (1 ms epoch ticks).
     #[serde(default = "defaults::deadline_ms")]
     pub deadline_ms: u64,
@@ -77,6 +99,9 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
             dir: defaults::plugins_dir(),
+            watch: true,
+            cache_dir: defaults::cache_dir(),
+            compile_cache: true,
             deadline_ms: defaults::deadline_ms(),
             memory_limit_mib: defaults::memory_limit_mib(),
             max_instances: defaults::max_instances(),
@@ -84,7 +109,7 @@ impl Default for PluginsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `host:port` of each server, used round robin.
@@ -171,6 +196,9 @@ mod defaults {
     pub fn plugins_dir() -> PathBuf {
         PathBuf::from("plugins")
     }
+    pub fn cache_dir() -> PathBuf {
+        PathBuf::from(".sluice-cache")
+    }
     pub fn deadline_ms() -> u64 {
         10
     }
@@ -204,6 +232,9 @@ impl Config {
         if config.plugins.dir.is_relative() {
             config.plugins.dir = base_dir.join(&config.plugins.dir);
         }
+        if config.plugins.cache_dir.is_relative() {
+            config.plugins.cache_dir = base_dir.join(&config.plugins.cache_dir);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -217,6 +248,22 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         Config::parse(&text, base_dir).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// True when some route uses plugin `name`.
+    pub fn uses_plugin(&self, name: &str) -> bool {
+        self.routes.iter().any(|r| r.plugins.iter().any(|p| p.name == name))
+    }
+
+    /// Names of the plugins the routes use, each once, in first-use order.
+    pub fn referenced_plugins(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for p in self.routes.iter().flat_map(|r| &r.plugins) {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+        names
     }
 
     /// Display name of route `index`.

@@ -45,6 +45,20 @@ impl Config {
         if p.memory_limit_mib > 4096 {
             return Err(err("plugins.memory_limit_mib", "must be at most 4096"));
         }
+        if p.compile_cache && same_dir(&p.cache_dir, &p.dir) {
+            return Err(err(
+                "plugins.cache_dir",
+                "must not be the plugins directory (precompiled code is trusted; plugin files are not)",
+            ));
+        }
+        if let Some(addr) = self.admin.listen {
+            if !addr.ip().is_loopback() && !self.admin.allow_remote {
+                return Err(err(
+                    "admin.listen",
+                    format!("{addr} is not a loopback address; the admin API has no authentication (set admin.allow_remote = true to allow it)"),
+                ));
+            }
+        }
 
         for (name, up) in &self.upstreams {
             let key = format!("upstreams.{name}");
@@ -131,6 +145,13 @@ impl Config {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -236,6 +257,19 @@ mod tests {
         .unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("maybe") && msg.contains("deny"), "{msg}");
+    }
+
+    #[test]
+    fn cache_dir_cannot_be_the_plugins_dir() {
+        let e = parse(&format!("{BASE}[plugins]\ndir = \"p\"\ncache_dir = \"p\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("plugins.cache_dir"), "{e:#}");
+    }
+
+    #[test]
+    fn admin_must_be_loopback_unless_allowed() {
+        let e = parse(&format!("{BASE}[admin]\nlisten = \"0.0.0.0:9901\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("admin.listen"), "{e:#}");
+        parse(&format!("{BASE}[admin]\nlisten = \"0.0.0.0:9901\"\nallow_remote = true\n")).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::bindings::PluginPre;
+use super::cache::CompileCache;
 use super::engine::PluginEngine;
 use super::host_api::InstanceState;
 
@@ -51,8 +52,14 @@ pub fn plugin_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.wasm"))
 }
 
-/// Read, compile and link one plugin file. CPU heavy: call it off the async workers.
-pub fn load_plugin(engine: &PluginEngine, name: &str, path: &Path) -> Result<LoadedPlugin, LoadError> {
+/// Read, compile (or fetch from `cache`) and link one plugin file.
+/// CPU heavy: call it off the async workers.
+pub fn load_plugin(
+    engine: &PluginEngine,
+    cache: Option<&CompileCache>,
+    name: &str,
+    path: &Path,
+) -> Result<LoadedPlugin, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             LoadError::Missing(path.to_path_buf())
@@ -63,10 +70,20 @@ pub fn load_plugin(engine: &PluginEngine, name: &str, path: &Path) -> Result<Loa
             }
         }
     })?;
-    let component = Component::new(engine.engine(), &bytes).map_err(|e| LoadError::Invalid {
-        path: path.to_path_buf(),
-        reason: format!("{e:#}"),
-    })?;
+    let hash = hex_sha256(&bytes);
+    let component = match cache.and_then(|c| c.get(engine.engine(), &hash)) {
+        Some(component) => component,
+        None => {
+            let component = Component::new(engine.engine(), &bytes).map_err(|e| LoadError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+            if let Some(cache) = cache {
+                cache.put(&hash, &component);
+            }
+            component
+        }
+    };
     let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
         path: path.to_path_buf(),
         reason: format!("{e:#}"),
@@ -76,7 +93,7 @@ pub fn load_plugin(engine: &PluginEngine, name: &str, path: &Path) -> Result<Loa
     Ok(LoadedPlugin {
         name: Arc::from(name),
         path: path.to_path_buf(),
-        hash: hex_sha256(&bytes),
+        hash,
         size: bytes.len(),
         loaded_at: SystemTime::now(),
         pre,

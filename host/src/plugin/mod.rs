@@ -1,11 +1,15 @@
 //! The plugin runtime: engine, bindings, host API, loading and chain execution.
 
 pub mod bindings;
+pub mod cache;
 pub mod chain;
 pub mod engine;
 pub mod host_api;
 pub mod loader;
+pub mod registry;
 
 pub use chain::{BoundPlugin, ChainFailure, PluginFault, RequestDecision, ResponseDecision};
 pub use engine::{EngineLimits, PluginEngine};
+pub use cache::CompileCache;
+pub use registry::{PluginRegistry, PluginStatus};
 pub use loader::{load_plugin, plugin_path, LoadError, LoadedPlugin};

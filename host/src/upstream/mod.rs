@@ -15,6 +15,8 @@ pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
 pub struct Upstream {
     pub name: String,
+    /// The settings this pool was built from (a reload keeps the pool when they are unchanged).
+    pub config: UpstreamConfig,
     servers: Vec<Authority>,
     next: AtomicUsize,
     pub client: UpstreamClient,
@@ -45,6 +47,7 @@ impl Upstream {
             .build(connector);
         Ok(Self {
             name: name.to_string(),
+            config: config.clone(),
             servers,
             next: AtomicUsize::new(0),
             client,

@@ -65,7 +65,7 @@ impl Site {
     pub async fn start(&self, toml: &str) -> Running {
         let path = self.write_config(toml);
         let config = sluice::config::Config::load(&path).expect("valid config");
-        sluice::app::start(&config).await.expect("proxy starts")
+        sluice::app::start(&path, config).await.expect("proxy starts")
     }
 }
 

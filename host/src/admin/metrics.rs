@@ -1,0 +1,71 @@
+//! Counters exposed on the admin endpoint in the Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginReloadLabels {
+    pub plugin: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub plugin_reloads: Family<PluginReloadLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let plugin_reloads = Family::<PluginReloadLabels, Counter>::default();
+        registry.register(
+            "plugin_reloads",
+            "Plugin reloads by plugin and result (ok, failed)",
+            plugin_reloads.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads by result (ok, failed)",
+            config_reloads.clone(),
+        );
+        Self {
+            registry,
+            plugin_reloads,
+            config_reloads,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn plugin_reload(&self, plugin: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.plugin_reloads
+            .get_or_create(&PluginReloadLabels {
+                plugin: plugin.to_string(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.config_reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -13,7 +13,12 @@ use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
 use sluice::plugin::{load_plugin, plugin_path, BoundPlugin, EngineLimits, PluginEngine};
 
-fn bound(engine: &PluginEngine, dir: &std::path::Path, name: &str, config: serde_json::Value) -> anyhow::Result<BoundPlugin> {
+fn bound(
+    engine: &PluginEngine,
+    dir: &std::path::Path,
+    name: &str,
+    config: serde_json::Value,
+) -> anyhow::Result<BoundPlugin> {
     let loaded = load_plugin(engine, None, name, &plugin_path(dir, name))?;
     Ok(BoundPlugin {
         plugin: Arc::new(loaded),
@@ -35,7 +40,10 @@ fn request() -> RequestHead {
         method: "GET".into(),
         path: "/api/users".into(),
         query: String::new(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
     }
 }
 
@@ -72,7 +80,11 @@ where
     Ok(means[rounds / 2])
 }
 
-async fn chain_once(engine: &PluginEngine, chain: &[BoundPlugin], client: &ClientInfo) -> anyhow::Result<()> {
+async fn chain_once(
+    engine: &PluginEngine,
+    chain: &[BoundPlugin],
+    client: &ClientInfo,
+) -> anyhow::Result<()> {
     let mut trail = String::new();
     let (decision, stage) = run_on_request(engine, chain, client, request(), &mut trail).await;
     match decision {
@@ -82,7 +94,9 @@ async fn chain_once(engine: &PluginEngine, chain: &[BoundPlugin], client: &Clien
     }
     match stage.run(client, response(), &mut trail).await {
         ResponseDecision::Continue(_) => Ok(()),
-        ResponseDecision::Replace(r) => anyhow::bail!("chain replaced the response with {}", r.status),
+        ResponseDecision::Replace(r) => {
+            anyhow::bail!("chain replaced the response with {}", r.status)
+        }
         ResponseDecision::Fail(f) => anyhow::bail!("{f}"),
     }
 }
@@ -91,30 +105,47 @@ async fn chain_once(engine: &PluginEngine, chain: &[BoundPlugin], client: &Clien
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "target/plugins".into()));
-    let iterations: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(90_000);
+    let iterations: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(90_000);
     let engine = PluginEngine::new(EngineLimits {
         max_memory_bytes: 16 << 20,
         max_instances: 100,
     })?;
     let plugins = [
-        ("api-key", serde_json::json!({ "keys": ["k-123"], "header": "x-api-key" })),
+        (
+            "api-key",
+            serde_json::json!({ "keys": ["k-123"], "header": "x-api-key" }),
+        ),
         (
             "rewrite",
             serde_json::json!({ "strip_prefix": "/api", "set_request_headers": { "x-tenant": "acme" }, "set_response_headers": { "x-served-by": "sluice" } }),
         ),
-        ("router", serde_json::json!({ "rules": [ { "header": "x-canary", "equals": "1", "upstream": "canary" } ] })),
+        (
+            "router",
+            serde_json::json!({ "rules": [ { "header": "x-canary", "equals": "1", "upstream": "canary" } ] }),
+        ),
     ];
     let client = ClientInfo {
         ip: "127.0.0.1".into(),
         scheme: "http".into(),
         route: "bench".into(),
     };
-    println!("{:<24} {:>12} {:>14}", "plugin", "inst+init µs", "req+resp µs");
+    println!(
+        "{:<24} {:>12} {:>14}",
+        "plugin", "inst+init µs", "req+resp µs"
+    );
     let mut chain = Vec::new();
     for (name, config) in plugins {
         let one = vec![bound(&engine, &dir, name, config)?];
         let inst = measure(iterations, || async {
-            one[0].instantiate(&engine).await.map(drop).map_err(|f| anyhow::anyhow!("{f}"))
+            one[0]
+                .instantiate(&engine)
+                .await
+                .map(drop)
+                .map_err(|f| anyhow::anyhow!("{f}"))
         })
         .await?;
         let full = measure(iterations, || chain_once(&engine, &one, &client)).await?;

@@ -36,7 +36,11 @@ pub fn engine_for(config: &Config) -> anyhow::Result<Arc<PluginEngine>> {
 
 /// Compiles the plugins directory (off the async workers). A plugin a route uses
 /// must load; any other file that fails is reported and skipped.
-pub async fn load_plugins(config: &Config, engine: &Arc<PluginEngine>, use_cache: bool) -> anyhow::Result<Arc<PluginRegistry>> {
+pub async fn load_plugins(
+    config: &Config,
+    engine: &Arc<PluginEngine>,
+    use_cache: bool,
+) -> anyhow::Result<Arc<PluginRegistry>> {
     let cache = if use_cache && config.plugins.compile_cache {
         match CompileCache::new(config.plugins.cache_dir.clone(), engine.engine()) {
             Ok(cache) => Some(cache),
@@ -96,7 +100,11 @@ pub async fn check(config: &Config) -> anyhow::Result<CheckSummary> {
     Ok(CheckSummary {
         routes: snapshot.routes.len(),
         upstreams: snapshot.upstreams.len(),
-        plugins: config.referenced_plugins().iter().map(|s| s.to_string()).collect(),
+        plugins: config
+            .referenced_plugins()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     })
 }
 
@@ -129,9 +137,12 @@ impl Running {
 pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running> {
     let engine = engine_for(&config)?;
     let registry = load_plugins(&config, &engine, true).await?;
-    let snapshot = Snapshot::build(&config, &engine, &plugin_set(&config, &registry)?, None).await?;
+    let snapshot =
+        Snapshot::build(&config, &engine, &plugin_set(&config, &registry)?, None).await?;
     let listener = server::bind(config.server.listen).await?;
-    let addr = listener.local_addr().context("listener has no local address")?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
     let admin_listener = match config.admin.listen {
         Some(admin_addr) => Some(
             tokio::net::TcpListener::bind(admin_addr)
@@ -188,7 +199,8 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let reloader = running.reloader.clone();
     let hangups = tokio::spawn(async move {
         #[cfg(unix)]
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             while hup.recv().await.is_some() {
                 tracing::info!(target: "sluice::reload", "SIGHUP: reloading config and plugins");
                 let _ = reloader.reload_all().await;

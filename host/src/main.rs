@@ -33,7 +33,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     // `run` sizes the runtime from the config; a config that does not load fails here.
@@ -68,7 +70,11 @@ fn main() -> ExitCode {
                     path.display(),
                     summary.routes,
                     summary.upstreams,
-                    if summary.plugins.is_empty() { "none".to_string() } else { summary.plugins.join(", ") }
+                    if summary.plugins.is_empty() {
+                        "none".to_string()
+                    } else {
+                        summary.plugins.join(", ")
+                    }
                 );
                 Ok(())
             }

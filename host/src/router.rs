@@ -12,7 +12,7 @@ struct PathTable {
 impl PathTable {
     fn insert(&mut self, path: &str, route: usize) {
         self.entries.push((path.to_string(), route));
-        self.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
     }
 
     fn lookup(&self, path: &str) -> Option<usize> {
@@ -38,17 +38,15 @@ impl Router {
         match host.map(str::to_ascii_lowercase) {
             None => self.any_host.insert(path, route),
             Some(host) => match host.strip_prefix('*') {
-                Some(suffix) => {
-                    match self.wildcard.iter_mut().find(|(s, _)| s == suffix) {
-                        Some((_, table)) => table.insert(path, route),
-                        None => {
-                            let mut table = PathTable::default();
-                            table.insert(path, route);
-                            self.wildcard.push((suffix.to_string(), table));
-                            self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-                        }
+                Some(suffix) => match self.wildcard.iter_mut().find(|(s, _)| s == suffix) {
+                    Some((_, table)) => table.insert(path, route),
+                    None => {
+                        let mut table = PathTable::default();
+                        table.insert(path, route);
+                        self.wildcard.push((suffix.to_string(), table));
+                        self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
                     }
-                }
+                },
                 None => self.exact.entry(host).or_default().insert(path, route),
             },
         }
@@ -130,7 +128,10 @@ mod tests {
 
     #[test]
     fn host_normalization_strips_port_case_and_dot() {
-        assert_eq!(normalize_host("Static.Example.COM:8080"), "static.example.com");
+        assert_eq!(
+            normalize_host("Static.Example.COM:8080"),
+            "static.example.com"
+        );
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }

@@ -65,14 +65,19 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let name = config.route_name(i);
-            let upstream = upstreams
-                .get(&route.upstream)
-                .cloned()
-                .with_context(|| format!("routes[{i}].upstream: unknown upstream {:?}", route.upstream))?;
+            let upstream = upstreams.get(&route.upstream).cloned().with_context(|| {
+                format!(
+                    "routes[{i}].upstream: unknown upstream {:?}",
+                    route.upstream
+                )
+            })?;
             let mut chain = Vec::with_capacity(route.plugins.len());
             for (j, plugin) in route.plugins.iter().enumerate() {
                 let bound = bind(config, plugin, plugins).with_context(|| {
-                    format!("routes[{i}].plugins[{j}]: plugin {:?} on route {name:?}", plugin.name)
+                    format!(
+                        "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?}",
+                        plugin.name
+                    )
                 })?;
                 if let Err(fault) = bound.instantiate(engine).await {
                     anyhow::bail!(
@@ -98,13 +103,20 @@ impl Snapshot {
     }
 }
 
-fn bind(config: &Config, plugin: &RoutePluginConfig, plugins: &PluginSet) -> anyhow::Result<BoundPlugin> {
+fn bind(
+    config: &Config,
+    plugin: &RoutePluginConfig,
+    plugins: &PluginSet,
+) -> anyhow::Result<BoundPlugin> {
     let loaded = plugins
         .get(&plugin.name)
         .cloned()
         .with_context(|| format!("plugin {:?} is not loaded", plugin.name))?;
-    let config_json = serde_json::to_string(&plugin.config).context("config cannot be converted to JSON")?;
-    let memory_mib = plugin.memory_limit_mib.unwrap_or(config.plugins.memory_limit_mib);
+    let config_json =
+        serde_json::to_string(&plugin.config).context("config cannot be converted to JSON")?;
+    let memory_mib = plugin
+        .memory_limit_mib
+        .unwrap_or(config.plugins.memory_limit_mib);
     Ok(BoundPlugin {
         plugin: loaded,
         config_json,

@@ -12,15 +12,30 @@ use common::*;
 /// The `sluice` binary built next to this test (the README test command builds it first).
 fn sluice_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile dir");
     let bin = dir.join("sluice");
-    assert!(bin.exists(), "{} is missing: build it first (cargo build --release -p sluice)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release -p sluice)",
+        bin.display()
+    );
     bin
 }
 
 fn check(config: &std::path::Path) -> (bool, String) {
-    let out = Command::new(sluice_bin()).arg("check").arg(config).output().expect("run sluice check");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(sluice_bin())
+        .arg("check")
+        .arg(config)
+        .output()
+        .expect("run sluice check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -35,13 +50,18 @@ fn check_accepts_a_good_config() {
     ));
     let (ok, text) = check(&path);
     assert!(ok, "{text}");
-    assert!(text.contains("ok (1 routes, 1 upstreams, plugins: api-key)"), "{text}");
+    assert!(
+        text.contains("ok (1 routes, 1 upstreams, plugins: api-key)"),
+        "{text}"
+    );
 }
 
 #[test]
 fn check_names_an_unknown_key() {
     let site = Site::new();
-    let path = site.write_config(&format!("{SERVER}{UPSTREAM}[[routes]]\npath = \"/\"\nupstream = \"app\"\ntimeout = 3\n"));
+    let path = site.write_config(&format!(
+        "{SERVER}{UPSTREAM}[[routes]]\npath = \"/\"\nupstream = \"app\"\ntimeout = 3\n"
+    ));
     let (ok, text) = check(&path);
     assert!(!ok);
     assert!(text.contains("unknown field `timeout`"), "{text}");
@@ -51,10 +71,15 @@ fn check_names_an_unknown_key() {
 #[test]
 fn check_names_an_unknown_upstream() {
     let site = Site::new();
-    let path = site.write_config(&format!("{SERVER}{UPSTREAM}[[routes]]\npath = \"/\"\nupstream = \"ap\"\n"));
+    let path = site.write_config(&format!(
+        "{SERVER}{UPSTREAM}[[routes]]\npath = \"/\"\nupstream = \"ap\"\n"
+    ));
     let (ok, text) = check(&path);
     assert!(!ok);
-    assert!(text.contains("routes[0].upstream: unknown upstream \"ap\" (defined: app)"), "{text}");
+    assert!(
+        text.contains("routes[0].upstream: unknown upstream \"ap\" (defined: app)"),
+        "{text}"
+    );
 }
 
 fn check_plugin_error(plugin_file: Option<(&str, &str)>, config: &str) -> String {
@@ -67,8 +92,14 @@ fn check_plugin_error(plugin_file: Option<(&str, &str)>, config: &str) -> String
     ));
     let (ok, text) = check(&path);
     assert!(!ok, "{text}");
-    assert!(text.contains("plugin \"p\" on route \"api\""), "names plugin and route: {text}");
-    assert!(text.contains("routes[0].plugins[0]"), "names the key: {text}");
+    assert!(
+        text.contains("plugin \"p\" on route \"api\""),
+        "names plugin and route: {text}"
+    );
+    assert!(
+        text.contains("routes[0].plugins[0]"),
+        "names the key: {text}"
+    );
     text
 }
 
@@ -87,19 +118,28 @@ fn check_rejects_garbage_plugin_file() {
     ));
     let (ok, text) = check(&path);
     assert!(!ok);
-    assert!(text.contains("is not a valid WebAssembly component"), "{text}");
+    assert!(
+        text.contains("is not a valid WebAssembly component"),
+        "{text}"
+    );
 }
 
 #[test]
 fn check_rejects_wrong_world() {
     let text = check_plugin_error(Some(("fixtures", "wrong-world")), "{}");
-    assert!(text.contains("does not implement the sluice:plugin world"), "{text}");
+    assert!(
+        text.contains("does not implement the sluice:plugin world"),
+        "{text}"
+    );
 }
 
 #[test]
 fn check_reports_init_rejection_with_the_plugins_message() {
     let text = check_plugin_error(Some(("fixtures", "reject-config")), "{}");
-    assert!(text.contains("rejected its config: reject-config: this plugin refuses every config"), "{text}");
+    assert!(
+        text.contains("rejected its config: reject-config: this plugin refuses every config"),
+        "{text}"
+    );
     let text = check_plugin_error(Some(("plugins", "api-key")), "{ keys = [] }");
     assert!(text.contains("rejected its config"), "{text}");
 }
@@ -116,7 +156,11 @@ fn help_documents_every_subcommand() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = spawn_origin("app").await.unwrap();
     let site = Site::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let path = site.write_config(&format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
         app.addr
@@ -141,21 +185,37 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
 
     let finished = in_flight.await.unwrap();
-    assert_eq!(finished.status, 200, "in-flight request completed during the drain");
+    assert_eq!(
+        finished.status, 200,
+        "in-flight request completed during the drain"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "proxy did not exit after draining");
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not exit after draining"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status}");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
     let mut log = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
-    assert!(log.contains("sluice::access") && log.contains("status=200"), "access log line: {log}");
+    assert!(
+        log.contains("sluice::access") && log.contains("status=200"),
+        "access log line: {log}"
+    );
 }

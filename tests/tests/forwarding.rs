@@ -27,14 +27,25 @@ async fn upstream_sees_forwarding_headers() {
         &h1_client(),
         proxy.addr,
         "/p",
-        &[("x-forwarded-for", "203.0.113.9"), ("x-real-ip", "6.6.6.6"), ("x-forwarded-proto", "https")],
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
     )
     .await;
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
-    assert_eq!(h["x-real-ip"], "127.0.0.1", "client-sent X-Real-IP is replaced");
+    assert_eq!(
+        h["x-real-ip"], "127.0.0.1",
+        "client-sent X-Real-IP is replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(h["host"], format!("{}", proxy.addr), "Host as the client sent it");
+    assert_eq!(
+        h["host"],
+        format!("{}", proxy.addr),
+        "Host as the client sent it"
+    );
     assert_eq!(h["x-forwarded-host"], format!("{}", proxy.addr));
 }
 
@@ -58,7 +69,13 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     )
     .await;
     let h = r.json()["headers"].clone();
-    for name in ["x-secret", "keep-alive", "te", "proxy-authorization", "upgrade"] {
+    for name in [
+        "x-secret",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+    ] {
         assert!(h.get(name).is_none(), "{name} reached the upstream: {h}");
     }
     assert_eq!(h["x-end-to-end"], "1");
@@ -66,7 +83,10 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     let back = get(&h1_client(), proxy.addr, "/hop", &[]).await;
     assert_eq!(back.status, 200);
     for name in ["x-hop", "keep-alive", "proxy-authenticate"] {
-        assert!(back.headers.get(name).is_none(), "{name} reached the client");
+        assert!(
+            back.headers.get(name).is_none(),
+            "{name} reached the client"
+        );
     }
     assert_eq!(back.header("x-end-to-end"), Some("1"));
 }
@@ -74,7 +94,10 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_502() {
     // Bind then drop: a loopback port with nothing listening.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (_site, proxy) = proxy_to(&port.to_string(), "").await;
     let r = get(&h1_client(), proxy.addr, "/", &[]).await;
     assert_eq!(r.status, 502);
@@ -116,7 +139,8 @@ const HUNDRED_MB: u64 = 100 * 1024 * 1024;
 async fn large_bodies_stream_in_bounded_memory() {
     let app = spawn_origin("app").await.unwrap();
     let (_site, proxy) = proxy_to(&app.addr.to_string(), "").await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let baseline = rss_bytes();
 
     // Upload 100 MB as a stream of 64 KiB chunks; the origin counts what arrives.
@@ -126,7 +150,10 @@ async fn large_bodies_stream_in_bounded_memory() {
     let req = Request::post(format!("http://{}/upload", proxy.addr))
         .body(StreamBody::new(frames))
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(60), client.request(req)).await.unwrap().unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["body_bytes"], HUNDRED_MB);
@@ -136,27 +163,43 @@ async fn large_bodies_stream_in_bounded_memory() {
     let req = Request::get(format!("http://{}/download?bytes={HUNDRED_MB}", proxy.addr))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(60), h1.request(req)).await.unwrap().unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(60), h1.request(req))
+        .await
+        .unwrap()
+        .unwrap();
     let mut body = response.into_body();
     let mut received = 0u64;
     while let Some(frame) = body.frame().await {
-        received += frame.unwrap().data_ref().map(|d| d.len() as u64).unwrap_or(0);
+        received += frame
+            .unwrap()
+            .data_ref()
+            .map(|d| d.len() as u64)
+            .unwrap_or(0);
     }
     assert_eq!(received, HUNDRED_MB);
 
     let grown = rss_bytes().saturating_sub(baseline);
-    assert!(grown < 40 * 1024 * 1024, "memory grew by {grown} bytes while streaming 2 x 100 MB");
+    assert!(
+        grown < 40 * 1024 * 1024,
+        "memory grew by {grown} bytes while streaming 2 x 100 MB"
+    );
 }
 
 /// A body stream of `count` copies of `chunk`.
-fn futures_iter(chunk: Bytes, count: usize) -> impl futures_core::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> {
+fn futures_iter(
+    chunk: Bytes,
+    count: usize,
+) -> impl futures_core::Stream<Item = Result<http_body::Frame<Bytes>, std::io::Error>> {
     struct Repeat {
         chunk: Bytes,
         left: usize,
     }
     impl futures_core::Stream for Repeat {
         type Item = Result<http_body::Frame<Bytes>, std::io::Error>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             if self.left == 0 {
                 return std::task::Poll::Ready(None);
             }

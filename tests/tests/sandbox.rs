@@ -43,7 +43,10 @@ async fn contained(fixture: &str) {
     let failed = get(&client, proxy.addr, "/x", &[]).await;
     assert_eq!(failed.status, 500, "{fixture}: deny policy gives 500");
     assert_eq!(failed.text(), "500 Internal Server Error\n", "generic body");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{fixture} was stopped promptly");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{fixture} was stopped promptly"
+    );
     assert_eq!(app.hits(), 0, "a failed chain never reaches the upstream");
 
     // The process and other routes are unaffected, and the same plugin fails the same way again.
@@ -56,7 +59,10 @@ async fn contained(fixture: &str) {
 
     let (_site, proxy, app) = start_with(fixture, "allow").await;
     let skipped = get(&client, proxy.addr, "/x", &[]).await;
-    assert_eq!(skipped.status, 200, "{fixture}: allow policy skips the plugin");
+    assert_eq!(
+        skipped.status, 200,
+        "{fixture}: allow policy skips the plugin"
+    );
     assert_eq!(app.hits(), 1);
     assert!(proxy.shutdown().await);
 }
@@ -95,7 +101,9 @@ async fn concurrent_loops_do_not_starve_healthy_requests() {
     for _ in 0..8 {
         let client = client.clone();
         let addr = proxy.addr;
-        loops.push(tokio::spawn(async move { get(&client, addr, "/x", &[]).await.status }));
+        loops.push(tokio::spawn(async move {
+            get(&client, addr, "/x", &[]).await.status
+        }));
     }
     let healthy = get(&client, proxy.addr, "/plain/ok", &[]).await;
     assert_eq!(healthy.status, 200);

@@ -58,14 +58,23 @@ async fn scenario(h2: bool) {
     let addr = proxy.addr;
     let client = if h2 { h2_client() } else { h1_client() };
 
-    let ok = get(&client, addr, "/api/users?page=2", &[("x-api-key", "k-123")]).await;
+    let ok = get(
+        &client,
+        addr,
+        "/api/users?page=2",
+        &[("x-api-key", "k-123")],
+    )
+    .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     let seen = ok.json();
     assert_eq!(seen["method"], "GET");
     assert_eq!(seen["path"], "/users");
     assert_eq!(seen["query"], "page=2");
     assert_eq!(seen["headers"]["x-tenant"], "acme");
-    assert!(seen["headers"].get("x-api-key").is_none(), "the key is not forwarded: {seen}");
+    assert!(
+        seen["headers"].get("x-api-key").is_none(),
+        "the key is not forwarded: {seen}"
+    );
     assert!(["app-1", "app-2"].contains(&seen["server"].as_str().unwrap()));
     assert_eq!(ok.header("x-served-by"), Some("sluice"));
 
@@ -75,9 +84,19 @@ async fn scenario(h2: bool) {
     assert_eq!(denied.json()["error"], "unauthorized");
     let wrong = get(&client, addr, "/api/users", &[("x-api-key", "k-124")]).await;
     assert_eq!(wrong.status, 401);
-    assert_eq!(app1.hits() + app2.hits() + canary.hits(), before, "no upstream saw a denied request");
+    assert_eq!(
+        app1.hits() + app2.hits() + canary.hits(),
+        before,
+        "no upstream saw a denied request"
+    );
 
-    let to_canary = get(&client, addr, "/api/users", &[("x-api-key", "k-123"), ("x-canary", "1")]).await;
+    let to_canary = get(
+        &client,
+        addr,
+        "/api/users",
+        &[("x-api-key", "k-123"), ("x-canary", "1")],
+    )
+    .await;
     assert_eq!(to_canary.status, 200);
     assert_eq!(to_canary.json()["server"], "canary");
     assert_eq!(to_canary.json()["path"], "/users");
@@ -85,11 +104,25 @@ async fn scenario(h2: bool) {
     let named = loopback_client(h2);
     let first = get_named(&named, "static.example.com", addr.port(), "/", &[]).await;
     let second = get_named(&named, "static.example.com", addr.port(), "/", &[]).await;
-    let (s1, s2) = (first.json()["server"].clone(), second.json()["server"].clone());
+    let (s1, s2) = (
+        first.json()["server"].clone(),
+        second.json()["server"].clone(),
+    );
     assert_ne!(s1, s2, "round robin alternates between app servers");
-    assert_eq!(first.json()["headers"]["host"], format!("static.example.com:{}", addr.port()));
-    assert_eq!(first.json()["version"], "HTTP/1.1", "the upstream leg is HTTP/1.1");
-    let expected = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    assert_eq!(
+        first.json()["headers"]["host"],
+        format!("static.example.com:{}", addr.port())
+    );
+    assert_eq!(
+        first.json()["version"],
+        "HTTP/1.1",
+        "the upstream leg is HTTP/1.1"
+    );
+    let expected = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
     assert_eq!(first.version, expected, "client leg protocol");
     assert_eq!(ok.version, expected, "client leg protocol");
 

@@ -58,7 +58,9 @@ impl Metrics {
 
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.config_reloads.get_or_create(&ResultLabels { result }).inc();
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

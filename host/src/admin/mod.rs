@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 use crate::reload::Reloader;
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -63,7 +65,11 @@ async fn route(reloader: &Reloader, req: Request<Incoming>) -> Response<Full<Byt
                     Err(e) => json!({ "name": name, "ok": false, "error": e }),
                 })
                 .collect();
-            let status = if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             json_reply(
                 status,
                 json!({ "ok": ok, "config_error": report.config.err(), "plugins": plugins }),
@@ -74,10 +80,16 @@ async fn route(reloader: &Reloader, req: Request<Incoming>) -> Response<Full<Byt
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             reloader.metrics().encode(),
         ),
-        (_, "/healthz" | "/plugins" | "/metrics" | "/reload") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "405 Method Not Allowed\n".into())
-        }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "404 Not Found\n".into()),
+        (_, "/healthz" | "/plugins" | "/metrics" | "/reload") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "405 Method Not Allowed\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "404 Not Found\n".into(),
+        ),
     }
 }
 

@@ -252,7 +252,9 @@ impl Config {
 
     /// True when some route uses plugin `name`.
     pub fn uses_plugin(&self, name: &str) -> bool {
-        self.routes.iter().any(|r| r.plugins.iter().any(|p| p.name == name))
+        self.routes
+            .iter()
+            .any(|r| r.plugins.iter().any(|p| p.name == name))
     }
 
     /// Names of the plugins the routes use, each once, in first-use order.
@@ -273,5 +275,8 @@ impl Config {
 }
 
 pub fn route_name(route: &RouteConfig, index: usize) -> String {
-    route.name.clone().unwrap_or_else(|| format!("route#{index}"))
+    route
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("route#{index}"))
 }

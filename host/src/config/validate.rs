@@ -63,17 +63,17 @@ impl Config {
         for (name, up) in &self.upstreams {
             let key = format!("upstreams.{name}");
             if up.servers.is_empty() {
-                return Err(err(
-                    format!("{key}.servers"),
-                    "needs at least one server",
-                ));
+                return Err(err(format!("{key}.servers"), "needs at least one server"));
             }
             for (i, server) in up.servers.iter().enumerate() {
                 check_server_addr(server)
                     .map_err(|problem| err(format!("{key}.servers[{i}]"), problem))?;
             }
             positive(&format!("{key}.connect_timeout_ms"), up.connect_timeout_ms)?;
-            positive(&format!("{key}.response_timeout_ms"), up.response_timeout_ms)?;
+            positive(
+                &format!("{key}.response_timeout_ms"),
+                up.response_timeout_ms,
+            )?;
         }
 
         let mut names = HashSet::new();
@@ -165,7 +165,9 @@ fn positive(key: &str, value: u64) -> Result<(), ValidationError> {
 /// `host:port` with a non-empty host and a numeric port; no scheme or path.
 fn check_server_addr(addr: &str) -> Result<(), String> {
     if addr.contains("://") || addr.contains('/') {
-        return Err(format!("{addr:?} must be host:port, without scheme or path"));
+        return Err(format!(
+            "{addr:?} must be host:port, without scheme or path"
+        ));
     }
     let authority: http::uri::Authority = addr
         .parse()
@@ -217,11 +219,15 @@ mod tests {
         Config::parse(text, Path::new("."))
     }
 
-    const BASE: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    const BASE: &str =
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n";
 
     #[test]
     fn unknown_key_is_named() {
-        let e = parse(&format!("{BASE}[[routes]]\nupstream = \"app\"\npth = \"/\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{BASE}[[routes]]\nupstream = \"app\"\npth = \"/\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `pth`"), "{e:#}");
     }
 
@@ -230,14 +236,22 @@ mod tests {
         let e = parse(&format!("{BASE}[[routes]]\nupstream = \"nope\"\n")).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("routes[0].upstream"), "{msg}");
-        assert!(msg.contains("unknown upstream \"nope\" (defined: app)"), "{msg}");
+        assert!(
+            msg.contains("unknown upstream \"nope\" (defined: app)"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn server_without_port_is_rejected() {
-        let e = parse("[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"localhost\"]\n")
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("upstreams.app.servers[0]"), "{e:#}");
+        let e = parse(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"localhost\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("upstreams.app.servers[0]"),
+            "{e:#}"
+        );
     }
 
     #[test]
@@ -246,7 +260,10 @@ mod tests {
             "{BASE}[[routes]]\nupstream = \"app\"\n[[routes.plugins]]\nname = \"x\"\nmemory_limit_mib = 64\n"
         ))
         .unwrap_err();
-        assert!(format!("{e:#}").contains("routes[0].plugins[0].memory_limit_mib"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("routes[0].plugins[0].memory_limit_mib"),
+            "{e:#}"
+        );
     }
 
     #[test]
@@ -261,7 +278,10 @@ mod tests {
 
     #[test]
     fn cache_dir_cannot_be_the_plugins_dir() {
-        let e = parse(&format!("{BASE}[plugins]\ndir = \"p\"\ncache_dir = \"p\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{BASE}[plugins]\ndir = \"p\"\ncache_dir = \"p\"\n"
+        ))
+        .unwrap_err();
         assert!(format!("{e:#}").contains("plugins.cache_dir"), "{e:#}");
     }
 
@@ -269,7 +289,10 @@ mod tests {
     fn admin_must_be_loopback_unless_allowed() {
         let e = parse(&format!("{BASE}[admin]\nlisten = \"0.0.0.0:9901\"\n")).unwrap_err();
         assert!(format!("{e:#}").contains("admin.listen"), "{e:#}");
-        parse(&format!("{BASE}[admin]\nlisten = \"0.0.0.0:9901\"\nallow_remote = true\n")).unwrap();
+        parse(&format!(
+            "{BASE}[admin]\nlisten = \"0.0.0.0:9901\"\nallow_remote = true\n"
+        ))
+        .unwrap();
     }
 
     #[test]

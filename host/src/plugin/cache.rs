@@ -30,7 +30,8 @@ impl CompileCache {
     }
 
     fn entry(&self, content_hash: &str) -> PathBuf {
-        self.dir.join(format!("{content_hash}-{}.cwasm", self.engine_key))
+        self.dir
+            .join(format!("{content_hash}-{}.cwasm", self.engine_key))
     }
 
     /// A previously compiled component for this content, if cached and loadable.
@@ -55,7 +56,9 @@ impl CompileCache {
     /// Stores a compiled component; failures only cost a recompile later.
     pub fn put(&self, content_hash: &str, component: &Component) {
         let path = self.entry(content_hash);
-        let tmp = self.dir.join(format!(".{content_hash}.{}.tmp", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{content_hash}.{}.tmp", std::process::id()));
         let written = component
             .serialize()
             .map_err(|e| format!("{e:#}"))

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use wasmtime::{Store, UpdateDeadline};
 
-use super::bindings::{ClientInfo, Plugin, RequestAction, RequestHead, Response, ResponseAction, ResponseHead};
+use super::bindings::{
+    ClientInfo, Plugin, RequestAction, RequestHead, Response, ResponseAction, ResponseHead,
+};
 use super::engine::PluginEngine;
 use super::host_api::InstanceState;
 use super::loader::LoadedPlugin;
@@ -121,7 +123,9 @@ impl BoundPlugin {
 }
 
 fn arm_deadline(store: &mut Store<InstanceState>, deadline_ms: u64) {
-    let ticks = deadline_ms.div_ceil(super::engine::EPOCH_TICK.as_millis() as u64).max(1);
+    let ticks = deadline_ms
+        .div_ceil(super::engine::EPOCH_TICK.as_millis() as u64)
+        .max(1);
     store.data_mut().ticks_left = ticks;
     store.set_epoch_deadline(1);
 }

@@ -35,6 +35,8 @@ pub struct LoadedPlugin {
     pub hash: String,
     pub size: usize,
     pub loaded_at: SystemTime,
+    /// Whether the compiled code came from the compile cache.
+    pub from_cache: bool,
     pub pre: PluginPre<InstanceState>,
 }
 
@@ -71,13 +73,16 @@ pub fn load_plugin(
         }
     })?;
     let hash = hex_sha256(&bytes);
-    let component = match cache.and_then(|c| c.get(engine.engine(), &hash)) {
+    let cached = cache.and_then(|c| c.get(engine.engine(), &hash));
+    let from_cache = cached.is_some();
+    let component = match cached {
         Some(component) => component,
         None => {
-            let component = Component::new(engine.engine(), &bytes).map_err(|e| LoadError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+            let component =
+                Component::new(engine.engine(), &bytes).map_err(|e| LoadError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
             if let Some(cache) = cache {
                 cache.put(&hash, &component);
             }
@@ -88,7 +93,10 @@ pub fn load_plugin(
         path: path.to_path_buf(),
         reason: format!("{e:#}"),
     };
-    let instance_pre = engine.linker().instantiate_pre(&component).map_err(wrong_world)?;
+    let instance_pre = engine
+        .linker()
+        .instantiate_pre(&component)
+        .map_err(wrong_world)?;
     let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
     Ok(LoadedPlugin {
         name: Arc::from(name),
@@ -96,6 +104,7 @@ pub fn load_plugin(
         hash,
         size: bytes.len(),
         loaded_at: SystemTime::now(),
+        from_cache,
         pre,
     })
 }

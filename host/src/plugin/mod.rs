@@ -8,8 +8,8 @@ pub mod host_api;
 pub mod loader;
 pub mod registry;
 
+pub use cache::CompileCache;
 pub use chain::{BoundPlugin, ChainFailure, PluginFault, RequestDecision, ResponseDecision};
 pub use engine::{EngineLimits, PluginEngine};
-pub use cache::CompileCache;
-pub use registry::{PluginRegistry, PluginStatus};
 pub use loader::{load_plugin, plugin_path, LoadError, LoadedPlugin};
+pub use registry::{PluginRegistry, PluginStatus};

@@ -29,6 +29,8 @@ pub struct PluginStatus {
     pub size: Option<usize>,
     /// Unix seconds when the serving version was loaded.
     pub loaded_at: Option<u64>,
+    /// Whether the serving version's code came from the compile cache.
+    pub from_cache: Option<bool>,
     pub file_present: bool,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
@@ -78,8 +80,18 @@ impl PluginRegistry {
     }
 
     /// Compiles `NAME.wasm` without making it current. CPU heavy: run off the async workers.
-    pub fn compile(&self, engine: &PluginEngine, name: &str) -> Result<Arc<LoadedPlugin>, LoadError> {
-        load_plugin(engine, self.cache.as_ref(), name, &plugin_path(&self.dir, name)).map(Arc::new)
+    pub fn compile(
+        &self,
+        engine: &PluginEngine,
+        name: &str,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        load_plugin(
+            engine,
+            self.cache.as_ref(),
+            name,
+            &plugin_path(&self.dir, name),
+        )
+        .map(Arc::new)
     }
 
     /// The serving version of `name`, if any.
@@ -96,7 +108,11 @@ impl PluginRegistry {
     pub fn commit(&self, plugin: Arc<LoadedPlugin>) {
         let mut entries = self.entries();
         let entry = entries.entry(plugin.name.to_string()).or_default();
-        if entry.current.as_ref().is_some_and(|c| c.hash == plugin.hash) {
+        if entry
+            .current
+            .as_ref()
+            .is_some_and(|c| c.hash == plugin.hash)
+        {
             entry.last_error = None;
             return;
         }
@@ -106,7 +122,10 @@ impl PluginRegistry {
     }
 
     pub fn record_error(&self, name: &str, error: String) {
-        self.entries().entry(name.to_string()).or_default().last_error = Some((error, SystemTime::now()));
+        self.entries()
+            .entry(name.to_string())
+            .or_default()
+            .last_error = Some((error, SystemTime::now()));
     }
 
     /// Forgets a plugin whose file is gone and which no route uses.
@@ -123,6 +142,7 @@ impl PluginRegistry {
                 hash: e.current.as_ref().map(|p| p.hash.clone()),
                 size: e.current.as_ref().map(|p| p.size),
                 loaded_at: e.current.as_ref().map(|p| unix_secs(p.loaded_at)),
+                from_cache: e.current.as_ref().map(|p| p.from_cache),
                 file_present: plugin_path(&self.dir, name).exists(),
                 last_error: e.last_error.as_ref().map(|(m, _)| m.clone()),
                 last_error_at: e.last_error.as_ref().map(|(_, t)| unix_secs(*t)),
@@ -149,7 +169,10 @@ mod tests {
 
     #[test]
     fn temp_and_backup_files_are_not_plugins() {
-        assert_eq!(plugin_name_of(Path::new("/p/api-key.wasm")).as_deref(), Some("api-key"));
+        assert_eq!(
+            plugin_name_of(Path::new("/p/api-key.wasm")).as_deref(),
+            Some("api-key")
+        );
         assert_eq!(plugin_name_of(Path::new("/p/.api-key.wasm.tmp")), None);
         assert_eq!(plugin_name_of(Path::new("/p/api-key.wasm~")), None);
         assert_eq!(plugin_name_of(Path::new("/p/.hidden.wasm")), None);

@@ -76,7 +76,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// What the seed's nginx config gives an app: X-Real-IP, X-Forwarded-For (appended),
 /// X-Forwarded-Proto, X-Forwarded-Host.
-pub fn add_forwarding(headers: &mut HeaderMap, client_ip: IpAddr, scheme: &'static str, client_host: Option<&HeaderValue>) {
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    scheme: &'static str,
+    client_host: Option<&HeaderValue>,
+) {
     let ip = client_ip.to_string();
     let mut forwarded_for = String::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
@@ -117,8 +122,8 @@ pub fn to_wit(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
 pub fn apply_wit(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Result<(), String> {
     let mut next = HeaderMap::with_capacity(list.len() + 2);
     for (name, value) in list {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("header name {name:?}"))?;
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?}"))?;
         if is_host_owned(&name) {
             continue;
         }
@@ -142,14 +147,24 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
 
     #[test]
     fn connection_named_headers_are_stripped() {
-        let mut h = map(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("te", "trailers"), ("proxy-authorization", "x"), ("x-keep", "1")]);
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "x"),
+            ("x-keep", "1"),
+        ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
@@ -169,7 +184,12 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-real-ip", "6.6.6.6")]);
-        add_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&HeaderValue::from_static("a.com")));
+        add_forwarding(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some(&HeaderValue::from_static("a.com")),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-real-ip").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
@@ -179,7 +199,14 @@ mod tests {
     #[test]
     fn plugins_cannot_touch_framing_headers() {
         let mut h = map(&[("content-length", "5"), ("x-a", "1")]);
-        apply_wit(&mut h, vec![("content-length".into(), b"99".to_vec()), ("x-b".into(), b"2".to_vec())]).unwrap();
+        apply_wit(
+            &mut h,
+            vec![
+                ("content-length".into(), b"99".to_vec()),
+                ("x-b".into(), b"2".to_vec()),
+            ],
+        )
+        .unwrap();
         assert_eq!(h.get("content-length").unwrap(), "5");
         assert!(h.get("x-a").is_none());
         assert_eq!(h.get("x-b").unwrap(), "2");

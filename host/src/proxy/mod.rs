@@ -137,10 +137,19 @@ impl Proxy {
         let mut stage = None;
         if !route.chain.is_empty() {
             let head = request_head(&parts);
-            let (decision, response_stage) =
-                chain::run_on_request(&self.engine, &route.chain, &client, head, &mut exchange.trail).await;
+            let (decision, response_stage) = chain::run_on_request(
+                &self.engine,
+                &route.chain,
+                &client,
+                head,
+                &mut exchange.trail,
+            )
+            .await;
             match decision {
-                RequestDecision::Forward { head, upstream: choice } => {
+                RequestDecision::Forward {
+                    head,
+                    upstream: choice,
+                } => {
                     apply_request_head(&mut parts, head)?;
                     if let Some(name) = choice {
                         upstream = snapshot
@@ -166,15 +175,20 @@ impl Proxy {
         }
 
         headers::add_forwarding(&mut parts.headers, peer.ip(), "http", client_host.as_ref());
-        let (response, server) = self.forward(route, &upstream, parts, body, exchange).await?;
+        let (response, server) = self
+            .forward(route, &upstream, parts, body, exchange)
+            .await?;
 
         let response = match stage {
             Some(stage) if !stage.is_empty() => {
-                self.respond_through_chain(stage, &client, response, exchange).await?
+                self.respond_through_chain(stage, &client, response, exchange)
+                    .await?
             }
             _ => response,
         };
-        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, response.status()) {
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, response.status())
+        {
             return Ok(tunnel(client_upgrade, response, server));
         }
         Ok(response)
@@ -205,7 +219,8 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
 
-        let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request)).await;
+        let sent =
+            tokio::time::timeout(upstream.response_timeout, upstream.client.request(request)).await;
         let server_name = server.to_string();
         let mut response = match sent {
             Ok(Ok(response)) => response,
@@ -258,7 +273,11 @@ impl Proxy {
     }
 }
 
-fn upstream_error(upstream: &Upstream, server: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+fn upstream_error(
+    upstream: &Upstream,
+    server: &str,
+    e: hyper_util::client::legacy::Error,
+) -> ProxyError {
     let timed_out = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
@@ -294,7 +313,10 @@ fn request_head(parts: &http::request::Parts) -> RequestHead {
 }
 
 /// Applies a plugin-rewritten request head to the outgoing request.
-fn apply_request_head(parts: &mut http::request::Parts, head: RequestHead) -> Result<(), ProxyError> {
+fn apply_request_head(
+    parts: &mut http::request::Parts,
+    head: RequestHead,
+) -> Result<(), ProxyError> {
     let invalid = |what: &str| ProxyError::InvalidPluginOutput(what.to_string());
     parts.method = Method::from_bytes(head.method.as_bytes()).map_err(|_| invalid("method"))?;
     if !head.path.starts_with('/') {
@@ -307,7 +329,8 @@ fn apply_request_head(parts: &mut http::request::Parts, head: RequestHead) -> Re
     };
     let path_and_query = PathAndQuery::try_from(target).map_err(|_| invalid("path or query"))?;
     parts.uri = Uri::from(path_and_query);
-    headers::apply_wit(&mut parts.headers, head.headers).map_err(ProxyError::InvalidPluginOutput)?;
+    headers::apply_wit(&mut parts.headers, head.headers)
+        .map_err(ProxyError::InvalidPluginOutput)?;
     Ok(())
 }
 
@@ -322,12 +345,17 @@ fn status_from(code: u16) -> Result<StatusCode, ProxyError> {
 fn complete_response(head: ResponseHead, body: Vec<u8>) -> Result<Response<ProxyBody>, ProxyError> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *response.status_mut() = status_from(head.status)?;
-    headers::apply_wit(response.headers_mut(), head.headers).map_err(ProxyError::InvalidPluginOutput)?;
+    headers::apply_wit(response.headers_mut(), head.headers)
+        .map_err(ProxyError::InvalidPluginOutput)?;
     Ok(response)
 }
 
 /// After a `101`, splices the client and upstream connections together.
-fn tunnel(client_upgrade: hyper::upgrade::OnUpgrade, mut response: Response<ProxyBody>, server: String) -> Response<ProxyBody> {
+fn tunnel(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    mut response: Response<ProxyBody>,
+    server: String,
+) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {

@@ -64,7 +64,10 @@ impl Reloader {
     }
 
     pub fn last_config_error(&self) -> Option<(String, SystemTime)> {
-        self.last_config_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_config_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn compile(&self, name: &str) -> Result<Arc<LoadedPlugin>, String> {
@@ -83,7 +86,10 @@ impl Reloader {
         let path = plugin_path(self.registry.dir(), name);
         if !path.exists() {
             if config.uses_plugin(name) && self.registry.current(name).is_some() {
-                let msg = format!("{} was removed but a route uses it; the last good version keeps serving", path.display());
+                let msg = format!(
+                    "{} was removed but a route uses it; the last good version keeps serving",
+                    path.display()
+                );
                 tracing::warn!(target: "sluice::reload", plugin = name, "{msg}");
                 self.registry.record_error(name, msg);
             } else {
@@ -131,7 +137,10 @@ impl Reloader {
     pub async fn reload_config(&self) -> Result<(), String> {
         let mut current = self.config.lock().await;
         let result = self.try_reload_config(&current).await;
-        let mut last_error = self.last_config_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last_error = self
+            .last_config_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(config) => {
                 *current = config;
@@ -151,11 +160,19 @@ impl Reloader {
 
     async fn try_reload_config(&self, current: &Config) -> Result<Config, String> {
         let config = Config::load(&self.config_path).map_err(|e| format!("{e:#}"))?;
-        restart_only_changes(current, &config, self.proxy.engine().limits().max_memory_bytes)?;
+        restart_only_changes(
+            current,
+            &config,
+            self.proxy.engine().limits().max_memory_bytes,
+        )?;
         let mut fresh = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
             for (j, plugin) in route.plugins.iter().enumerate() {
-                if self.registry.current(&plugin.name).is_some() || fresh.iter().any(|p: &Arc<LoadedPlugin>| *p.name == *plugin.name) {
+                if self.registry.current(&plugin.name).is_some()
+                    || fresh
+                        .iter()
+                        .any(|p: &Arc<LoadedPlugin>| *p.name == *plugin.name)
+                {
                     continue;
                 }
                 let loaded = self.compile(&plugin.name).await.map_err(|e| {
@@ -209,7 +226,11 @@ impl Reloader {
 
 /// Settings fixed at start-up. Raising the engine's memory ceiling or moving the
 /// plugins directory fails the reload; other start-up-only changes are reported.
-fn restart_only_changes(old: &Config, new: &Config, engine_max_memory: usize) -> Result<(), String> {
+fn restart_only_changes(
+    old: &Config,
+    new: &Config,
+    engine_max_memory: usize,
+) -> Result<(), String> {
     if ((new.plugins.memory_limit_mib as usize) << 20) > engine_max_memory {
         return Err(format!(
             "plugins.memory_limit_mib: raising it above {} MiB needs a restart",
@@ -227,15 +248,35 @@ fn restart_only_changes(old: &Config, new: &Config, engine_max_memory: usize) ->
     if o.workers != n.workers {
         ignored.push("server.workers");
     }
-    if (o.header_read_timeout_ms, o.max_header_bytes, o.max_headers, o.h2_max_concurrent_streams, o.max_connections, o.drain_timeout_ms)
-        != (n.header_read_timeout_ms, n.max_header_bytes, n.max_headers, n.h2_max_concurrent_streams, n.max_connections, n.drain_timeout_ms)
-    {
+    if (
+        o.header_read_timeout_ms,
+        o.max_header_bytes,
+        o.max_headers,
+        o.h2_max_concurrent_streams,
+        o.max_connections,
+        o.drain_timeout_ms,
+    ) != (
+        n.header_read_timeout_ms,
+        n.max_header_bytes,
+        n.max_headers,
+        n.h2_max_concurrent_streams,
+        n.max_connections,
+        n.drain_timeout_ms,
+    ) {
         ignored.push("server limits and timeouts");
     }
     if old.plugins.max_instances != new.plugins.max_instances {
         ignored.push("plugins.max_instances");
     }
-    if (old.plugins.watch, &old.plugins.cache_dir, old.plugins.compile_cache) != (new.plugins.watch, &new.plugins.cache_dir, new.plugins.compile_cache) {
+    if (
+        old.plugins.watch,
+        &old.plugins.cache_dir,
+        old.plugins.compile_cache,
+    ) != (
+        new.plugins.watch,
+        &new.plugins.cache_dir,
+        new.plugins.compile_cache,
+    ) {
         ignored.push("plugins.watch/cache_dir/compile_cache");
     }
     if old.admin != new.admin {

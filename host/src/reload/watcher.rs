@@ -38,27 +38,33 @@ struct Pending {
 }
 
 fn relevant(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        _ => false,
-    }
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Starts watching `reloader`'s plugins directory and config file.
 pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<WatchHandle> {
     let plugins_dir = absolute(reloader.registry().dir());
     let config_path = absolute(reloader.config_path());
-    let config_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let config_dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-        Ok(event) => {
-            let _ = tx.send(event);
-        }
-        Err(e) => tracing::warn!(target: "sluice::reload", "file watch error: {e}"),
-    })
-    .context("cannot start the file watcher")?;
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+            Ok(event) => {
+                let _ = tx.send(event);
+            }
+            Err(e) => tracing::warn!(target: "sluice::reload", "file watch error: {e}"),
+        })
+        .context("cannot start the file watcher")?;
     watcher
         .watch(&plugins_dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch plugins directory {}", plugins_dir.display()))?;
@@ -114,7 +120,10 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<WatchHandle> {
 fn absolute(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| {
         // A removed file cannot be canonicalized; its directory can.
-        match (path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
+        match (
+            path.parent().and_then(|p| p.canonicalize().ok()),
+            path.file_name(),
+        ) {
             (Some(dir), Some(name)) => dir.join(name),
             _ => path.to_path_buf(),
         }

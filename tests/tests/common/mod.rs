@@ -19,7 +19,10 @@ pub use sluice::app::Running;
 
 /// Where the build script put the compiled guests.
 pub fn wasm_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join(kind)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join(kind)
 }
 
 /// Path of a built shipped plugin (`plugins`) or test fixture (`fixtures`).
@@ -51,7 +54,11 @@ impl Site {
 
     /// Copies a built guest into the plugins dir as `as_name.wasm`.
     pub fn add_plugin(&self, kind: &str, name: &str, as_name: &str) -> &Self {
-        std::fs::copy(wasm(kind, name), self.plugins_dir().join(format!("{as_name}.wasm"))).expect("copy plugin");
+        std::fs::copy(
+            wasm(kind, name),
+            self.plugins_dir().join(format!("{as_name}.wasm")),
+        )
+        .expect("copy plugin");
         self
     }
 
@@ -65,7 +72,9 @@ impl Site {
     pub async fn start(&self, toml: &str) -> Running {
         let path = self.write_config(toml);
         let config = sluice::config::Config::load(&path).expect("valid config");
-        sluice::app::start(&path, config).await.expect("proxy starts")
+        sluice::app::start(&path, config)
+            .await
+            .expect("proxy starts")
     }
 }
 
@@ -82,7 +91,10 @@ pub struct Reply {
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -103,7 +115,9 @@ pub fn h1_client() -> HttpClient {
 
 /// HTTP/2 over cleartext with prior knowledge (h2c).
 pub fn h2_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 /// Sends a request and reads the whole response, bounded by 30 s.
@@ -119,11 +133,18 @@ pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
             body,
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), fut).await.expect("response within 30 s")
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("response within 30 s")
 }
 
 /// GET `path` on `addr` with extra headers.
-pub async fn get(client: &HttpClient, addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub async fn get(
+    client: &HttpClient,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = Request::get(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -141,12 +162,17 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
     type Error = std::io::Error;
     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
-        std::future::ready(Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))].into_iter()))
+        std::future::ready(Ok(
+            vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))].into_iter()
+        ))
     }
 }
 
@@ -160,7 +186,13 @@ pub fn loopback_client(h2: bool) -> NamedClient {
 }
 
 /// GET `http://{host}:{port}{path}` through a [`loopback_client`].
-pub async fn get_named(client: &NamedClient, host: &str, port: u16, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub async fn get_named(
+    client: &NamedClient,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut req = Request::get(format!("http://{host}:{port}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -170,7 +202,14 @@ pub async fn get_named(client: &NamedClient, host: &str, port: u16, path: &str, 
         let response = client.request(req).await.expect("request sent");
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("body read").to_bytes();
-        Reply { version: parts.version, status: parts.status, headers: parts.headers, body }
+        Reply {
+            version: parts.version,
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     };
-    tokio::time::timeout(Duration::from_secs(30), fut).await.expect("response within 30 s")
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("response within 30 s")
 }

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // `run` sizes the runtime from the config; a config that does not load fails here.
     let config = match &cli.command {

@@ -228,7 +228,17 @@ mod defaults {
 impl Config {
     /// Parse TOML text; `base_dir` anchors relative paths (the config file's directory).
     pub fn parse(text: &str, base_dir: &Path) -> anyhow::Result<Config> {
-        let mut config: Config = toml::from_str(text)?;
+        // The path (`routes[0].plugins[1]`) locates errors that toml reports only by line.
+        let mut config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path.is_empty() || path == "." {
+                    anyhow::anyhow!("{inner}")
+                } else {
+                    anyhow::anyhow!("{path}: {inner}")
+                }
+            })?;
         if config.plugins.dir.is_relative() {
             config.plugins.dir = base_dir.join(&config.plugins.dir);
         }

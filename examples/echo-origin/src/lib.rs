@@ -102,8 +102,12 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respons
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
                 .min(MAX_DOWNLOAD);
-            let mut response = Response::new(Either::Right(StreamBody::new(download::ChunkStream::new(bytes))));
-            response.headers_mut().insert(header::CONTENT_LENGTH, bytes.into());
+            let mut response = Response::new(Either::Right(StreamBody::new(
+                download::ChunkStream::new(bytes),
+            )));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, bytes.into());
             return response;
         }
         "/hop" => {
@@ -112,7 +116,10 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respons
             h.insert(header::CONNECTION, http::HeaderValue::from_static("x-hop"));
             h.insert("x-hop", http::HeaderValue::from_static("1"));
             h.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
-            h.insert("proxy-authenticate", http::HeaderValue::from_static("Basic"));
+            h.insert(
+                "proxy-authenticate",
+                http::HeaderValue::from_static("Basic"),
+            );
             h.insert("x-end-to-end", http::HeaderValue::from_static("1"));
             return response;
         }
@@ -150,7 +157,9 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respons
                 }
             }
             Err(_) => {
-                let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(b"body read failed\n"))));
+                let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
+                    b"body read failed\n",
+                ))));
                 *r.status_mut() = StatusCode::BAD_REQUEST;
                 return r;
             }
@@ -167,12 +176,14 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respons
         "body_bytes": body_bytes,
     });
     let mut response = Response::new(Either::Left(Full::new(Bytes::from(doc.to_string() + "\n"))));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response
-        .headers_mut()
-        .insert("x-origin", http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("origin")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response.headers_mut().insert(
+        "x-origin",
+        http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("origin")),
+    );
     response
 }
 

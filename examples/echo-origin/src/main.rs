@@ -4,7 +4,11 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let addrs = if args.is_empty() { vec!["127.0.0.1:9001".to_string()] } else { args };
+    let addrs = if args.is_empty() {
+        vec!["127.0.0.1:9001".to_string()]
+    } else {
+        args
+    };
     let mut tasks = Vec::new();
     for (i, spec) in addrs.iter().enumerate() {
         // "ADDR" or "ADDR=NAME"
@@ -16,7 +20,9 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         eprintln!("echo-origin {name} listening on http://{addr}");
-        tasks.push(tokio::spawn(async move { echo_origin::serve(listener, &name).await }));
+        tasks.push(tokio::spawn(async move {
+            echo_origin::serve(listener, &name).await
+        }));
     }
     tokio::signal::ctrl_c().await?;
     Ok(())

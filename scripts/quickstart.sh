@@ -16,9 +16,12 @@ for name in api-key rewrite router; do
   mv "$site/plugins/.$name.wasm.tmp" "$site/plugins/$name.wasm"
 done
 
+pids=()
+stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap stop EXIT
+trap 'exit 130' INT TERM
 "$root/target/release/echo-origin" 127.0.0.1:9001=app-1 127.0.0.1:9002=app-2 127.0.0.1:9003=canary &
-origin_pid=$!
-trap 'kill "$origin_pid" 2>/dev/null || true' EXIT
+pids+=($!)
 
 cat <<'MSG'
 
@@ -30,4 +33,6 @@ Sluice quickstart on http://127.0.0.1:8080 - try:
   curl -s --http2-prior-knowledge localhost:8080/                        # h2c on the same port
 
 MSG
-"$root/target/release/sluice" run --config "$site/sluice.toml"
+"$root/target/release/sluice" run --config "$site/sluice.toml" &
+pids+=($!)
+wait "${pids[1]}"

@@ -154,5 +154,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let full = measure(iterations, || chain_once(&engine, &chain, &client)).await?;
     println!("{:<24} {:>12} {full:>14.2}", "chain (all three)", "-");
+    if let Ok(extra) = std::env::var("HOOK_COST_EXTRA") {
+        let (dir, name) = extra.split_once(':').unwrap_or((".", extra.as_str()));
+        let one = vec![bound(&engine, std::path::Path::new(dir), name, serde_json::json!({}))?];
+        let inst = measure(iterations, || async {
+            one[0].instantiate(&engine).await.map(drop).map_err(|f| anyhow::anyhow!("{f}"))
+        })
+        .await?;
+        let full = measure(iterations, || chain_once(&engine, &one, &client)).await?;
+        println!("{name:<24} {inst:>12.2} {full:>14.2}");
+    }
     Ok(())
 }

@@ -1,0 +1,235 @@
+//! Write Sluice proxy plugins in Rust.
+//!
+//! A plugin is a `cdylib` crate built for `wasm32-wasip2`. It implements [`Plugin`] and
+//! names its type in [`export_plugin!`]; the SDK does the WIT plumbing.
+//!
+//! ```no_run
+//! use sluice_sdk::prelude::*;
+//!
+//! #[config]
+//! #[derive(Default)]
+//! struct Config { header: String }
+//!
+//! struct AddHeader { cfg: Config }
+//!
+//! impl Plugin for AddHeader {
+//!     type Config = Config;
+//!     fn new(cfg: Config) -> Result<Self, String> { Ok(Self { cfg }) }
+//!     fn on_request(&mut self, _c: &Client, req: &mut Request) -> Action {
+//!         req.set_header(&self.cfg.header, "1");
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! sluice_sdk::export_plugin!(AddHeader);
+//! ```
+//!
+//! See the crate's README for the build steps, the lifecycle and the limits.
+
+#![warn(missing_docs)]
+
+// Lets `#[config]` (which names `::sluice_sdk`) work inside this crate's own tests.
+extern crate self as sluice_sdk;
+
+/// Generated WIT bindings; not part of the API (their shape follows wit-bindgen).
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        // export_plugin! expands in the plugin crate and names these by absolute path.
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "sluice_sdk::bindings",
+    });
+}
+
+mod headers;
+pub mod log;
+mod plugin;
+mod request;
+mod response;
+pub mod time;
+
+pub use headers::{Headers, IntoBytes};
+#[doc(hidden)]
+pub use plugin::__private;
+pub use plugin::{Action, NoConfig, Plugin, ResponseAction};
+pub use request::{form_decode, parse_query, Client, Request};
+pub use response::{Reply, Response};
+pub use time::{monotonic_ns, now_ms};
+
+/// Derives `Deserialize` for a config type through the SDK's own serde, so the plugin
+/// crate needs no serde dependency. Put it above the other attributes (a plain
+/// `#[derive(Deserialize)]` without it fails: serde's derive wants a `serde` crate):
+///
+/// ```no_run
+/// # use sluice_sdk::prelude::*;
+/// #[config]
+/// #[derive(Debug)]
+/// #[serde(deny_unknown_fields)]
+/// struct Config {
+///     #[serde(default)]
+///     strip: bool,
+/// }
+/// ```
+pub use sluice_sdk_macros::config;
+
+/// serde, for `#[serde(..)]` attributes and hand-written impls.
+pub use serde;
+/// serde_json, e.g. `serde_json::json!` for [`Reply::json`].
+pub use serde_json;
+
+/// Everything a plugin usually needs: `use sluice_sdk::prelude::*;`.
+pub mod prelude {
+    pub use crate::log;
+    // For `#[config] #[derive(Deserialize, ..)]`; a bare derive needs `#[config]` too.
+    pub use crate::serde::Deserialize;
+    pub use crate::serde_json::json;
+    pub use crate::{
+        config, Action, Client, Headers, NoConfig, Plugin, Reply, Request, Response, ResponseAction,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::__private::{run_request, run_response, ClientInfo, RequestAction, RequestHead};
+    use crate::__private::{ResponseHead, WitResponseAction};
+    use crate::prelude::*;
+
+    #[config]
+    #[derive(Debug, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        #[serde(default)]
+        header: String,
+        #[serde(default)]
+        deny: bool,
+    }
+
+    struct P {
+        cfg: Cfg,
+    }
+
+    impl Plugin for P {
+        type Config = Cfg;
+        fn new(cfg: Cfg) -> Result<Self, String> {
+            if cfg.header == "bad" {
+                return Err("header must not be bad".into());
+            }
+            Ok(Self { cfg })
+        }
+        fn on_request(&mut self, client: &Client, req: &mut Request) -> Action {
+            if self.cfg.deny {
+                return Reply::text(403, "no").into();
+            }
+            req.set_header(&self.cfg.header, client.ip());
+            req.set_upstream("other");
+            Action::Continue
+        }
+        fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
+            resp.set_status(resp.status() + 1);
+            ResponseAction::Continue
+        }
+    }
+
+    fn head() -> RequestHead {
+        RequestHead {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![("host".into(), b"h".to_vec())],
+        }
+    }
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            ip: "10.0.0.1".into(),
+            scheme: "http".into(),
+            route: "r".into(),
+        }
+    }
+
+    #[test]
+    fn config_errors_are_prefixed() {
+        let e = P::from_json(r#"{"nope": 1}"#).err().unwrap_or_default();
+        assert!(e.starts_with("invalid config: unknown field `nope`"), "{e}");
+        let e = P::from_json(r#"{"header": 5}"#).err().unwrap_or_default();
+        assert!(e.starts_with("invalid config: "), "{e}");
+        let e = P::from_json(r#"{"header": "bad"}"#)
+            .err()
+            .unwrap_or_default();
+        assert_eq!(e, "header must not be bad");
+        assert!(P::from_json("").is_ok());
+    }
+
+    #[test]
+    fn continue_carries_changes_and_upstream() {
+        let mut p = P::from_json(r#"{"header": "X-IP"}"#).expect("config");
+        match run_request(&mut p, client(), head()) {
+            RequestAction::Continue(f) => {
+                assert_eq!(f.upstream.as_deref(), Some("other"));
+                assert!(f
+                    .request
+                    .headers
+                    .contains(&("x-ip".into(), b"10.0.0.1".to_vec())));
+            }
+            RequestAction::Respond(_) => panic!("expected continue"),
+        }
+        let resp = ResponseHead {
+            status: 200,
+            headers: vec![],
+        };
+        match run_response(&mut p, resp) {
+            WitResponseAction::Continue(h) => assert_eq!(h.status, 201),
+            WitResponseAction::Replace(_) => panic!("expected continue"),
+        }
+    }
+
+    #[test]
+    fn respond() {
+        let mut p = P::from_json(r#"{"deny": true}"#).expect("config");
+        match run_request(&mut p, client(), head()) {
+            RequestAction::Respond(r) => {
+                assert_eq!((r.status, r.body.as_slice()), (403, &b"no"[..]))
+            }
+            RequestAction::Continue(_) => panic!("expected respond"),
+        }
+    }
+
+    /// Explicit derive, doc comments and a serde attribute before `#[derive]`.
+    #[config]
+    /// Docs first.
+    #[serde(default)]
+    #[derive(Debug, Deserialize, Default, PartialEq)]
+    struct Explicit {
+        a: u8,
+    }
+
+    #[config]
+    #[derive(Debug, PartialEq)]
+    #[serde(rename_all = "snake_case", deny_unknown_fields)]
+    enum Mode {
+        Fast,
+        Careful { level: u8 },
+    }
+
+    #[test]
+    fn config_attribute_forms() {
+        let e: Explicit = serde_json::from_str("{}").expect("explicit");
+        assert_eq!(e, Explicit { a: 0 });
+        let m: Mode = serde_json::from_str(r#""fast""#).expect("unit variant");
+        assert_eq!(m, Mode::Fast);
+        let m: Mode = serde_json::from_str(r#"{"careful": {"level": 2}}"#).expect("struct variant");
+        assert_eq!(m, Mode::Careful { level: 2 });
+    }
+
+    #[test]
+    fn no_config_rejects_keys() {
+        let ok: Result<NoConfig, _> = serde_json::from_str("{}");
+        assert!(ok.is_ok());
+        let bad: Result<NoConfig, _> = serde_json::from_str(r#"{"a":1}"#);
+        assert!(bad.is_err());
+    }
+}

@@ -8,16 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice::config::OnError;
+use sluice::config::{InstanceMode, OnError};
 use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
-use sluice::plugin::{load_plugin, plugin_path, BoundPlugin, EngineLimits, PluginEngine};
+use sluice::plugin::{load_plugin, plugin_path, BoundPlugin, EngineLimits, PluginEngine, Reuse};
 
 fn bound(
     engine: &PluginEngine,
     dir: &std::path::Path,
     name: &str,
     config: serde_json::Value,
+    mode: InstanceMode,
 ) -> anyhow::Result<BoundPlugin> {
     let loaded = load_plugin(engine, None, name, &plugin_path(dir, name))?;
     Ok(BoundPlugin {
@@ -26,6 +27,7 @@ fn bound(
         on_error: OnError::Deny,
         deadline_ms: 10,
         memory_limit_bytes: 16 << 20,
+        reuse: Reuse::new(mode, 10_000, 4),
     })
 }
 
@@ -114,55 +116,75 @@ async fn main() -> anyhow::Result<()> {
         max_memory_bytes: 16 << 20,
         max_instances: 100,
     })?;
-    let plugins = [
+    let mut rows = vec![
         (
-            "api-key",
+            "api-key".to_string(),
             serde_json::json!({ "keys": ["k-123"], "header": "x-api-key" }),
         ),
         (
-            "rewrite",
+            "rewrite".to_string(),
             serde_json::json!({ "strip_prefix": "/api", "set_request_headers": { "x-tenant": "acme" }, "set_response_headers": { "x-served-by": "sluice" } }),
         ),
         (
-            "router",
+            "router".to_string(),
             serde_json::json!({ "rules": [ { "header": "x-canary", "equals": "1", "upstream": "canary" } ] }),
         ),
     ];
+    // HOOK_COST_EXTRA=DIR:NAME adds one more plugin (config {}), e.g. a test fixture.
+    if let Ok(extra) = std::env::var("HOOK_COST_EXTRA") {
+        rows.push((extra, serde_json::json!({})));
+    }
     let client = ClientInfo {
         ip: "127.0.0.1".into(),
         scheme: "http".into(),
         route: "bench".into(),
     };
     println!(
-        "{:<24} {:>12} {:>14}",
-        "plugin", "inst+init µs", "req+resp µs"
+        "{:<20} {:>14} {:>18} {:>18}",
+        "plugin", "inst+init µs", "fresh req+resp µs", "reuse req+resp µs"
     );
-    let mut chain = Vec::new();
-    for (name, config) in plugins {
-        let one = vec![bound(&engine, &dir, name, config)?];
+    let mut fresh_chain = Vec::new();
+    let mut reuse_chain = Vec::new();
+    for (spec, config) in rows {
+        let (plugin_dir, name) = match spec.split_once(':') {
+            Some((d, n)) => (PathBuf::from(d), n.to_string()),
+            None => (dir.clone(), spec.clone()),
+        };
+        let fresh = vec![bound(
+            &engine,
+            &plugin_dir,
+            &name,
+            config.clone(),
+            InstanceMode::Fresh,
+        )?];
+        let reuse = vec![bound(
+            &engine,
+            &plugin_dir,
+            &name,
+            config,
+            InstanceMode::Reuse,
+        )?];
         let inst = measure(iterations, || async {
-            one[0]
+            fresh[0]
                 .instantiate(&engine)
                 .await
                 .map(drop)
                 .map_err(|f| anyhow::anyhow!("{f}"))
         })
         .await?;
-        let full = measure(iterations, || chain_once(&engine, &one, &client)).await?;
-        println!("{name:<24} {inst:>12.2} {:>14.2}", full);
-        chain.extend(one);
+        let fresh_cost = measure(iterations, || chain_once(&engine, &fresh, &client)).await?;
+        let reuse_cost = measure(iterations, || chain_once(&engine, &reuse, &client)).await?;
+        println!("{name:<20} {inst:>14.2} {fresh_cost:>18.2} {reuse_cost:>18.2}");
+        if !spec.contains(':') {
+            fresh_chain.extend(fresh);
+            reuse_chain.extend(reuse);
+        }
     }
-    let full = measure(iterations, || chain_once(&engine, &chain, &client)).await?;
-    println!("{:<24} {:>12} {full:>14.2}", "chain (all three)", "-");
-    if let Ok(extra) = std::env::var("HOOK_COST_EXTRA") {
-        let (dir, name) = extra.split_once(':').unwrap_or((".", extra.as_str()));
-        let one = vec![bound(&engine, std::path::Path::new(dir), name, serde_json::json!({}))?];
-        let inst = measure(iterations, || async {
-            one[0].instantiate(&engine).await.map(drop).map_err(|f| anyhow::anyhow!("{f}"))
-        })
-        .await?;
-        let full = measure(iterations, || chain_once(&engine, &one, &client)).await?;
-        println!("{name:<24} {inst:>12.2} {full:>14.2}");
-    }
+    let fresh = measure(iterations, || chain_once(&engine, &fresh_chain, &client)).await?;
+    let reuse = measure(iterations, || chain_once(&engine, &reuse_chain, &client)).await?;
+    println!(
+        "{:<20} {:>14} {fresh:>18.2} {reuse:>18.2}",
+        "chain of the three", "-"
+    );
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, RoutePluginConfig};
-use crate::plugin::{BoundPlugin, LoadedPlugin, PluginEngine, PluginRegistry};
+use crate::plugin::{BoundPlugin, LoadedPlugin, PluginEngine, PluginRegistry, Reuse};
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -63,6 +63,15 @@ impl Snapshot {
         }
         let mut router = Router::default();
         let mut routes = Vec::with_capacity(config.routes.len());
+        // Idle reused instances hold pool slots: keep them to a quarter of the pool,
+        // leaving room for fresh instances and for the previous snapshot during a reload.
+        let bound_count = config
+            .routes
+            .iter()
+            .map(|r| r.plugins.len())
+            .sum::<usize>()
+            .max(1);
+        let max_idle = (config.plugins.max_instances as usize / 4 / bound_count).clamp(1, 64);
         for (i, route) in config.routes.iter().enumerate() {
             let name = config.route_name(i);
             let upstream = upstreams.get(&route.upstream).cloned().with_context(|| {
@@ -73,17 +82,19 @@ impl Snapshot {
             })?;
             let mut chain = Vec::with_capacity(route.plugins.len());
             for (j, plugin) in route.plugins.iter().enumerate() {
-                let bound = bind(config, plugin, plugins).with_context(|| {
+                let bound = bind(config, plugin, plugins, max_idle).with_context(|| {
                     format!(
                         "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?}",
                         plugin.name
                     )
                 })?;
-                if let Err(fault) = bound.instantiate(engine).await {
-                    anyhow::bail!(
+                match bound.instantiate(engine).await {
+                    // In reuse mode the checked instance serves the first request.
+                    Ok(instance) => bound.release(instance),
+                    Err(fault) => anyhow::bail!(
                         "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?} {fault}",
                         plugin.name
-                    );
+                    ),
                 }
                 chain.push(bound);
             }
@@ -107,6 +118,7 @@ fn bind(
     config: &Config,
     plugin: &RoutePluginConfig,
     plugins: &PluginSet,
+    max_idle: usize,
 ) -> anyhow::Result<BoundPlugin> {
     let loaded = plugins
         .get(&plugin.name)
@@ -123,5 +135,10 @@ fn bind(
         on_error: plugin.on_error,
         deadline_ms: plugin.deadline_ms.unwrap_or(config.plugins.deadline_ms),
         memory_limit_bytes: (memory_mib as usize) << 20,
+        reuse: Reuse::new(
+            plugin.instance.unwrap_or(config.plugins.instance),
+            config.plugins.max_requests_per_instance,
+            max_idle,
+        ),
     })
 }

@@ -123,3 +123,39 @@ async fn plugins_see_client_context() {
     assert_eq!(h["x-plugin-query"], "a=1&b=2");
     assert!(proxy.shutdown().await);
 }
+
+async fn calls_seen(mode: &str) -> Vec<u64> {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("fixtures", "echo-context", "echo-context");
+    let config = format!(
+        "{SERVER}[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n[[routes.plugins]]\nname = \"echo-context\"\ninstance = \"{mode}\"\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let client = h1_client();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let r = get(&client, proxy.addr, "/", &[]).await;
+        seen.push(
+            r.json()["headers"]["x-plugin-calls"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    assert!(proxy.shutdown().await);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_instances_never_share_memory_between_requests() {
+    assert_eq!(calls_seen("fresh").await, vec![1, 1, 1, 1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_mode_keeps_initialized_instances() {
+    // Sequential requests take the one idle instance back each time.
+    assert_eq!(calls_seen("reuse").await, vec![1, 2, 3, 4, 5]);
+}

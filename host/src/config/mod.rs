@@ -93,6 +93,12 @@ pub struct PluginsConfig {
     /// Plugin instances alive at once across all requests (sizes the instance pool).
     #[serde(default = "defaults::max_instances")]
     pub max_instances: u32,
+    /// Default instance mode of plugins (see [`InstanceMode`]).
+    #[serde(default)]
+    pub instance: InstanceMode,
+    /// With `instance = "reuse"`: requests one instance serves before it is replaced.
+    #[serde(default = "defaults::max_requests_per_instance")]
+    pub max_requests_per_instance: u32,
 }
 
 impl Default for PluginsConfig {
@@ -105,6 +111,8 @@ impl Default for PluginsConfig {
             deadline_ms: defaults::deadline_ms(),
             memory_limit_mib: defaults::memory_limit_mib(),
             max_instances: defaults::max_instances(),
+            instance: InstanceMode::default(),
+            max_requests_per_instance: defaults::max_requests_per_instance(),
         }
     }
 }
@@ -156,6 +164,22 @@ pub struct RoutePluginConfig {
     pub deadline_ms: Option<u64>,
     /// Overrides `[plugins] memory_limit_mib`; may not exceed it.
     pub memory_limit_mib: Option<u64>,
+    /// Overrides `[plugins] instance`.
+    pub instance: Option<InstanceMode>,
+}
+
+/// How plugin instances map to requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceMode {
+    /// A new instance for every request: requests never share plugin memory.
+    #[default]
+    Fresh,
+    /// Instances (already initialized) are kept and reused by later requests, one request
+    /// at a time; replaced after any failure and after `max_requests_per_instance`.
+    /// Much cheaper, but a plugin's memory outlives a request: only for plugins trusted
+    /// not to carry one request's data into the next.
+    Reuse,
 }
 
 /// What a plugin failure (trap, deadline, memory cap) does to the request.
@@ -207,6 +231,9 @@ mod defaults {
     }
     pub fn max_instances() -> u32 {
         1000
+    }
+    pub fn max_requests_per_instance() -> u32 {
+        10_000
     }
     pub fn connect_timeout_ms() -> u64 {
         3_000

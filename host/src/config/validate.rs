@@ -42,6 +42,10 @@ impl Config {
         positive("plugins.deadline_ms", p.deadline_ms)?;
         positive("plugins.memory_limit_mib", p.memory_limit_mib)?;
         positive("plugins.max_instances", p.max_instances.into())?;
+        positive(
+            "plugins.max_requests_per_instance",
+            p.max_requests_per_instance.into(),
+        )?;
         if p.memory_limit_mib > 4096 {
             return Err(err("plugins.memory_limit_mib", "must be at most 4096"));
         }

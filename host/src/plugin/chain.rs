@@ -2,7 +2,7 @@
 //! `on-request` in route order, `on-response` in reverse, failure policy per plugin.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::{Store, UpdateDeadline};
 
@@ -12,7 +12,7 @@ use super::bindings::{
 use super::engine::PluginEngine;
 use super::host_api::InstanceState;
 use super::loader::LoadedPlugin;
-use crate::config::OnError;
+use crate::config::{InstanceMode, OnError};
 
 /// A plugin placed on a route with its config and limits.
 pub struct BoundPlugin {
@@ -22,6 +22,31 @@ pub struct BoundPlugin {
     pub on_error: OnError,
     pub deadline_ms: u64,
     pub memory_limit_bytes: usize,
+    pub reuse: Option<Reuse>,
+}
+
+/// Keeping initialized instances for later requests (`instance = "reuse"`).
+pub struct Reuse {
+    /// Requests one instance serves before it is dropped.
+    pub max_requests: u32,
+    /// Idle instances kept at most (each holds a slot of the engine's instance pool).
+    pub max_idle: usize,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl Reuse {
+    pub fn new(mode: InstanceMode, max_requests: u32, max_idle: usize) -> Option<Self> {
+        (mode == InstanceMode::Reuse).then(|| Self {
+            max_requests,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
+        // Only push/pop happen under this lock; a poisoned one is still consistent.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Why a plugin call failed. The request fails or skips the plugin by policy.
@@ -39,10 +64,13 @@ pub enum PluginFault {
     InvalidOutput(String),
 }
 
-/// One live plugin instance; dropped (with its memory) at the end of the request.
+/// One live plugin instance; dropped (with its memory) at the end of the request,
+/// or kept for the next one in reuse mode.
 pub struct Instance {
     store: Store<InstanceState>,
     bindings: Plugin,
+    /// Requests served so far.
+    served: u32,
 }
 
 impl BoundPlugin {
@@ -70,7 +98,11 @@ impl BoundPlugin {
             Ok(b) => b,
             Err(e) => return Err(self.classify(&store, e)),
         };
-        let mut instance = Instance { store, bindings };
+        let mut instance = Instance {
+            store,
+            bindings,
+            served: 0,
+        };
         arm_deadline(&mut instance.store, self.deadline_ms);
         match instance
             .bindings
@@ -80,6 +112,28 @@ impl BoundPlugin {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(message)) => Err(PluginFault::InitRejected(message)),
             Err(e) => Err(self.classify(&instance.store, e)),
+        }
+    }
+
+    /// An instance for one request: an idle one in reuse mode, else a fresh one.
+    async fn acquire(&self, engine: &PluginEngine) -> Result<Instance, PluginFault> {
+        if let Some(instance) = self.reuse.as_ref().and_then(|r| r.idle().pop()) {
+            return Ok(instance);
+        }
+        self.instantiate(engine).await
+    }
+
+    /// Hands back an instance whose calls all succeeded. Failed instances are never
+    /// released: they are dropped, since a trap can leave a guest inconsistent.
+    pub(crate) fn release(&self, mut instance: Instance) {
+        let Some(reuse) = &self.reuse else { return };
+        instance.served += 1;
+        if instance.served >= reuse.max_requests {
+            return;
+        }
+        let mut idle = reuse.idle();
+        if idle.len() < reuse.max_idle {
+            idle.push(instance);
         }
     }
 
@@ -156,6 +210,16 @@ pub struct ResponseStage<'a> {
     waiting: Vec<(usize, Instance)>,
 }
 
+impl Drop for ResponseStage<'_> {
+    /// A request that ends before its response pass (upstream error, client gone)
+    /// still returns its healthy instances.
+    fn drop(&mut self) {
+        for (index, instance) in self.waiting.drain(..) {
+            self.chain[index].release(instance);
+        }
+    }
+}
+
 /// Outcome of the `on-response` pass.
 pub enum ResponseDecision {
     /// Send this head with the upstream body.
@@ -179,7 +243,7 @@ pub async fn run_on_request<'a>(
     };
     let mut upstream = None;
     for (index, bound) in chain.iter().enumerate() {
-        let outcome = match bound.instantiate(engine).await {
+        let outcome = match bound.acquire(engine).await {
             Ok(mut instance) => bound
                 .on_request(&mut instance, client, &head)
                 .await
@@ -197,7 +261,8 @@ pub async fn run_on_request<'a>(
                 }
                 stage.waiting.push((index, instance));
             }
-            Ok((RequestAction::Respond(response), _)) => {
+            Ok((RequestAction::Respond(response), instance)) => {
+                bound.release(instance);
                 let _ = write!(trail, "{}:respond({}) ", bound.name(), response.status);
                 return (RequestDecision::Respond(response), stage);
             }
@@ -226,7 +291,11 @@ impl ResponseStage<'_> {
         let mut replaced_body: Option<Vec<u8>> = None;
         while let Some((index, mut instance)) = self.waiting.pop() {
             let bound = &self.chain[index];
-            match bound.on_response(&mut instance, &head).await {
+            let outcome = bound.on_response(&mut instance, &head).await;
+            if outcome.is_ok() {
+                bound.release(instance);
+            }
+            match outcome {
                 Ok(ResponseAction::Continue(next)) => head = next,
                 Ok(ResponseAction::Replace(response)) => {
                     let _ = write!(trail, "{}:replace({}) ", bound.name(), response.status);

@@ -9,7 +9,7 @@ pub mod loader;
 pub mod registry;
 
 pub use cache::CompileCache;
-pub use chain::{BoundPlugin, ChainFailure, PluginFault, RequestDecision, ResponseDecision};
+pub use chain::{BoundPlugin, ChainFailure, PluginFault, RequestDecision, ResponseDecision, Reuse};
 pub use engine::{EngineLimits, PluginEngine};
 pub use loader::{load_plugin, plugin_path, LoadError, LoadedPlugin};
 pub use registry::{PluginRegistry, PluginStatus};

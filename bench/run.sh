@@ -19,7 +19,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -q -p sluice -p echo-origin -p sluice-bench --manifest-path "$root/Cargo.toml"
 
 run=$(mktemp -d); trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$run"' EXIT
-origin_port=$BASE_PORT; plain_port=$((BASE_PORT+1)); chain_port=$((BASE_PORT+2)); nginx_port=$((BASE_PORT+3))
+origin_port=$BASE_PORT; plain_port=$((BASE_PORT+1)); chain_port=$((BASE_PORT+2)); nginx_port=$((BASE_PORT+3)); reuse_port=$((BASE_PORT+4))
 have_nginx=0; command -v nginx >/dev/null && have_nginx=1
 
 nginx_conf() { # name body
@@ -51,9 +51,9 @@ else
 fi
 
 mkdir -p "$run/plugins"; cp "$root"/target/plugins/{api-key,rewrite,router}.wasm "$run/plugins/"
-write_config() { # port with_chain
+write_config() { # port with_chain instance_mode
   {
-    printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\nworkers = 1\n[plugins]\ndir = "%s"\n' "$1" "$run/plugins"
+    printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\nworkers = 1\n[plugins]\ndir = "%s"\ninstance = "%s"\n' "$1" "$run/plugins" "${3:-fresh}"
     printf '[upstreams.app]\nservers = ["127.0.0.1:%s"]\n[upstreams.canary]\nservers = ["127.0.0.1:%s"]\n' "$origin_port" "$origin_port"
     printf '[[routes]]\npath = "/"\nupstream = "app"\n'
     if [ "$2" = 1 ]; then cat <<'TOML'
@@ -73,10 +73,11 @@ TOML
     fi
   } > "$run/sluice-$1.toml"
 }
-write_config $plain_port 0; write_config $chain_port 1
+write_config $plain_port 0; write_config $chain_port 1; write_config $reuse_port 1 reuse
 taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$plain_port.toml" 2>"$run/plain.log" & plain_pid=$!
 taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$chain_port.toml" 2>"$run/chain.log" & chain_pid=$!
-ports="$origin_port $plain_port $chain_port"; [ $have_nginx = 1 ] && ports="$ports $nginx_port"
+taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$reuse_port.toml" 2>"$run/reuse.log" & reuse_pid=$!
+ports="$origin_port $plain_port $chain_port $reuse_port"; [ $have_nginx = 1 ] && ports="$ports $nginx_port"
 for port in $ports; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
@@ -85,11 +86,12 @@ curl -sf -o /dev/null -H 'x-api-key: k-123' "http://127.0.0.1:$chain_port/api/" 
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # target -> "url pid header"
-targets="direct plain chain"; [ $have_nginx = 1 ] && targets="$targets nginx"
+targets="direct plain chain reuse"; [ $have_nginx = 1 ] && targets="$targets nginx"
 declare -A url pid hdr
 url[direct]="http://127.0.0.1:$origin_port/"; pid[direct]=""
 url[plain]="http://127.0.0.1:$plain_port/"; pid[plain]=$plain_pid
 url[chain]="http://127.0.0.1:$chain_port/api/"; pid[chain]=$chain_pid; hdr[chain]="x-api-key: k-123"
+url[reuse]="http://127.0.0.1:$reuse_port/api/"; pid[reuse]=$reuse_pid; hdr[reuse]="x-api-key: k-123"
 url[nginx]="http://127.0.0.1:$nginx_port/"; pid[nginx]=${nginx_pid:-}
 hz=$(getconf CLK_TCK)
 
@@ -113,7 +115,7 @@ for t in $targets; do
     rps=$(awk '/Requests\/sec/ {print $2}' "$f")
     reqs=$(awk '/requests in/ {print $1}' "$f")
     p50=$(awk '$1=="50%" {print $2}' "$f"); p99=$(awk '$1=="99%" {print $2}' "$f")
-    errs=$(awk '/Non-2xx|Socket errors/ {s=s $0 ";"} END {print (s==""?"0":s)}' "$f")
+    errs=$(awk '/Non-2xx|Socket errors/ {gsub(/^ +/, ""); s=s $0 ";"} END {print (s==""?"0":s)}' "$f" | tr -d '\n' | tr ' ' '_')
     ticks=$(cat "$run/cpu-$t-$round.txt")
     echo "$rps $p50 $p99 $reqs $ticks $errs"
   done > "$run/rows-$t.txt"
@@ -126,18 +128,19 @@ rps=statistics.median(float(r[0]) for r in rows)
 p50=statistics.median(ms(r[1]) for r in rows); p99=statistics.median(ms(r[2]) for r in rows)
 hz=float(sys.argv[3]); has_pid=sys.argv[4]!=''
 cpu=statistics.median(int(r[4])/hz*1e6/int(r[3]) for r in rows) if has_pid else float('nan')
-errs=';'.join(sorted(set(r[5] for r in rows)))
+errs=';'.join(sorted(set(r[5].strip() for r in rows)))
 print(f"{sys.argv[2]:<8} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {cpu:>12.1f} {errs:>8}")
 PY
 done | tee "$run/table.txt"
 python3 - "$run/table.txt" <<'PY'
 import sys
-rows={l.split()[0]: l.split() for l in open(sys.argv[1])}
-if 'plain' in rows and 'chain' in rows:
-    plain, chain = float(rows['plain'][4]), float(rows['chain'][4])
-    print(f"chain adds {chain-plain:.1f} µs CPU per request over plain ({chain/plain:.2f}x); chain rps = {float(rows['chain'][1])/float(rows['plain'][1]):.2f}x plain")
+rows={l.split()[0]: l.split() for l in open(sys.argv[1]) if l.strip()}
+for name in ('chain', 'reuse'):
+    if 'plain' in rows and name in rows:
+        plain, chain = float(rows['plain'][4]), float(rows[name][4])
+        print(f"{name}: adds {chain-plain:.1f} µs CPU per request over plain ({chain/plain:.2f}x); rps = {float(rows[name][1])/float(rows['plain'][1]):.2f}x plain")
 if 'nginx' in rows and 'plain' in rows:
-    print(f"plain rps = {float(rows['plain'][1])/float(rows['nginx'][1]):.2f}x nginx")
+    print(f"plain rps = {float(rows['plain'][1])/float(rows['nginx'][1]):.2f}x nginx; CPU per request = {float(rows['plain'][4])/float(rows['nginx'][4]):.2f}x nginx")
 PY
 echo; echo "per-hook cost (in-process, one thread):"
 "$root/target/release/hook-cost" "$root/target/plugins" 45000

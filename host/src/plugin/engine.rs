@@ -45,8 +45,10 @@ impl PluginEngine {
             .total_tables(n.saturating_mul(2))
             .total_stacks(n)
             .max_memory_size(limits.max_memory_bytes)
-            // Keeping a little memory resident avoids page faults and madvise per request.
-            .linear_memory_keep_resident(128 * 1024)
+            // Resetting up to 1 MiB of a slot with memset instead of madvise avoids page
+            // faults and cross-CPU TLB flushes per instance (measured: +25-40% req/s on the
+            // three-plugin chain); the cost is up to 1 MiB resident per warm slot.
+            .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 * 1024)
             .async_stack_keep_resident(64 * 1024);
 

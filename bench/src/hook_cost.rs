@@ -187,7 +187,10 @@ async fn main() -> anyhow::Result<()> {
         "chain of the three", "-"
     );
     let state = measure(iterations, || async {
-        drop(sluice::plugin::host_api::InstanceState::new(Arc::from("x"), 1 << 20));
+        drop(sluice::plugin::host_api::InstanceState::new(
+            Arc::from("x"),
+            1 << 20,
+        ));
         Ok(())
     })
     .await?;

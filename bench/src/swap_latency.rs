@@ -135,7 +135,10 @@ async fn main() -> anyhow::Result<()> {
         delays.push(written.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("delays ms: {:?}", delays.iter().map(|d| d.as_millis()).collect::<Vec<_>>());
+    eprintln!(
+        "delays ms: {:?}",
+        delays.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+    );
     delays.sort();
     println!(
         "write -> first new response: median {:.1} ms, max {:.1} ms (20 swaps; includes the 25 ms debounce)",

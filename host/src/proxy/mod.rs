@@ -21,7 +21,7 @@ use crate::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
 use crate::plugin::PluginEngine;
 use crate::router::normalize_host;
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
 
 /// Body of every response the proxy sends: streamed from upstream, or complete.
@@ -126,16 +126,16 @@ impl Proxy {
             req.headers_mut().insert(header::HOST, host.clone());
         }
 
-        let client = ClientInfo {
-            ip: peer.ip().to_string(),
-            scheme: "http".to_string(),
-            route: route.name.to_string(),
-        };
         let (parts, body) = req.into_parts();
         let mut parts = parts;
         let mut upstream = route.upstream.clone();
         let mut stage = None;
         if !route.chain.is_empty() {
+            let client = ClientInfo {
+                ip: peer.ip().to_string(),
+                scheme: "http".to_string(),
+                route: route.name.to_string(),
+            };
             let head = request_head(&parts);
             let (decision, response_stage) = chain::run_on_request(
                 &self.engine,
@@ -171,16 +171,14 @@ impl Proxy {
                 }
                 RequestDecision::Fail(failure) => return Err(failure.into()),
             }
-            stage = Some(response_stage);
+            stage = Some((response_stage, client));
         }
 
         headers::add_forwarding(&mut parts.headers, peer.ip(), "http", client_host.as_ref());
-        let (response, server) = self
-            .forward(route, &upstream, parts, body, exchange)
-            .await?;
+        let (response, server) = self.forward(&upstream, parts, body, exchange).await?;
 
         let response = match stage {
-            Some(stage) if !stage.is_empty() => {
+            Some((stage, client)) if !stage.is_empty() => {
                 self.respond_through_chain(stage, &client, response, exchange)
                     .await?
             }
@@ -197,7 +195,6 @@ impl Proxy {
     /// Sends the request to one server of `upstream` and returns its response head.
     async fn forward(
         &self,
-        _route: &Route,
         upstream: &Upstream,
         mut parts: http::request::Parts,
         body: Incoming,

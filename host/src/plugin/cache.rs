@@ -3,7 +3,7 @@
 //! watched plugins directory: precompiled code is trusted, wasm is not).
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -23,10 +23,6 @@ impl CompileCache {
             dir,
             engine_key: format!("{:016x}", hasher.finish()),
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn entry(&self, content_hash: &str) -> PathBuf {

@@ -60,8 +60,6 @@ pub enum PluginFault {
     Trap(String),
     #[error("rejected its config: {0}")]
     InitRejected(String),
-    #[error("returned an invalid {0}")]
-    InvalidOutput(String),
 }
 
 /// One live plugin instance; dropped (with its memory) at the end of the request,

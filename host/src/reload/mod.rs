@@ -165,35 +165,30 @@ impl Reloader {
             &config,
             self.proxy.engine().limits().max_memory_bytes,
         )?;
+        // The serving version of each plugin the new config uses; files not loaded yet compile now.
+        let mut set = PluginSet::new();
         let mut fresh = Vec::new();
         for (i, route) in config.routes.iter().enumerate() {
             for (j, plugin) in route.plugins.iter().enumerate() {
-                if self.registry.current(&plugin.name).is_some()
-                    || fresh
-                        .iter()
-                        .any(|p: &Arc<LoadedPlugin>| *p.name == *plugin.name)
-                {
+                if set.contains_key(&plugin.name) {
                     continue;
                 }
-                let loaded = self.compile(&plugin.name).await.map_err(|e| {
-                    format!(
-                        "routes[{i}].plugins[{j}]: plugin {:?} on route {:?} cannot be loaded: {e}",
-                        plugin.name,
-                        config.route_name(i)
-                    )
-                })?;
-                fresh.push(loaded);
+                let loaded = match self.registry.current(&plugin.name) {
+                    Some(current) => current,
+                    None => {
+                        let loaded = self.compile(&plugin.name).await.map_err(|e| {
+                            format!(
+                                "routes[{i}].plugins[{j}]: plugin {:?} on route {:?} cannot be loaded: {e}",
+                                plugin.name,
+                                config.route_name(i)
+                            )
+                        })?;
+                        fresh.push(loaded.clone());
+                        loaded
+                    }
+                };
+                set.insert(plugin.name.clone(), loaded);
             }
-        }
-        let mut set = PluginSet::new();
-        for name in config.referenced_plugins() {
-            let plugin = fresh
-                .iter()
-                .find(|p| *p.name == *name)
-                .cloned()
-                .or_else(|| self.registry.current(name))
-                .ok_or_else(|| format!("plugin {name:?} is not loaded"))?;
-            set.insert(name.to_string(), plugin);
         }
         let previous = self.proxy.snapshot();
         let snapshot = Snapshot::build(&config, self.proxy.engine(), &set, Some(&previous))

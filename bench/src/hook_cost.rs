@@ -1,33 +1,69 @@
-//! Per-request plugin cost, measured in-process on one thread:
-//! instantiate + init, and a full chain (on-request + on-response) per plugin
-//! and for the three-plugin chain of the quickstart.
+//! Per-request plugin cost, measured in-process on one thread: a full chain
+//! (on-request + on-response, the hooks each plugin declares) per plugin and for the
+//! three-plugin chain of the quickstart, in three modes: a fresh instance that runs
+//! `init` (the old lifecycle), a fresh copy of the init-once snapshot (the default),
+//! and reuse.
 //!
 //! Usage: hook-cost [PLUGINS_DIR] [ITERATIONS]
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice::config::{InstanceMode, OnError};
 use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
-use sluice::plugin::{load_plugin, plugin_path, BoundPlugin, EngineLimits, PluginEngine, Reuse};
+use sluice::plugin::preinit::{check_init, prepare};
+use sluice::plugin::{
+    load_plugin, plugin_path, BoundPlugin, CallLimits, EngineLimits, LoadedPlugin, PluginEngine,
+    Reuse, SnapshotSlot,
+};
 
-fn bound(
-    engine: &PluginEngine,
-    dir: &std::path::Path,
-    name: &str,
-    config: serde_json::Value,
-    mode: InstanceMode,
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    FreshInit,
+    FreshSnapshot,
+    Reuse,
+}
+
+async fn bound(
+    engine: &Arc<PluginEngine>,
+    loaded: &Arc<LoadedPlugin>,
+    config: &serde_json::Value,
+    mode: Mode,
 ) -> anyhow::Result<BoundPlugin> {
-    let loaded = load_plugin(engine, None, name, &plugin_path(dir, name))?;
-    Ok(BoundPlugin {
-        plugin: Arc::new(loaded),
-        config_json: config.to_string(),
-        on_error: OnError::Deny,
+    let config_json: Arc<str> = config.to_string().into();
+    let limits = CallLimits {
         deadline_ms: 10,
         memory_limit_bytes: 16 << 20,
-        reuse: Reuse::new(mode, 10_000, 4),
+    };
+    let hooks = check_init(engine, loaded, &config_json, limits)
+        .await
+        .map_err(|f| anyhow::anyhow!("{f}"))?;
+    let snapshot = if mode == Mode::FreshInit {
+        SnapshotSlot::disabled()
+    } else {
+        let slot = Arc::new(SnapshotSlot::default());
+        prepare(engine, None, loaded, &config_json, limits, &slot).await;
+        if slot.pre().is_none() {
+            anyhow::bail!("{}: no snapshot (see the log)", loaded.name);
+        }
+        slot
+    };
+    let instance_mode = if mode == Mode::Reuse {
+        InstanceMode::Reuse
+    } else {
+        InstanceMode::Fresh
+    };
+    Ok(BoundPlugin {
+        plugin: loaded.clone(),
+        config_json,
+        on_error: OnError::Deny,
+        limits,
+        hooks,
+        snapshot,
+        reuse: Reuse::new(instance_mode, 10_000, 4, 8 << 20),
+        instance_wait: Duration::from_secs(1),
     })
 }
 
@@ -112,10 +148,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(90_000);
-    let engine = PluginEngine::new(EngineLimits {
+    let engine = Arc::new(PluginEngine::new(EngineLimits {
         max_memory_bytes: 16 << 20,
         max_instances: 100,
-    })?;
+    })?);
     let mut rows = vec![
         (
             "api-key".to_string(),
@@ -140,60 +176,42 @@ async fn main() -> anyhow::Result<()> {
         route: "bench".into(),
     };
     println!(
-        "{:<20} {:>14} {:>18} {:>18}",
-        "plugin", "inst+init µs", "fresh req+resp µs", "reuse req+resp µs"
+        "{:<20} {:>16} {:>18} {:>12}",
+        "plugin", "fresh+init µs", "fresh snapshot µs", "reuse µs"
     );
-    let mut fresh_chain = Vec::new();
-    let mut reuse_chain = Vec::new();
+    let modes = [Mode::FreshInit, Mode::FreshSnapshot, Mode::Reuse];
+    let mut chains: [Vec<BoundPlugin>; 3] = Default::default();
     for (spec, config) in rows {
         let (plugin_dir, name) = match spec.split_once(':') {
             Some((d, n)) => (PathBuf::from(d), n.to_string()),
             None => (dir.clone(), spec.clone()),
         };
-        let fresh = vec![bound(
+        let loaded = Arc::new(load_plugin(
             &engine,
-            &plugin_dir,
+            None,
             &name,
-            config.clone(),
-            InstanceMode::Fresh,
-        )?];
-        let reuse = vec![bound(
-            &engine,
-            &plugin_dir,
-            &name,
-            config,
-            InstanceMode::Reuse,
-        )?];
-        let inst = measure(iterations, || async {
-            fresh[0]
-                .instantiate(&engine)
-                .await
-                .map(drop)
-                .map_err(|f| anyhow::anyhow!("{f}"))
-        })
-        .await?;
-        let fresh_cost = measure(iterations, || chain_once(&engine, &fresh, &client)).await?;
-        let reuse_cost = measure(iterations, || chain_once(&engine, &reuse, &client)).await?;
-        println!("{name:<20} {inst:>14.2} {fresh_cost:>18.2} {reuse_cost:>18.2}");
-        if !spec.contains(':') {
-            fresh_chain.extend(fresh);
-            reuse_chain.extend(reuse);
+            &plugin_path(&plugin_dir, &name),
+        )?);
+        let mut costs = [0.0; 3];
+        for (i, mode) in modes.into_iter().enumerate() {
+            let one = vec![bound(&engine, &loaded, &config, mode).await?];
+            costs[i] = measure(iterations, || chain_once(&engine, &one, &client)).await?;
+            if !spec.contains(':') {
+                chains[i].extend(one);
+            }
         }
+        println!(
+            "{name:<20} {:>16.2} {:>18.2} {:>12.2}",
+            costs[0], costs[1], costs[2]
+        );
     }
-    let fresh = measure(iterations, || chain_once(&engine, &fresh_chain, &client)).await?;
-    let reuse = measure(iterations, || chain_once(&engine, &reuse_chain, &client)).await?;
+    let mut costs = [0.0; 3];
+    for (i, chain) in chains.iter().enumerate() {
+        costs[i] = measure(iterations, || chain_once(&engine, chain, &client)).await?;
+    }
     println!(
-        "{:<20} {:>14} {fresh:>18.2} {reuse:>18.2}",
-        "chain of the three", "-"
+        "{:<20} {:>16.2} {:>18.2} {:>12.2}",
+        "chain of the three", costs[0], costs[1], costs[2]
     );
-    let state = measure(iterations, || async {
-        drop(sluice::plugin::host_api::InstanceState::new(
-            Arc::from("x"),
-            1 << 20,
-        ));
-        Ok(())
-    })
-    .await?;
-    println!("per-instance host state (WASI context): {state:.2} µs");
     Ok(())
 }

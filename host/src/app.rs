@@ -139,6 +139,9 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     let registry = load_plugins(&config, &engine, true).await?;
     let snapshot =
         Snapshot::build(&config, &engine, &plugin_set(&config, &registry)?, None).await?;
+    // Start-up waits for the init-once snapshots (cached across restarts), so the first
+    // requests already run at full speed.
+    snapshot.prepare_snapshots(&engine, registry.cache()).await;
     let listener = server::bind(config.server.listen).await?;
     let addr = listener
         .local_addr()
@@ -152,13 +155,14 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         None => None,
     };
 
+    let metrics = Arc::new(Metrics::new(&engine));
     let proxy = Arc::new(Proxy::new(snapshot, engine));
     let reloader = Arc::new(Reloader::new(
         absolute(config_path),
         config.clone(),
         proxy.clone(),
         registry,
-        Arc::new(Metrics::default()),
+        metrics,
     ));
     let watch = if config.plugins.watch {
         Some(watcher::spawn(reloader.clone())?)

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, RoutePluginConfig};
-use crate::plugin::{BoundPlugin, LoadedPlugin, PluginEngine, PluginRegistry, Reuse};
+use crate::plugin::preinit::{self, check_init};
+use crate::plugin::{
+    BoundPlugin, CallLimits, CompileCache, LoadedPlugin, PluginEngine, PluginRegistry, Reuse,
+    SnapshotSlot,
+};
 use crate::router::Router;
 use crate::upstream::Upstream;
 
@@ -39,10 +43,30 @@ pub fn plugin_set(config: &Config, registry: &PluginRegistry) -> anyhow::Result<
     Ok(set)
 }
 
+/// Snapshot slots by (plugin content hash, config JSON): routes with the same plugin
+/// and config share one, and a reload keeps those already prepared.
+type SlotKey = (String, Arc<str>);
+
+fn slots_of(snapshot: Option<&Snapshot>) -> HashMap<SlotKey, Arc<SnapshotSlot>> {
+    let mut slots = HashMap::new();
+    for bound in snapshot
+        .iter()
+        .flat_map(|s| &s.routes)
+        .flat_map(|r| &r.chain)
+    {
+        slots
+            .entry((bound.plugin.hash.clone(), bound.config_json.clone()))
+            .or_insert_with(|| bound.snapshot.clone());
+    }
+    slots
+}
+
 impl Snapshot {
-    /// Binds plugins to routes and runs each plugin's `init` on its route config,
-    /// so a config a plugin rejects fails here rather than on a request.
-    /// Upstreams whose settings did not change keep their pool from `previous`.
+    /// Binds plugins to routes and runs each plugin's `init` once on its route config,
+    /// so a config a plugin rejects fails here rather than on a request. Snapshots are
+    /// prepared afterwards ([`Snapshot::prepare_snapshots`]); until then requests run
+    /// `init` themselves. Upstreams whose settings did not change keep their pool from
+    /// `previous`, and so do snapshots of unchanged (plugin, config) pairs.
     pub async fn build(
         config: &Config,
         engine: &PluginEngine,
@@ -72,6 +96,7 @@ impl Snapshot {
             .sum::<usize>()
             .max(1);
         let max_idle = (config.plugins.max_instances as usize / 4 / bound_count).clamp(1, 64);
+        let mut slots = slots_of(previous);
         for (i, route) in config.routes.iter().enumerate() {
             let name = config.route_name(i);
             let upstream = upstreams.get(&route.upstream).cloned().with_context(|| {
@@ -82,20 +107,14 @@ impl Snapshot {
             })?;
             let mut chain = Vec::with_capacity(route.plugins.len());
             for (j, plugin) in route.plugins.iter().enumerate() {
-                let bound = bind(config, plugin, plugins, max_idle).with_context(|| {
-                    format!(
-                        "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?}",
-                        plugin.name
-                    )
-                })?;
-                match bound.instantiate(engine).await {
-                    // In reuse mode the checked instance serves the first request.
-                    Ok(instance) => bound.release(instance),
-                    Err(fault) => anyhow::bail!(
-                        "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?} {fault}",
-                        plugin.name
-                    ),
-                }
+                let bound = bind(config, plugin, plugins, max_idle, &mut slots, engine)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "routes[{i}].plugins[{j}]: plugin {:?} on route {name:?}",
+                            plugin.name
+                        )
+                    })?;
                 chain.push(bound);
             }
             router.add(route.host.as_deref(), &route.path, i);
@@ -112,33 +131,78 @@ impl Snapshot {
             access_log: config.server.access_log,
         })
     }
+
+    /// Prepares the init-once snapshot of every bound plugin that has none yet, one at a
+    /// time (each compiles a component). Failures fall back to `init` per instance.
+    pub async fn prepare_snapshots(
+        &self,
+        engine: &Arc<PluginEngine>,
+        cache: Option<&CompileCache>,
+    ) {
+        for bound in self.routes.iter().flat_map(|r| &r.chain) {
+            if bound.snapshot.is_settled() {
+                continue;
+            }
+            preinit::prepare(
+                engine,
+                cache,
+                &bound.plugin,
+                &bound.config_json,
+                bound.limits,
+                &bound.snapshot,
+            )
+            .await;
+        }
+    }
 }
 
-fn bind(
+async fn bind(
     config: &Config,
     plugin: &RoutePluginConfig,
     plugins: &PluginSet,
     max_idle: usize,
+    slots: &mut HashMap<SlotKey, Arc<SnapshotSlot>>,
+    engine: &PluginEngine,
 ) -> anyhow::Result<BoundPlugin> {
     let loaded = plugins
         .get(&plugin.name)
         .cloned()
         .with_context(|| format!("plugin {:?} is not loaded", plugin.name))?;
-    let config_json =
-        serde_json::to_string(&plugin.config).context("config cannot be converted to JSON")?;
+    let config_json: Arc<str> = serde_json::to_string(&plugin.config)
+        .context("config cannot be converted to JSON")?
+        .into();
     let memory_mib = plugin
         .memory_limit_mib
         .unwrap_or(config.plugins.memory_limit_mib);
+    let memory_limit_bytes = (memory_mib as usize) << 20;
+    let limits = CallLimits {
+        deadline_ms: plugin.deadline_ms.unwrap_or(config.plugins.deadline_ms),
+        memory_limit_bytes,
+    };
+    let hooks = check_init(engine, &loaded, &config_json, limits)
+        .await
+        .map_err(|fault| anyhow::anyhow!("{fault}"))?;
+    let snapshot = if config.plugins.snapshot {
+        slots
+            .entry((loaded.hash.clone(), config_json.clone()))
+            .or_default()
+            .clone()
+    } else {
+        SnapshotSlot::disabled()
+    };
     Ok(BoundPlugin {
         plugin: loaded,
         config_json,
         on_error: plugin.on_error,
-        deadline_ms: plugin.deadline_ms.unwrap_or(config.plugins.deadline_ms),
-        memory_limit_bytes: (memory_mib as usize) << 20,
+        limits,
+        hooks,
+        snapshot,
         reuse: Reuse::new(
             plugin.instance.unwrap_or(config.plugins.instance),
             config.plugins.max_requests_per_instance,
             max_idle,
+            memory_limit_bytes / 100 * config.plugins.recycle_memory_percent as usize,
         ),
+        instance_wait: std::time::Duration::from_millis(config.plugins.instance_wait_ms),
     })
 }

@@ -12,10 +12,11 @@
 //!
 //! struct AddHeader { cfg: Config }
 //!
+//! #[plugin]
 //! impl Plugin for AddHeader {
 //!     type Config = Config;
 //!     fn new(cfg: Config) -> Result<Self, String> { Ok(Self { cfg }) }
-//!     fn on_request(&mut self, _c: &Client, req: &mut Request) -> Action {
+//!     fn on_request(&self, _: &mut (), _c: &Client, req: &mut Request) -> Action {
 //!         req.set_header(&self.cfg.header, "1");
 //!         Action::Continue
 //!     }
@@ -55,7 +56,7 @@ pub mod time;
 pub use headers::{Headers, IntoBytes};
 #[doc(hidden)]
 pub use plugin::__private;
-pub use plugin::{Action, NoConfig, Plugin, ResponseAction};
+pub use plugin::{Action, Hooks, NoConfig, Plugin, ResponseAction};
 pub use request::{form_decode, parse_query, Client, Request};
 pub use response::{Reply, Response};
 pub use time::{monotonic_ns, now_ms};
@@ -76,6 +77,31 @@ pub use time::{monotonic_ns, now_ms};
 /// ```
 pub use sluice_sdk_macros::config;
 
+/// Put on the `impl Plugin for T` block: declares the hooks the block defines
+/// ([`Plugin::HOOKS`]) and supplies `type Context = ();` when the block has none.
+///
+/// ```no_run
+/// # use sluice_sdk::prelude::*;
+/// struct Stamp;
+///
+/// #[plugin]
+/// impl Plugin for Stamp {
+///     type Config = NoConfig;
+///     type Context = u64; // start time, from on_request to on_response
+///     fn new(_: NoConfig) -> Result<Self, String> { Ok(Self) }
+///     fn on_request(&self, start: &mut u64, _: &Client, _: &mut Request) -> Action {
+///         *start = sluice_sdk::monotonic_ns();
+///         Action::Continue
+///     }
+///     fn on_response(&self, start: &mut u64, resp: &mut Response) -> ResponseAction {
+///         let us = (sluice_sdk::monotonic_ns() - *start) / 1000;
+///         resp.set_header("x-took-us", us.to_string());
+///         ResponseAction::Continue
+///     }
+/// }
+/// ```
+pub use sluice_sdk_macros::plugin;
+
 /// serde, for `#[serde(..)]` attributes and hand-written impls.
 pub use serde;
 /// serde_json, e.g. `serde_json::json!` for [`Reply::json`].
@@ -88,7 +114,8 @@ pub mod prelude {
     pub use crate::serde::Deserialize;
     pub use crate::serde_json::json;
     pub use crate::{
-        config, Action, Client, Headers, NoConfig, Plugin, Reply, Request, Response, ResponseAction,
+        config, plugin, Action, Client, Headers, Hooks, NoConfig, Plugin, Reply, Request, Response,
+        ResponseAction,
     };
 }
 
@@ -112,15 +139,19 @@ mod tests {
         cfg: Cfg,
     }
 
+    #[plugin]
     impl Plugin for P {
         type Config = Cfg;
+        /// Counts calls within one request.
+        type Context = u32;
         fn new(cfg: Cfg) -> Result<Self, String> {
             if cfg.header == "bad" {
                 return Err("header must not be bad".into());
             }
             Ok(Self { cfg })
         }
-        fn on_request(&mut self, client: &Client, req: &mut Request) -> Action {
+        fn on_request(&self, calls: &mut u32, client: &Client, req: &mut Request) -> Action {
+            *calls += 1;
             if self.cfg.deny {
                 return Reply::text(403, "no").into();
             }
@@ -128,10 +159,42 @@ mod tests {
             req.set_upstream("other");
             Action::Continue
         }
-        fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
-            resp.set_status(resp.status() + 1);
+        fn on_response(&self, calls: &mut u32, resp: &mut Response) -> ResponseAction {
+            *calls += 1;
+            resp.set_status(resp.status() + *calls as u16);
             ResponseAction::Continue
         }
+    }
+
+    struct RequestOnly;
+
+    #[plugin]
+    impl Plugin for RequestOnly {
+        type Config = NoConfig;
+        fn new(_: NoConfig) -> Result<Self, String> {
+            Ok(Self)
+        }
+        fn on_request(&self, _: &mut (), _: &Client, _: &mut Request) -> Action {
+            Action::Continue
+        }
+    }
+
+    #[test]
+    fn plugin_attribute_declares_the_hooks_written() {
+        assert_eq!(
+            P::HOOKS,
+            Hooks {
+                on_request: true,
+                on_response: true
+            }
+        );
+        assert_eq!(
+            RequestOnly::HOOKS,
+            Hooks {
+                on_request: true,
+                on_response: false
+            }
+        );
     }
 
     fn head() -> RequestHead {
@@ -166,8 +229,9 @@ mod tests {
 
     #[test]
     fn continue_carries_changes_and_upstream() {
-        let mut p = P::from_json(r#"{"header": "X-IP"}"#).expect("config");
-        match run_request(&mut p, client(), head()) {
+        let p = P::from_json(r#"{"header": "X-IP"}"#).expect("config");
+        let mut calls = 0;
+        match run_request(&p, &mut calls, client(), head()) {
             RequestAction::Continue(f) => {
                 assert_eq!(f.upstream.as_deref(), Some("other"));
                 assert!(f
@@ -181,16 +245,17 @@ mod tests {
             status: 200,
             headers: vec![],
         };
-        match run_response(&mut p, resp) {
-            WitResponseAction::Continue(h) => assert_eq!(h.status, 201),
+        // The context carries the request's count into on_response: 200 + 2.
+        match run_response(&p, &mut calls, resp) {
+            WitResponseAction::Continue(h) => assert_eq!(h.status, 202),
             WitResponseAction::Replace(_) => panic!("expected continue"),
         }
     }
 
     #[test]
     fn respond() {
-        let mut p = P::from_json(r#"{"deny": true}"#).expect("config");
-        match run_request(&mut p, client(), head()) {
+        let p = P::from_json(r#"{"deny": true}"#).expect("config");
+        match run_request(&p, &mut 0, client(), head()) {
             RequestAction::Respond(r) => {
                 assert_eq!((r.status, r.body.as_slice()), (403, &b"no"[..]))
             }

@@ -4,29 +4,45 @@ use crate::{Client, Reply, Request, Response};
 
 /// A Sluice plugin.
 ///
-/// The host makes a fresh instance for every request: [`new`](Plugin::new) runs with the
-/// route's config, then [`on_request`](Plugin::on_request), then, if the request went on
-/// to the upstream, [`on_response`](Plugin::on_response). Fields of `self` therefore live
-/// for exactly one request (use them to carry data from request to response).
+/// Lifecycle: [`new`](Plugin::new) runs **once** per route config, when the proxy loads
+/// the plugin; the host snapshots the result, and every request runs in a fresh copy of
+/// it. `self` is therefore read-only config-derived state (parsed config, compiled
+/// regexes). Data a request carries from [`on_request`](Plugin::on_request) to
+/// [`on_response`](Plugin::on_response) goes in the per-request
+/// [`Context`](Plugin::Context), which starts as `Context::default()` for every request.
+///
+/// Put `#[sluice_sdk::plugin]` on the `impl Plugin for ..` block: it tells the host which
+/// hooks you wrote (the host calls only those) and supplies `type Context = ();` when you
+/// need none.
 pub trait Plugin: Sized + 'static {
     /// The route's `config` table, deserialized from JSON. Absent config arrives as `{}`.
     /// Use [`NoConfig`] for a plugin that takes none.
     type Config: DeserializeOwned;
 
-    /// Checks the config and builds the plugin. An `Err` fails the plugin's load with that
-    /// message (the proxy refuses the config).
+    /// Per-request data carried from `on_request` to `on_response`; a fresh
+    /// `Default::default()` for every request. `()` (what `#[plugin]` supplies) for none.
+    type Context: Default + 'static;
+
+    /// The hooks this plugin implements. Written by `#[sluice_sdk::plugin]` from the
+    /// methods in the impl block; the host never calls a hook that is not listed.
+    const HOOKS: Hooks;
+
+    /// Checks the config and builds the plugin, once per route config. An `Err` fails the
+    /// plugin's load with that message (the proxy refuses the config). Wall-clock time
+    /// read here is the load's time, not a request's.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// Inspects or rewrites the request, or answers it directly. The default passes it on.
-    fn on_request(&mut self, client: &Client, req: &mut Request) -> Action {
-        let _ = (client, req);
+    fn on_request(&self, ctx: &mut Self::Context, client: &Client, req: &mut Request) -> Action {
+        let _ = (ctx, client, req);
         Action::Continue
     }
 
     /// Inspects or rewrites the upstream's status and headers. Runs only if this plugin's
-    /// `on_request` returned [`Action::Continue`]. The default passes the response on.
-    fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
-        let _ = resp;
+    /// `on_request` returned [`Action::Continue`] (or it has no `on_request`), with the
+    /// same `ctx`. The default passes the response on.
+    fn on_response(&self, ctx: &mut Self::Context, resp: &mut Response) -> ResponseAction {
+        let _ = (ctx, resp);
         ResponseAction::Continue
     }
 
@@ -38,6 +54,15 @@ pub trait Plugin: Sized + 'static {
         let config = serde_json::from_str(json).map_err(|e| format!("invalid config: {e}"))?;
         Self::new(config)
     }
+}
+
+/// Which hooks a plugin implements (see [`Plugin::HOOKS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// The plugin has `on_request`.
+    pub on_request: bool,
+    /// The plugin has `on_response`.
+    pub on_response: bool,
 }
 
 /// What [`Plugin::on_request`] decided.
@@ -83,8 +108,8 @@ pub mod __private {
     use std::thread::LocalKey;
 
     pub use crate::bindings::sluice::plugin::types::{
-        ClientInfo, Forward, RequestAction, RequestHead, ResponseAction as WitResponseAction,
-        ResponseHead,
+        ClientInfo, Forward, Hooks as WitHooks, RequestAction, RequestHead,
+        ResponseAction as WitResponseAction, ResponseHead,
     };
     pub use crate::bindings::Guest;
     pub use std::string::String;
@@ -92,13 +117,47 @@ pub mod __private {
     use super::{Action, Plugin, ResponseAction};
     use crate::{Client, Request, Response};
 
-    /// Where the plugin value lives between the export calls of one instance.
-    pub type Slot<P> = RefCell<Option<P>>;
+    /// What one instance keeps between export calls: the plugin built by `init`, and the
+    /// context of the request in progress (between `on-request` and `on-response`).
+    pub struct State<P: Plugin> {
+        plugin: Option<P>,
+        context: Option<P::Context>,
+    }
 
-    pub fn init<P: Plugin>(slot: &'static LocalKey<Slot<P>>, config: String) -> Result<(), String> {
+    impl<P: Plugin> State<P> {
+        pub const fn new() -> Self {
+            Self {
+                plugin: None,
+                context: None,
+            }
+        }
+    }
+
+    /// Where the state lives between the export calls of one instance.
+    pub type Slot<P> = RefCell<State<P>>;
+
+    pub fn hooks<P: Plugin>() -> WitHooks {
+        let mut hooks = WitHooks::empty();
+        if P::HOOKS.on_request {
+            hooks |= WitHooks::ON_REQUEST;
+        }
+        if P::HOOKS.on_response {
+            hooks |= WitHooks::ON_RESPONSE;
+        }
+        hooks
+    }
+
+    pub fn init<P: Plugin>(
+        slot: &'static LocalKey<Slot<P>>,
+        config: String,
+    ) -> Result<WitHooks, String> {
         let plugin = P::from_json(&config)?;
-        slot.with(|s| *s.borrow_mut() = Some(plugin));
-        Ok(())
+        slot.with(|s| {
+            let mut s = s.borrow_mut();
+            s.plugin = Some(plugin);
+            s.context = None;
+        });
+        Ok(hooks::<P>())
     }
 
     pub fn on_request<P: Plugin>(
@@ -108,12 +167,20 @@ pub mod __private {
     ) -> RequestAction {
         slot.with(|s| {
             let mut s = s.borrow_mut();
-            // The host always calls init first; without it there is nothing sane to do, so
-            // trap and let the host's on_error policy decide.
-            let Some(plugin) = s.as_mut() else {
+            let state = &mut *s;
+            // The host always runs init first (before its snapshot); without it there is
+            // nothing sane to do, so trap and let the host's on_error policy decide.
+            let Some(plugin) = state.plugin.as_ref() else {
                 panic!("sluice-sdk: on-request called before init")
             };
-            run_request(plugin, client, head)
+            let mut ctx = P::Context::default();
+            let action = run_request(plugin, &mut ctx, client, head);
+            // Kept only for this request's on-response, never for a later request.
+            state.context = match (&action, P::HOOKS.on_response) {
+                (RequestAction::Continue(_), true) => Some(ctx),
+                _ => None,
+            };
+            action
         })
     }
 
@@ -123,21 +190,24 @@ pub mod __private {
     ) -> WitResponseAction {
         slot.with(|s| {
             let mut s = s.borrow_mut();
-            let Some(plugin) = s.as_mut() else {
+            let state = &mut *s;
+            let Some(plugin) = state.plugin.as_ref() else {
                 panic!("sluice-sdk: on-response called before init")
             };
-            run_response(plugin, head)
+            let mut ctx = state.context.take().unwrap_or_default();
+            run_response(plugin, &mut ctx, head)
         })
     }
 
     pub fn run_request<P: Plugin>(
-        plugin: &mut P,
+        plugin: &P,
+        ctx: &mut P::Context,
         client: ClientInfo,
         head: RequestHead,
     ) -> RequestAction {
         let client = Client::from(client);
         let mut req = Request::from(head);
-        match plugin.on_request(&client, &mut req) {
+        match plugin.on_request(ctx, &client, &mut req) {
             Action::Continue => {
                 let (request, upstream) = req.into_parts();
                 RequestAction::Continue(Forward { request, upstream })
@@ -146,9 +216,13 @@ pub mod __private {
         }
     }
 
-    pub fn run_response<P: Plugin>(plugin: &mut P, head: ResponseHead) -> WitResponseAction {
+    pub fn run_response<P: Plugin>(
+        plugin: &P,
+        ctx: &mut P::Context,
+        head: ResponseHead,
+    ) -> WitResponseAction {
         let mut resp = Response::from(head);
-        match plugin.on_response(&mut resp) {
+        match plugin.on_response(ctx, &mut resp) {
             ResponseAction::Continue => WitResponseAction::Continue(resp.into_head()),
             ResponseAction::Replace(reply) => WitResponseAction::Replace(reply.into_wit()),
         }
@@ -163,7 +237,7 @@ macro_rules! export_plugin {
         const _: () = {
             ::std::thread_local! {
                 static __SLUICE_PLUGIN: $crate::__private::Slot<$plugin> =
-                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+                    const { ::core::cell::RefCell::new($crate::__private::State::new()) };
             }
 
             struct __SluiceGuest;
@@ -171,7 +245,10 @@ macro_rules! export_plugin {
             impl $crate::__private::Guest for __SluiceGuest {
                 fn init(
                     config: $crate::__private::String,
-                ) -> ::core::result::Result<(), $crate::__private::String> {
+                ) -> ::core::result::Result<
+                    $crate::__private::WitHooks,
+                    $crate::__private::String,
+                > {
                     $crate::__private::init::<$plugin>(&__SLUICE_PLUGIN, config)
                 }
 
@@ -189,7 +266,7 @@ macro_rules! export_plugin {
                 }
             }
 
-    $crate::bindings::__export_world!(__SluiceGuest with_types_in $crate::bindings);
+            $crate::bindings::__export_world!(__SluiceGuest with_types_in $crate::bindings);
         };
     };
 }

@@ -5,6 +5,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::plugin::PluginEngine;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginReloadLabels {
     pub plugin: String,
@@ -22,8 +24,9 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// Registers the reload counters and the engine's own counters.
+    pub fn new(engine: &PluginEngine) -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let plugin_reloads = Family::<PluginReloadLabels, Counter>::default();
         registry.register(
@@ -37,15 +40,23 @@ impl Default for Metrics {
             "Config reloads by result (ok, failed)",
             config_reloads.clone(),
         );
+        registry.register(
+            "plugin_instance_wait_timeouts",
+            "Requests answered 503 because no plugin instance was free within plugins.instance_wait_ms",
+            engine.counters.instance_wait_timeouts.clone(),
+        );
+        registry.register(
+            "plugin_instances_recycled",
+            "Reused plugin instances dropped because their memory passed plugins.recycle_memory_percent",
+            engine.counters.instances_recycled.clone(),
+        );
         Self {
             registry,
             plugin_reloads,
             config_reloads,
         }
     }
-}
 
-impl Metrics {
     pub fn plugin_reload(&self, plugin: &str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.plugin_reloads

@@ -99,6 +99,18 @@ pub struct PluginsConfig {
     /// With `instance = "reuse"`: requests one instance serves before it is replaced.
     #[serde(default = "defaults::max_requests_per_instance")]
     pub max_requests_per_instance: u32,
+    /// With `instance = "reuse"`: an instance whose linear memory passed this share of its
+    /// memory cap is replaced after its request, so it never reaches the cap.
+    #[serde(default = "defaults::recycle_memory_percent")]
+    pub recycle_memory_percent: u8,
+    /// How long a request waits for a free instance when all `max_instances` are busy,
+    /// before it is answered 503 (the plugin is never skipped).
+    #[serde(default = "defaults::instance_wait_ms")]
+    pub instance_wait_ms: u64,
+    /// Run `init` once per (plugin version, route config) and start every request from a
+    /// snapshot of the initialized instance. `false` runs `init` in every fresh instance.
+    #[serde(default = "defaults::yes")]
+    pub snapshot: bool,
 }
 
 impl Default for PluginsConfig {
@@ -113,6 +125,9 @@ impl Default for PluginsConfig {
             max_instances: defaults::max_instances(),
             instance: InstanceMode::default(),
             max_requests_per_instance: defaults::max_requests_per_instance(),
+            recycle_memory_percent: defaults::recycle_memory_percent(),
+            instance_wait_ms: defaults::instance_wait_ms(),
+            snapshot: true,
         }
     }
 }
@@ -234,6 +249,12 @@ mod defaults {
     }
     pub fn max_requests_per_instance() -> u32 {
         10_000
+    }
+    pub fn recycle_memory_percent() -> u8 {
+        50
+    }
+    pub fn instance_wait_ms() -> u64 {
+        1_000
     }
     pub fn connect_timeout_ms() -> u64 {
         3_000

@@ -46,6 +46,12 @@ impl Config {
             "plugins.max_requests_per_instance",
             p.max_requests_per_instance.into(),
         )?;
+        if !(1..=100).contains(&p.recycle_memory_percent) {
+            return Err(err("plugins.recycle_memory_percent", "must be 1 to 100"));
+        }
+        if p.instance_wait_ms > 60_000 {
+            return Err(err("plugins.instance_wait_ms", "must be at most 60000"));
+        }
         if p.memory_limit_mib > 4096 {
             return Err(err("plugins.memory_limit_mib", "must be at most 4096"));
         }

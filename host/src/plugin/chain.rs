@@ -1,28 +1,34 @@
-//! Running a route's plugin chain for one request: a fresh instance per plugin,
-//! `on-request` in route order, `on-response` in reverse, failure policy per plugin.
+//! Running a route's plugin chain for one request: `on-request` in route order,
+//! `on-response` in reverse, only the hooks each plugin declares, failure policy per
+//! plugin. An instance is held only while the plugin still has a hook to run.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-
-use wasmtime::{Store, UpdateDeadline};
+use std::time::Duration;
 
 use super::bindings::{
-    ClientInfo, Plugin, RequestAction, RequestHead, Response, ResponseAction, ResponseHead,
+    ClientInfo, Hooks, RequestAction, RequestHead, Response, ResponseAction, ResponseHead,
 };
 use super::engine::PluginEngine;
-use super::host_api::InstanceState;
+use super::instance::{classify, new_store, CallLimits, Instance, PluginFault};
 use super::loader::LoadedPlugin;
+use super::preinit::SnapshotSlot;
 use crate::config::{InstanceMode, OnError};
 
 /// A plugin placed on a route with its config and limits.
 pub struct BoundPlugin {
     pub plugin: Arc<LoadedPlugin>,
     /// The route's `config` table as JSON, handed to `init`.
-    pub config_json: String,
+    pub config_json: Arc<str>,
     pub on_error: OnError,
-    pub deadline_ms: u64,
-    pub memory_limit_bytes: usize,
+    pub limits: CallLimits,
+    /// The hooks the plugin declared when `init` ran at load.
+    pub hooks: Hooks,
+    /// The initialized snapshot requests start from, once prepared.
+    pub snapshot: Arc<SnapshotSlot>,
     pub reuse: Option<Reuse>,
+    /// How long a request waits for a free instance before it gets 503.
+    pub instance_wait: Duration,
 }
 
 /// Keeping initialized instances for later requests (`instance = "reuse"`).
@@ -31,14 +37,22 @@ pub struct Reuse {
     pub max_requests: u32,
     /// Idle instances kept at most (each holds a slot of the engine's instance pool).
     pub max_idle: usize,
+    /// An instance whose linear memory passed this is dropped, not kept.
+    pub recycle_memory_bytes: usize,
     idle: Mutex<Vec<Instance>>,
 }
 
 impl Reuse {
-    pub fn new(mode: InstanceMode, max_requests: u32, max_idle: usize) -> Option<Self> {
+    pub fn new(
+        mode: InstanceMode,
+        max_requests: u32,
+        max_idle: usize,
+        recycle_memory_bytes: usize,
+    ) -> Option<Self> {
         (mode == InstanceMode::Reuse).then(|| Self {
             max_requests,
             max_idle,
+            recycle_memory_bytes,
             idle: Mutex::new(Vec::new()),
         })
     }
@@ -49,140 +63,68 @@ impl Reuse {
     }
 }
 
-/// Why a plugin call failed. The request fails or skips the plugin by policy.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginFault {
-    #[error("exceeded its CPU deadline of {0} ms")]
-    Deadline(u64),
-    #[error("exceeded its memory limit of {0} bytes")]
-    Memory(usize),
-    #[error("trapped: {0}")]
-    Trap(String),
-    #[error("rejected its config: {0}")]
-    InitRejected(String),
-}
-
-/// One live plugin instance; dropped (with its memory) at the end of the request,
-/// or kept for the next one in reuse mode.
-pub struct Instance {
-    store: Store<InstanceState>,
-    bindings: Plugin,
-    /// Requests served so far.
-    served: u32,
-}
-
 impl BoundPlugin {
     pub fn name(&self) -> &str {
         &self.plugin.name
     }
 
-    /// Fresh store + instance, with `init` already run on this route's config.
-    pub async fn instantiate(&self, engine: &PluginEngine) -> Result<Instance, PluginFault> {
-        let state = InstanceState::new(self.plugin.name.clone(), self.memory_limit_bytes);
-        let mut store = Store::new(engine.engine(), state);
-        store.limiter(|state| state);
-        store.epoch_deadline_callback(|mut ctx| {
-            let state = ctx.data_mut();
-            if state.ticks_left <= 1 {
-                state.deadline_hit = true;
-                wasmtime::bail!("CPU deadline exceeded");
-            }
-            state.ticks_left -= 1;
-            // Yield so one slow plugin does not hold the worker thread for its whole budget.
-            Ok(UpdateDeadline::Yield(1))
-        });
-        arm_deadline(&mut store, self.deadline_ms);
-        let bindings = match self.plugin.pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
-            Err(e) => return Err(self.classify(&store, e)),
+    /// An instance for one request: an idle one in reuse mode, else a fresh copy of the
+    /// initialized snapshot (or, without one, a fresh instance that runs `init`).
+    pub async fn acquire(&self, engine: &PluginEngine) -> Result<Instance, PluginFault> {
+        if let Some(instance) = self.reuse.as_ref().and_then(|r| r.idle().pop()) {
+            return Ok(instance);
+        }
+        let slot = engine.request_slot(self.instance_wait).await.map_err(|_| {
+            PluginFault::Unavailable(format!(
+                "no free plugin instance within {} ms (plugins.max_instances is {})",
+                self.instance_wait.as_millis(),
+                engine.limits().max_instances
+            ))
+        })?;
+        let mut store = new_store(engine, self.plugin.name.clone(), self.limits);
+        let (bindings, needs_init) = match self.snapshot.pre() {
+            Some(pre) => (pre.instantiate_async(&mut store).await, false),
+            None => (self.plugin.pre.instantiate_async(&mut store).await, true),
         };
+        let bindings = bindings.map_err(|e| classify(&store, e, self.limits))?;
         let mut instance = Instance {
             store,
             bindings,
             served: 0,
+            _slot: slot,
         };
-        arm_deadline(&mut instance.store, self.deadline_ms);
-        match instance
-            .bindings
-            .call_init(&mut instance.store, &self.config_json)
-            .await
-        {
-            Ok(Ok(())) => Ok(instance),
-            Ok(Err(message)) => Err(PluginFault::InitRejected(message)),
-            Err(e) => Err(self.classify(&instance.store, e)),
+        if needs_init {
+            instance.init(self.limits, &self.config_json).await?;
         }
-    }
-
-    /// An instance for one request: an idle one in reuse mode, else a fresh one.
-    async fn acquire(&self, engine: &PluginEngine) -> Result<Instance, PluginFault> {
-        if let Some(instance) = self.reuse.as_ref().and_then(|r| r.idle().pop()) {
-            return Ok(instance);
-        }
-        self.instantiate(engine).await
+        Ok(instance)
     }
 
     /// Hands back an instance whose calls all succeeded. Failed instances are never
     /// released: they are dropped, since a trap can leave a guest inconsistent.
-    pub(crate) fn release(&self, mut instance: Instance) {
+    pub(crate) fn release(&self, engine: &PluginEngine, mut instance: Instance) {
         let Some(reuse) = &self.reuse else { return };
         instance.served += 1;
         if instance.served >= reuse.max_requests {
             return;
         }
+        if instance.memory_bytes() > reuse.recycle_memory_bytes {
+            engine.counters.instances_recycled.inc();
+            return;
+        }
+        instance.store.data().stderr.clear();
         let mut idle = reuse.idle();
         if idle.len() < reuse.max_idle {
             idle.push(instance);
         }
     }
 
-    async fn on_request(
-        &self,
-        instance: &mut Instance,
-        client: &ClientInfo,
-        head: &RequestHead,
-    ) -> Result<RequestAction, PluginFault> {
-        arm_deadline(&mut instance.store, self.deadline_ms);
-        instance
-            .bindings
-            .call_on_request(&mut instance.store, client, head)
-            .await
-            .map_err(|e| self.classify(&instance.store, e))
-    }
-
-    async fn on_response(
-        &self,
-        instance: &mut Instance,
-        head: &ResponseHead,
-    ) -> Result<ResponseAction, PluginFault> {
-        arm_deadline(&mut instance.store, self.deadline_ms);
-        instance
-            .bindings
-            .call_on_response(&mut instance.store, head)
-            .await
-            .map_err(|e| self.classify(&instance.store, e))
-    }
-
-    fn classify(&self, store: &Store<InstanceState>, error: wasmtime::Error) -> PluginFault {
-        let state = store.data();
-        if state.deadline_hit {
-            PluginFault::Deadline(self.deadline_ms)
-        } else if state.memory_denied {
-            PluginFault::Memory(self.memory_limit_bytes)
-        } else {
-            PluginFault::Trap(format!("{error:#}"))
-        }
+    fn has(&self, hook: Hooks) -> bool {
+        self.hooks.contains(hook)
     }
 }
 
-fn arm_deadline(store: &mut Store<InstanceState>, deadline_ms: u64) {
-    let ticks = deadline_ms
-        .div_ceil(super::engine::EPOCH_TICK.as_millis() as u64)
-        .max(1);
-    store.data_mut().ticks_left = ticks;
-    store.set_epoch_deadline(1);
-}
-
-/// A plugin failure that ends the request (policy `deny`).
+/// A plugin failure that ends the request: a fault under `on_error = "deny"`, or any
+/// failure that was not the plugin's own (those are never skipped).
 #[derive(Debug, thiserror::Error)]
 #[error("plugin {plugin:?} {fault}")]
 pub struct ChainFailure {
@@ -202,10 +144,12 @@ pub enum RequestDecision {
     Fail(ChainFailure),
 }
 
-/// Instances whose `on-request` let the request go on, waiting for `on-response`.
+/// Plugins still to run `on-response`, with the instance that ran their `on-request`
+/// (it holds the request's context), or none for a plugin with no `on-request`.
 pub struct ResponseStage<'a> {
+    engine: &'a PluginEngine,
     chain: &'a [BoundPlugin],
-    waiting: Vec<(usize, Instance)>,
+    waiting: Vec<(usize, Option<Instance>)>,
 }
 
 impl Drop for ResponseStage<'_> {
@@ -213,7 +157,9 @@ impl Drop for ResponseStage<'_> {
     /// still returns its healthy instances.
     fn drop(&mut self) {
         for (index, instance) in self.waiting.drain(..) {
-            self.chain[index].release(instance);
+            if let Some(instance) = instance {
+                self.chain[index].release(self.engine, instance);
+            }
         }
     }
 }
@@ -229,21 +175,28 @@ pub enum ResponseDecision {
 
 /// Runs a chain over one request. `trail` collects a short decision log for the access log.
 pub async fn run_on_request<'a>(
-    engine: &PluginEngine,
+    engine: &'a PluginEngine,
     chain: &'a [BoundPlugin],
     client: &ClientInfo,
     mut head: RequestHead,
     trail: &mut String,
 ) -> (RequestDecision, ResponseStage<'a>) {
     let mut stage = ResponseStage {
+        engine,
         chain,
         waiting: Vec::with_capacity(chain.len()),
     };
     let mut upstream = None;
     for (index, bound) in chain.iter().enumerate() {
+        if !bound.has(Hooks::ON_REQUEST) {
+            if bound.has(Hooks::ON_RESPONSE) {
+                stage.waiting.push((index, None));
+            }
+            continue;
+        }
         let outcome = match bound.acquire(engine).await {
-            Ok(mut instance) => bound
-                .on_request(&mut instance, client, &head)
+            Ok(mut instance) => instance
+                .on_request(bound.limits, client, &head)
                 .await
                 .map(|action| (action, instance)),
             Err(fault) => Err(fault),
@@ -257,15 +210,20 @@ pub async fn run_on_request<'a>(
                 } else {
                     let _ = write!(trail, "{}:continue ", bound.name());
                 }
-                stage.waiting.push((index, instance));
+                if bound.has(Hooks::ON_RESPONSE) {
+                    stage.waiting.push((index, Some(instance)));
+                } else {
+                    // Nothing left to run: the slot is free before the upstream wait.
+                    bound.release(engine, instance);
+                }
             }
             Ok((RequestAction::Respond(response), instance)) => {
-                bound.release(instance);
+                bound.release(engine, instance);
                 let _ = write!(trail, "{}:respond({}) ", bound.name(), response.status);
                 return (RequestDecision::Respond(response), stage);
             }
             Err(fault) => {
-                if let Some(failure) = apply_policy(bound, fault, client, trail) {
+                if let Some(failure) = apply_policy(bound, "on-request", fault, client, trail) {
                     return (RequestDecision::Fail(failure), stage);
                 }
             }
@@ -279,7 +237,7 @@ impl ResponseStage<'_> {
         self.waiting.is_empty()
     }
 
-    /// Runs `on-response` of the waiting instances in reverse route order.
+    /// Runs `on-response` of the waiting plugins in reverse route order.
     pub async fn run(
         mut self,
         client: &ClientInfo,
@@ -287,12 +245,22 @@ impl ResponseStage<'_> {
         trail: &mut String,
     ) -> ResponseDecision {
         let mut replaced_body: Option<Vec<u8>> = None;
-        while let Some((index, mut instance)) = self.waiting.pop() {
+        while let Some((index, instance)) = self.waiting.pop() {
             let bound = &self.chain[index];
-            let outcome = bound.on_response(&mut instance, &head).await;
-            if outcome.is_ok() {
-                bound.release(instance);
-            }
+            let instance = match instance {
+                Some(instance) => Ok(instance),
+                None => bound.acquire(self.engine).await,
+            };
+            let outcome = match instance {
+                Ok(mut instance) => {
+                    let outcome = instance.on_response(bound.limits, &head).await;
+                    if outcome.is_ok() {
+                        bound.release(self.engine, instance);
+                    }
+                    outcome
+                }
+                Err(fault) => Err(fault),
+            };
             match outcome {
                 Ok(ResponseAction::Continue(next)) => head = next,
                 Ok(ResponseAction::Replace(response)) => {
@@ -304,7 +272,8 @@ impl ResponseStage<'_> {
                     replaced_body = Some(response.body);
                 }
                 Err(fault) => {
-                    if let Some(failure) = apply_policy(bound, fault, client, trail) {
+                    if let Some(failure) = apply_policy(bound, "on-response", fault, client, trail)
+                    {
                         return ResponseDecision::Fail(failure);
                     }
                 }
@@ -321,27 +290,30 @@ impl ResponseStage<'_> {
     }
 }
 
-/// Logs a fault; returns the failure when the plugin's policy is `deny`.
+/// Logs a failure once, at one level, naming plugin, route and hook; returns the failure
+/// when the request must end. `on_error = "allow"` skips only the plugin's own faults.
 fn apply_policy(
     bound: &BoundPlugin,
+    hook: &'static str,
     fault: PluginFault,
     client: &ClientInfo,
     trail: &mut String,
 ) -> Option<ChainFailure> {
     let plugin = bound.name();
-    match bound.on_error {
-        OnError::Allow => {
-            tracing::warn!(target: "sluice::plugin", plugin, route = %client.route, "plugin {fault}; skipped (on_error = \"allow\")");
-            let _ = write!(trail, "{plugin}:skipped ");
-            None
-        }
-        OnError::Deny => {
-            tracing::error!(target: "sluice::plugin", plugin, route = %client.route, "plugin {fault}; request denied (on_error = \"deny\")");
-            let _ = write!(trail, "{plugin}:failed ");
-            Some(ChainFailure {
-                plugin: bound.plugin.name.clone(),
-                fault,
-            })
-        }
+    let route = &client.route;
+    if !fault.is_plugin_fault() {
+        tracing::warn!(target: "sluice::plugin", plugin, route, hook, "plugin {fault}; request refused with 503");
+        let _ = write!(trail, "{plugin}:unavailable ");
+    } else if bound.on_error == OnError::Allow {
+        tracing::warn!(target: "sluice::plugin", plugin, route, hook, "plugin {fault}; skipped (on_error = \"allow\")");
+        let _ = write!(trail, "{plugin}:skipped ");
+        return None;
+    } else {
+        tracing::error!(target: "sluice::plugin", plugin, route, hook, "plugin {fault}; request denied (on_error = \"deny\")");
+        let _ = write!(trail, "{plugin}:failed ");
     }
+    Some(ChainFailure {
+        plugin: bound.plugin.name.clone(),
+        fault,
+    })
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -20,20 +22,40 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 pub struct EngineLimits {
     /// Largest linear memory any plugin instance may grow to.
     pub max_memory_bytes: usize,
-    /// Plugin instances alive at once.
+    /// Plugin instances serving requests at once.
     pub max_instances: u32,
 }
+
+/// Pool slots kept apart for loading (running `init`, snapshotting), so a reload
+/// never competes with requests for an instance.
+const LOAD_SLOTS: u32 = 4;
 
 pub struct PluginEngine {
     engine: Engine,
     linker: Linker<InstanceState>,
     limits: EngineLimits,
+    /// One permit per request-serving instance alive: waiting here, rather than failing
+    /// in the allocator, is what turns a full pool into a bounded wait.
+    request_slots: Arc<Semaphore>,
+    load_slots: Arc<Semaphore>,
+    pub counters: EngineCounters,
     _ticker: EpochTicker,
 }
 
+/// Counters the admin endpoint exports (shared with its registry).
+#[derive(Default)]
+pub struct EngineCounters {
+    pub instance_wait_timeouts: Counter,
+    pub instances_recycled: Counter,
+}
+
+/// Why no instance could be had; never the plugin's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolBusy;
+
 impl PluginEngine {
     pub fn new(limits: EngineLimits) -> anyhow::Result<Self> {
-        let n = limits.max_instances;
+        let n = limits.max_instances.saturating_add(LOAD_SLOTS);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
             // Rust guests use 3 core instances; interpreters (Python) up to 14.
@@ -74,8 +96,39 @@ impl PluginEngine {
             engine,
             linker,
             limits,
+            request_slots: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            load_slots: Arc::new(Semaphore::new(LOAD_SLOTS as usize)),
+            counters: EngineCounters::default(),
             _ticker: ticker,
         })
+    }
+
+    /// A pool slot for one request-serving instance, waiting at most `wait` for one.
+    pub async fn request_slot(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PoolBusy> {
+        if let Ok(permit) = self.request_slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(wait, self.request_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.counters.instance_wait_timeouts.inc();
+                Err(PoolBusy)
+            }
+        }
+    }
+
+    /// A pool slot for loading; loads wait as long as it takes (they are few and short).
+    pub async fn load_slot(&self) -> Result<OwnedSemaphorePermit, PoolBusy> {
+        self.load_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolBusy)
+    }
+
+    /// Request-serving instances alive now.
+    pub fn instances_in_use(&self) -> usize {
+        (self.limits.max_instances as usize).saturating_sub(self.request_slots.available_permits())
     }
 
     pub fn engine(&self) -> &Engine {

@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::{host, types};
 use super::bindings::LogLevel;
+use super::stderr::StderrCapture;
 
 /// Per-instance state kept in the `Store`.
 pub struct InstanceState {
@@ -22,6 +23,10 @@ pub struct InstanceState {
     pub deadline_hit: bool,
     /// Set when a memory growth past the cap was refused.
     pub memory_denied: bool,
+    /// Linear memory of all the instance's memories, in bytes.
+    pub memory_bytes: usize,
+    /// The guest's stderr (bounded), shown when a call fails.
+    pub stderr: StderrCapture,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -29,13 +34,19 @@ pub struct InstanceState {
 impl InstanceState {
     pub fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
         // Sockets stay unusable: the default address check denies every address and name lookup is off.
-        let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
+        let stderr = StderrCapture::default();
+        let wasi = WasiCtx::builder()
+            .allow_ip_name_lookup(false)
+            .stderr(stderr.clone())
+            .build();
         Self {
             plugin,
             memory_limit,
             ticks_left: 0,
             deadline_hit: false,
             memory_denied: false,
+            memory_bytes: 0,
+            stderr,
             wasi,
             table: ResourceTable::new(),
         }
@@ -59,7 +70,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 impl ResourceLimiter for InstanceState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -69,6 +80,10 @@ impl ResourceLimiter for InstanceState {
             self.memory_denied = true;
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
         }
+        // Also called for each memory's initial size (from 0), so this sums all memories.
+        self.memory_bytes = self
+            .memory_bytes
+            .saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

@@ -11,6 +11,7 @@ use super::bindings::PluginPre;
 use super::cache::CompileCache;
 use super::engine::PluginEngine;
 use super::host_api::InstanceState;
+use super::preinit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -37,7 +38,10 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the compile cache.
     pub from_cache: bool,
+    /// The component as compiled: instrumented for snapshots when that worked.
     pub pre: PluginPre<InstanceState>,
+    /// The file's bytes, for snapshots after `init`; or why wizer cannot instrument it.
+    pub snapshot_source: Result<Arc<[u8]>, String>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -73,20 +77,43 @@ pub fn load_plugin(
         }
     })?;
     let hash = hex_sha256(&bytes);
-    let cached = cache.and_then(|c| c.get(engine.engine(), &hash));
+    // The instrumented form runs exactly like the original; it can also be snapshotted.
+    let instrumented_key = format!("{hash}-instrumented");
+    let cached = cache
+        .and_then(|c| {
+            c.get(engine.engine(), &instrumented_key)
+                .map(|comp| (comp, Ok(())))
+        })
+        .or_else(|| cache.and_then(|c| c.get(engine.engine(), &hash).map(|comp| (comp, Err(())))));
     let from_cache = cached.is_some();
-    let component = match cached {
-        Some(component) => component,
+    let (component, snapshot_source) = match cached {
+        Some((component, Ok(()))) => (component, Ok(Arc::from(bytes.as_slice()))),
+        Some((component, Err(()))) => (
+            component,
+            preinit::instrument(&bytes).map(|_| Arc::from(bytes.as_slice())),
+        ),
         None => {
-            let component =
-                Component::new(engine.engine(), &bytes).map_err(|e| LoadError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
-            if let Some(cache) = cache {
-                cache.put(&hash, &component);
+            let invalid = |e: wasmtime::Error| LoadError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            };
+            match preinit::instrument(&bytes) {
+                Ok(instrumented) => {
+                    let component =
+                        Component::new(engine.engine(), &instrumented).map_err(invalid)?;
+                    if let Some(cache) = cache {
+                        cache.put(&instrumented_key, &component);
+                    }
+                    (component, Ok(Arc::from(bytes.as_slice())))
+                }
+                Err(reason) => {
+                    let component = Component::new(engine.engine(), &bytes).map_err(invalid)?;
+                    if let Some(cache) = cache {
+                        cache.put(&hash, &component);
+                    }
+                    (component, Err(reason))
+                }
             }
-            component
         }
     };
     let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
@@ -106,6 +133,7 @@ pub fn load_plugin(
         loaded_at: SystemTime::now(),
         from_cache,
         pre,
+        snapshot_source,
     })
 }
 

@@ -5,11 +5,16 @@ pub mod cache;
 pub mod chain;
 pub mod engine;
 pub mod host_api;
+pub mod instance;
 pub mod loader;
+pub mod preinit;
 pub mod registry;
+pub mod stderr;
 
 pub use cache::CompileCache;
-pub use chain::{BoundPlugin, ChainFailure, PluginFault, RequestDecision, ResponseDecision, Reuse};
+pub use chain::{BoundPlugin, ChainFailure, RequestDecision, ResponseDecision, Reuse};
 pub use engine::{EngineLimits, PluginEngine};
+pub use instance::{CallLimits, PluginFault};
 pub use loader::{load_plugin, plugin_path, LoadError, LoadedPlugin};
+pub use preinit::SnapshotSlot;
 pub use registry::{PluginRegistry, PluginStatus};

@@ -73,6 +73,10 @@ impl PluginRegistry {
         &self.dir
     }
 
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.cache.as_ref()
+    }
+
     fn entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // A panic while holding this lock cannot leave an entry half-written
         // (each update is a single assignment), so a poisoned lock is still usable.

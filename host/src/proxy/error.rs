@@ -47,6 +47,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Plugin(failure) if !failure.fault.is_plugin_fault() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Plugin(_)
             | ProxyError::InvalidPluginOutput(_)
             | ProxyError::UnknownUpstream(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -59,13 +62,21 @@ impl ProxyError {
         }
     }
 
-    /// The response the client sees; logs the detail it hides.
+    /// The response the client sees; logs the detail it hides (plugin failures were
+    /// logged where they happened, with plugin, route and hook).
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, ProxyError::Plugin(_)) {
             tracing::warn!(target: "sluice::proxy", status = status.as_u16(), "{self}");
         }
-        plain_response(status)
+        let mut response = plain_response(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Instances free up as requests finish: a short retry is likely to succeed.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -54,8 +54,8 @@ impl Proxy {
     }
 
     /// Replaces the snapshot; requests in flight finish on the old one.
-    pub fn swap_snapshot(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+    pub fn swap_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

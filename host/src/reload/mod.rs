@@ -125,7 +125,7 @@ impl Reloader {
             let snapshot = Snapshot::build(config, self.proxy.engine(), &set, Some(&previous))
                 .await
                 .map_err(|e| format!("{e:#}"))?;
-            self.proxy.swap_snapshot(snapshot);
+            self.swap_and_prepare(snapshot);
         }
         let hash = plugin.hash.clone();
         self.registry.commit(plugin);
@@ -197,8 +197,21 @@ impl Reloader {
         for plugin in fresh {
             self.registry.commit(plugin);
         }
-        self.proxy.swap_snapshot(snapshot);
+        self.swap_and_prepare(snapshot);
         Ok(config)
+    }
+
+    /// Serves `snapshot` now (plugins run `init` per instance until their snapshot is
+    /// ready) and prepares the init-once snapshots in the background, so a swap is
+    /// visible at once however many routes and configs the plugin has.
+    fn swap_and_prepare(&self, snapshot: Snapshot) {
+        let snapshot = Arc::new(snapshot);
+        self.proxy.swap_snapshot(snapshot.clone());
+        let engine = self.proxy.engine().clone();
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            snapshot.prepare_snapshots(&engine, registry.cache()).await;
+        });
     }
 
     /// Config, then every plugin file (what `POST /reload` and SIGHUP do).

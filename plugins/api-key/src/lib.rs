@@ -41,6 +41,7 @@ pub struct ApiKey {
     strip: bool,
 }
 
+#[plugin]
 impl Plugin for ApiKey {
     type Config = Config;
 
@@ -80,7 +81,7 @@ impl Plugin for ApiKey {
         })
     }
 
-    fn on_request(&mut self, _client: &Client, req: &mut Request) -> Action {
+    fn on_request(&self, _: &mut (), _client: &Client, req: &mut Request) -> Action {
         // The header wins when both are sent; a wrong header is not retried via the query.
         let ok = match req.header_bytes(&self.header) {
             Some(given) => key_matches(&self.keys, given),
@@ -184,13 +185,13 @@ mod tests {
 
     #[test]
     fn header_key() {
-        let mut p = plugin(r#"{"keys": ["k-123"]}"#);
+        let p = plugin(r#"{"keys": ["k-123"]}"#);
         let mut req = Request::new("GET", "/").with_header("X-Api-Key", "k-123");
-        assert_eq!(status(&p.on_request(&client(), &mut req)), None);
+        assert_eq!(status(&p.on_request(&mut (), &client(), &mut req)), None);
         assert_eq!(req.header("x-api-key"), None, "stripped by default");
 
         let mut req = Request::new("GET", "/").with_header("x-api-key", "nope");
-        let action = p.on_request(&client(), &mut req);
+        let action = p.on_request(&mut (), &client(), &mut req);
         let Action::Respond(reply) = action else {
             panic!("expected 401")
         };
@@ -206,20 +207,20 @@ mod tests {
         );
 
         let mut req = Request::new("GET", "/");
-        assert_eq!(status(&p.on_request(&client(), &mut req)), Some(401));
+        assert_eq!(status(&p.on_request(&mut (), &client(), &mut req)), Some(401));
     }
 
     #[test]
     fn query_key_and_strip() {
-        let mut p =
+        let p =
             plugin(r#"{"keys": ["k 1"], "query": "api_key", "header": "X-Key", "realm": "api"}"#);
         let mut req = Request::new("GET", "/x?a=1&api_key=k+1&b=%20");
-        assert_eq!(status(&p.on_request(&client(), &mut req)), None);
+        assert_eq!(status(&p.on_request(&mut (), &client(), &mut req)), None);
         assert_eq!(req.query(), "a=1&b=%20");
 
         // A present but wrong header is not rescued by a good query key.
         let mut req = Request::new("GET", "/x?api_key=k+1").with_header("x-key", "bad");
-        let Action::Respond(reply) = p.on_request(&client(), &mut req) else {
+        let Action::Respond(reply) = p.on_request(&mut (), &client(), &mut req) else {
             panic!("expected 401")
         };
         assert_eq!(
@@ -230,12 +231,12 @@ mod tests {
 
     #[test]
     fn no_strip_keeps_key() {
-        let mut p = plugin(r#"{"keys": ["k"], "query": "key", "strip": false}"#);
+        let p = plugin(r#"{"keys": ["k"], "query": "key", "strip": false}"#);
         let mut req = Request::new("GET", "/?key=k").with_header("x-other", "1");
-        assert_eq!(status(&p.on_request(&client(), &mut req)), None);
+        assert_eq!(status(&p.on_request(&mut (), &client(), &mut req)), None);
         assert_eq!(req.query(), "key=k");
         let mut req = Request::new("GET", "/").with_header("x-api-key", "k");
-        assert_eq!(status(&p.on_request(&client(), &mut req)), None);
+        assert_eq!(status(&p.on_request(&mut (), &client(), &mut req)), None);
         assert_eq!(req.header("x-api-key"), Some("k"));
     }
 

@@ -96,6 +96,7 @@ pub struct Rewrite {
     response_headers: HeaderEdits,
 }
 
+#[plugin]
 impl Plugin for Rewrite {
     type Config = Config;
 
@@ -139,7 +140,7 @@ impl Plugin for Rewrite {
         })
     }
 
-    fn on_request(&mut self, _client: &Client, req: &mut Request) -> Action {
+    fn on_request(&self, _: &mut (), _client: &Client, req: &mut Request) -> Action {
         if self.strip_prefix.is_some() || self.add_prefix.is_some() || !self.rules.is_empty() {
             let (path, extra_query) = rewrite_path(
                 req.path(),
@@ -157,7 +158,7 @@ impl Plugin for Rewrite {
         Action::Continue
     }
 
-    fn on_response(&mut self, resp: &mut Response) -> ResponseAction {
+    fn on_response(&self, _: &mut (), resp: &mut Response) -> ResponseAction {
         if !self.response_headers.is_empty() {
             self.response_headers.apply(resp.headers_mut());
         }
@@ -263,7 +264,7 @@ mod tests {
 
     fn run(p: &mut Rewrite, target: &str) -> Request {
         let mut req = Request::new("GET", target).with_header("x-drop", "1");
-        assert_eq!(p.on_request(&Client::default(), &mut req), Action::Continue);
+        assert_eq!(p.on_request(&mut (), &Client::default(), &mut req), Action::Continue);
         req
     }
 
@@ -287,7 +288,7 @@ mod tests {
 
     #[test]
     fn strip_then_add() {
-        let mut p = plugin(r#"{"strip_prefix": "/api/", "add_prefix": "/v1"}"#);
+        let p = plugin(r#"{"strip_prefix": "/api/", "add_prefix": "/v1"}"#);
         assert_eq!(run(&mut p, "/api/users?x=1").path(), "/v1/users");
         assert_eq!(run(&mut p, "/api").path(), "/v1/");
         assert_eq!(run(&mut p, "/apix").path(), "/v1/apix");
@@ -296,7 +297,7 @@ mod tests {
 
     #[test]
     fn order_is_strip_regex_add() {
-        let mut p = plugin(
+        let p = plugin(
             r#"{"strip_prefix": "/api", "add_prefix": "/svc",
                 "regex": [{"pattern": "^/users/(\\d+)$", "replacement": "/u/$1"},
                           {"pattern": "/u/", "replacement": "/user/"}]}"#,
@@ -307,7 +308,7 @@ mod tests {
 
     #[test]
     fn regex_all_and_query() {
-        let mut p = plugin(
+        let p = plugin(
             r#"{"regex": [{"pattern": "/+", "replacement": "/", "all": true},
                           {"pattern": "^/old/(?P<id>[^/]+)$", "replacement": "/new?id=${id}"}]}"#,
         );
@@ -320,7 +321,7 @@ mod tests {
 
     #[test]
     fn ascii_by_default_unicode_on_request() {
-        let mut p =
+        let p =
             plugin(r#"{"regex": [{"pattern": "^/(\\w+)/(?i:ab)$", "replacement": "/$1/x"}]}"#);
         assert_eq!(run(&mut p, "/a_1/AB").path(), "/a_1/x");
         assert!(compile(r"\p{Greek}").is_err());
@@ -330,13 +331,13 @@ mod tests {
 
     #[test]
     fn regex_result_gets_leading_slash() {
-        let mut p = plugin(r#"{"regex": [{"pattern": "^/", "replacement": ""}]}"#);
+        let p = plugin(r#"{"regex": [{"pattern": "^/", "replacement": ""}]}"#);
         assert_eq!(run(&mut p, "/a").path(), "/a");
     }
 
     #[test]
     fn headers() {
-        let mut p = plugin(
+        let p = plugin(
             r#"{"set_request_headers": {"X-Env": "prod", "x-drop": "kept"},
                 "remove_request_headers": ["X-Drop", "x-none"],
                 "set_response_headers": {"x-frame-options": "DENY"},
@@ -346,7 +347,7 @@ mod tests {
         assert_eq!(req.header("x-env"), Some("prod"));
         assert_eq!(req.header("x-drop"), Some("kept"), "set wins over remove");
         let mut resp = Response::new(200).with_header("server", "origin");
-        assert_eq!(p.on_response(&mut resp), ResponseAction::Continue);
+        assert_eq!(p.on_response(&mut (), &mut resp), ResponseAction::Continue);
         assert_eq!(resp.header("server"), None);
         assert_eq!(resp.header("x-frame-options"), Some("DENY"));
     }

@@ -160,6 +160,7 @@ pub struct Router {
     rules: Vec<Rule>,
 }
 
+#[plugin]
 impl Plugin for Router {
     type Config = Config;
 
@@ -176,7 +177,7 @@ impl Plugin for Router {
         Ok(Self { rules })
     }
 
-    fn on_request(&mut self, _client: &Client, req: &mut Request) -> Action {
+    fn on_request(&self, _: &mut (), _client: &Client, req: &mut Request) -> Action {
         if let Some(upstream) = pick(&self.rules, req) {
             req.set_upstream(upstream);
         }
@@ -200,12 +201,12 @@ mod tests {
     ]}"#;
 
     fn route(req: Request) -> Option<String> {
-        let mut p = match Router::from_json(EXAMPLE) {
+        let p = match Router::from_json(EXAMPLE) {
             Ok(p) => p,
             Err(e) => panic!("config rejected: {e}"),
         };
         let mut req = req;
-        assert_eq!(p.on_request(&Client::default(), &mut req), Action::Continue);
+        assert_eq!(p.on_request(&mut (), &Client::default(), &mut req), Action::Continue);
         req.upstream().map(str::to_owned)
     }
 
@@ -259,14 +260,14 @@ mod tests {
 
     #[test]
     fn raw_header_bytes_can_match() {
-        let mut p = match Router::from_json(
+        let p = match Router::from_json(
             r#"{"rules": [{"header": "x-bin", "matches": "^\\xFF", "upstream": "bin"}]}"#,
         ) {
             Ok(p) => p,
             Err(e) => panic!("config rejected: {e}"),
         };
         let mut req = get("/").with_header("x-bin", vec![0xff, 0x01]);
-        p.on_request(&Client::default(), &mut req);
+        p.on_request(&mut (), &Client::default(), &mut req);
         assert_eq!(req.upstream(), Some("bin"));
     }
 

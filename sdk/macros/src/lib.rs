@@ -1,5 +1,6 @@
 //! `#[sluice_sdk::config]`: derive `Deserialize` for a plugin config through the serde
 //! that `sluice-sdk` re-exports, so plugin crates need no serde dependency of their own.
+//! `#[sluice_sdk::plugin]`: on `impl Plugin for ..`, declare the hooks the block defines.
 
 use proc_macro::{Delimiter, Group, Punct, Spacing, TokenStream, TokenTree};
 
@@ -89,4 +90,62 @@ fn without_deserialize(attr: &Group) -> Option<TokenTree> {
     let mut group = Group::new(Delimiter::Bracket, derive);
     group.set_span(attr.span());
     Some(TokenTree::Group(group))
+}
+
+/// On an `impl Plugin for T { .. }` block: writes `const HOOKS` from the hook methods the
+/// block defines (`on_request`, `on_response`), and `type Context = ();` when the block
+/// has no `type Context`. The host calls only the hooks listed, so a hook can never be
+/// written but forgotten in the declaration.
+#[proc_macro_attribute]
+pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return "::core::compile_error!(\"#[plugin] takes no arguments\");"
+            .parse()
+            .unwrap_or_default();
+    }
+    let mut tokens: Vec<TokenTree> = item.into_iter().collect();
+    let is_impl = matches!(tokens.first(), Some(TokenTree::Ident(id)) if id.to_string() == "impl");
+    let body_at = tokens
+        .iter()
+        .rposition(|t| matches!(t, TokenTree::Group(g) if g.delimiter() == Delimiter::Brace));
+    let (true, Some(body_at)) = (is_impl, body_at) else {
+        return "::core::compile_error!(\"#[plugin] goes on an `impl Plugin for ..` block\");"
+            .parse()
+            .unwrap_or_default();
+    };
+    let TokenTree::Group(body) = &tokens[body_at] else {
+        return TokenStream::new();
+    };
+
+    // Top-level items only: a nested `fn on_request` inside a method body does not count.
+    let (mut on_request, mut on_response, mut has_context, mut has_hooks) =
+        (false, false, false, false);
+    let items: Vec<TokenTree> = body.stream().into_iter().collect();
+    for pair in items.windows(2) {
+        if let (TokenTree::Ident(kind), TokenTree::Ident(name)) = (&pair[0], &pair[1]) {
+            match (kind.to_string().as_str(), name.to_string().as_str()) {
+                ("fn", "on_request") => on_request = true,
+                ("fn", "on_response") => on_response = true,
+                ("type", "Context") => has_context = true,
+                ("const", "HOOKS") => has_hooks = true,
+                _ => {}
+            }
+        }
+    }
+
+    let mut extra = String::new();
+    if !has_hooks {
+        extra.push_str(&format!(
+            "const HOOKS: ::sluice_sdk::Hooks = ::sluice_sdk::Hooks {{ on_request: {on_request}, on_response: {on_response} }};"
+        ));
+    }
+    if !has_context {
+        extra.push_str("type Context = ();");
+    }
+    let mut stream = body.stream();
+    stream.extend(extra.parse::<TokenStream>().unwrap_or_default());
+    let mut group = Group::new(Delimiter::Brace, stream);
+    group.set_span(body.span());
+    tokens[body_at] = TokenTree::Group(group);
+    tokens.into_iter().collect()
 }

@@ -219,3 +219,66 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         "access log line: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_panic_message_appears_once_in_its_failure_log_line() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("fixtures", "panic", "panic");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = site.write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"guarded\"\npath = \"/\"\nupstream = \"app\"\n  [[routes.plugins]]\n  name = \"panic\"\n",
+        app.addr
+    ));
+    let mut child = Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "proxy did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = get(&h1_client(), addr, "/x", &[]).await;
+    assert_eq!(reply.status, 500);
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "proxy did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("panic fixture: on_request always panics"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line carries the panic message: {log}");
+    let line = lines[0];
+    for part in [
+        "ERROR",
+        "trapped",
+        "panic",
+        "guarded",
+        "on-request",
+        "denied",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    assert!(
+        !log.contains("wasm backtrace"),
+        "no backtrace at the default level: {log}"
+    );
+}

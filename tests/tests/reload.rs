@@ -300,10 +300,21 @@ async fn restart_with_unchanged_plugins_uses_the_compile_cache() {
     );
     assert_eq!(status["from_cache"], false, "first start compiles");
     assert!(first.shutdown().await);
-    let cached: Vec<_> = std::fs::read_dir(site.dir.path().join(".sluice-cache"))
-        .unwrap()
-        .collect();
-    assert_eq!(cached.len(), 1, "one compiled artifact");
+    let cache_entries = || {
+        let mut names: Vec<String> = std::fs::read_dir(site.dir.path().join(".sluice-cache"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let cached = cache_entries();
+    assert_eq!(
+        cached.len(),
+        2,
+        "the plugin and its initialized snapshot: {cached:?}"
+    );
+    assert!(cached.iter().any(|n| n.contains("-init-")), "{cached:?}");
 
     let second = site.start(&tag_config(&app, true)).await;
     let status = plugin_status(
@@ -311,6 +322,7 @@ async fn restart_with_unchanged_plugins_uses_the_compile_cache() {
         "tag",
     );
     assert_eq!(status["from_cache"], true, "restart loads from the cache");
+    assert_eq!(cache_entries(), cached, "nothing recompiled on restart");
     assert_eq!(tag_of(&h1_client(), second.addr).await, "a");
     assert!(second.shutdown().await);
 }

@@ -12,6 +12,10 @@ cargo fmt --all -- --check
 echo "== guest plugins and test fixtures (wasm32-wasip2)"
 "$root/scripts/build-guests.sh" all
 
+echo "== example plugins in Python and JavaScript"
+"$root/examples/python-plugin/build.sh"
+"$root/examples/js-plugin/build.sh"
+
 echo "== plugin unit tests (native)"
 cargo test --manifest-path plugins/Cargo.toml --target-dir "$root/target" -q
 

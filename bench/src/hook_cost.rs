@@ -33,9 +33,10 @@ async fn bound(
     mode: Mode,
 ) -> anyhow::Result<BoundPlugin> {
     let config_json: Arc<str> = config.to_string().into();
+    // Interpreters (Python, JavaScript) need more than the Rust plugins' 16 MiB default.
     let limits = CallLimits {
-        deadline_ms: 10,
-        memory_limit_bytes: 16 << 20,
+        deadline_ms: 100,
+        memory_limit_bytes: 64 << 20,
     };
     let hooks = check_init(engine, loaded, &config_json, limits)
         .await
@@ -62,7 +63,7 @@ async fn bound(
         limits,
         hooks,
         snapshot,
-        reuse: Reuse::new(instance_mode, 10_000, 4, 8 << 20),
+        reuse: Reuse::new(instance_mode, 10_000, 4, 32 << 20),
         instance_wait: Duration::from_secs(1),
     })
 }
@@ -73,6 +74,7 @@ fn request() -> RequestHead {
         ("user-agent", "wrk"),
         ("accept", "*/*"),
         ("x-api-key", "k-123"),
+        ("authorization", "Bearer t-1"),
     ];
     RequestHead {
         method: "GET".into(),
@@ -149,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(90_000);
     let engine = Arc::new(PluginEngine::new(EngineLimits {
-        max_memory_bytes: 16 << 20,
+        max_memory_bytes: 64 << 20,
         max_instances: 100,
     })?);
     let mut rows = vec![
@@ -166,9 +168,18 @@ async fn main() -> anyhow::Result<()> {
             serde_json::json!({ "rules": [ { "header": "x-canary", "equals": "1", "upstream": "canary" } ] }),
         ),
     ];
-    // HOOK_COST_EXTRA=DIR:NAME adds one more plugin (config {}), e.g. a test fixture.
+    // HOOK_COST_EXTRA=DIR:NAME[:JSON] adds plugins (config JSON, default {}), e.g. a test
+    // fixture or a Python/JavaScript example; several are separated by spaces.
     if let Ok(extra) = std::env::var("HOOK_COST_EXTRA") {
-        rows.push((extra, serde_json::json!({})));
+        for spec in extra.split_whitespace() {
+            let mut parts = spec.splitn(3, ':');
+            let (dir, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let config = match parts.next() {
+                Some(json) => serde_json::from_str(json)?,
+                None => serde_json::json!({}),
+            };
+            rows.push((format!("{dir}:{name}"), config));
+        }
     }
     let client = ClientInfo {
         ip: "127.0.0.1".into(),

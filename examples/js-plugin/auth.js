@@ -1,0 +1,79 @@
+// js-auth: a Sluice plugin in JavaScript (bearer tokens), the same behaviour as the
+// Python example: `Authorization: Bearer <token>` with a token from the config, or 401
+// with a JSON body; the token's user goes upstream in `x-auth-user`, and the response
+// says who checked it in `x-auth-checked-by`.
+//
+// Config: { tokens = { "t-1" = "alice" }, realm = "api" }
+//
+// `init` runs once per route config at load and the proxy snapshots the engine after
+// it: module-level state set in `init` is what every request starts from. Per-request
+// data (here the user, for onResponse) lives in a variable onRequest always resets,
+// since in reuse mode the same instance serves the next request.
+
+import { log } from 'sluice:plugin/host@0.2.0';
+
+let tokens = new Map();
+let realm = 'api';
+let requestUser = null;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function header(headers, name) {
+  for (const [key, value] of headers) {
+    if (key === name) return decoder.decode(value);
+  }
+  return null;
+}
+
+export function init(config) {
+  let parsed;
+  try {
+    parsed = JSON.parse(config || '{}');
+  } catch (e) {
+    throw `invalid config: ${e.message}`;
+  }
+  const unknown = Object.keys(parsed).filter((k) => k !== 'tokens' && k !== 'realm');
+  if (unknown.length > 0) throw `invalid config: unknown key(s) ${unknown.join(', ')}`;
+  const entries = Object.entries(parsed.tokens ?? {});
+  if (entries.length === 0 || !entries.every(([, user]) => typeof user === 'string')) {
+    throw 'tokens: needs at least one token = user entry';
+  }
+  tokens = new Map(entries);
+  realm = String(parsed.realm ?? 'api');
+  return { onRequest: true, onResponse: true };
+}
+
+export function onRequest(client, request) {
+  requestUser = null;
+  if (request.path.endsWith('/boom')) {
+    // Lets the tests see a JavaScript error in the proxy log.
+    throw new Error('js-auth: boom requested');
+  }
+  const auth = header(request.headers, 'authorization') ?? '';
+  const token = auth.startsWith('Bearer ') ? auth.slice('Bearer '.length) : null;
+  const user = token !== null ? tokens.get(token) : undefined;
+  if (user === undefined) {
+    log('debug', `rejected ${client.ip}`);
+    return {
+      tag: 'respond',
+      val: {
+        status: 401,
+        headers: [
+          ['content-type', encoder.encode('application/json')],
+          ['www-authenticate', encoder.encode(`Bearer realm="${realm}"`)],
+        ],
+        body: encoder.encode(JSON.stringify({ error: 'unauthorized' })),
+      },
+    };
+  }
+  requestUser = user;
+  const headers = request.headers.filter(([k]) => k !== 'authorization' && k !== 'x-auth-user');
+  headers.push(['x-auth-user', encoder.encode(user)]);
+  return { tag: 'continue', val: { request: { ...request, headers }, upstream: undefined } };
+}
+
+export function onResponse(response) {
+  const headers = [...response.headers, ['x-auth-checked-by', encoder.encode(`javascript:${requestUser}`)]];
+  return { tag: 'continue', val: { ...response, headers } };
+}

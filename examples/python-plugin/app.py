@@ -1,0 +1,90 @@
+"""py-auth: a Sluice plugin in Python (bearer tokens).
+
+Requests need `Authorization: Bearer <token>` with a token from the config; others get
+401 with a JSON body. A known token's user goes upstream in `x-auth-user`, and the
+response says who checked it in `x-auth-checked-by`.
+
+Config: { tokens = { "t-1" = "alice" }, realm = "api" }
+
+Lifecycle, as the proxy runs it:
+- `init` runs once per route config at load; the proxy snapshots the interpreter after
+  it, so every request starts from the parsed config without running `init` again.
+- componentize-py creates a new `WitWorld` object for every call, so state kept on
+  `self` is lost between calls: keep config in module globals (set in `init`).
+- Per-request data from `on_request` to `on_response` goes in a module global that
+  `on_request` always resets (in reuse mode the same interpreter serves the next request).
+"""
+
+import json
+
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import host
+from wit_world.imports.types import (
+    Forward,
+    Hooks,
+    LogLevel,
+    RequestAction_Continue,
+    RequestAction_Respond,
+    Response,
+    ResponseAction_Continue,
+)
+
+# Set once by init (frozen into the snapshot).
+TOKENS: dict = {}
+REALM = "api"
+
+# The request in progress: who it authenticated as.
+request_user = None
+
+
+def header(headers, name):
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class WitWorld(wit_world.WitWorld):
+    def init(self, config: str) -> Hooks:
+        global TOKENS, REALM
+        try:
+            parsed = json.loads(config or "{}")
+        except ValueError as e:
+            raise Err(f"invalid config: {e}")
+        unknown = set(parsed) - {"tokens", "realm"}
+        if unknown:
+            raise Err(f"invalid config: unknown key(s) {sorted(unknown)}")
+        tokens = parsed.get("tokens", {})
+        if not tokens or not all(isinstance(v, str) for v in tokens.values()):
+            raise Err("tokens: needs at least one token = user entry")
+        TOKENS = dict(tokens)
+        REALM = str(parsed.get("realm", "api"))
+        return Hooks.ON_REQUEST | Hooks.ON_RESPONSE
+
+    def on_request(self, client, request):
+        global request_user
+        request_user = None
+        if request.path.endswith("/boom"):
+            # Lets the tests see a Python traceback in the proxy log.
+            raise RuntimeError("py-auth: boom requested")
+        auth = header(request.headers, "authorization") or ""
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        user = TOKENS.get(token) if token else None
+        if user is None:
+            host.log(LogLevel.DEBUG, f"rejected {client.ip}")
+            body = json.dumps({"error": "unauthorized"}).encode()
+            headers = [
+                ("content-type", b"application/json"),
+                ("www-authenticate", f'Bearer realm="{REALM}"'.encode()),
+            ]
+            return RequestAction_Respond(Response(401, headers, body))
+        request_user = user
+        headers = [(k, v) for k, v in request.headers if k not in ("authorization", "x-auth-user")]
+        headers.append(("x-auth-user", user.encode()))
+        request.headers = headers
+        return RequestAction_Continue(Forward(request, None))
+
+    def on_response(self, response):
+        response.headers.append(("x-auth-checked-by", f"python:{request_user}".encode()))
+        return ResponseAction_Continue(response)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark, side by side in one run: the origin direct, Sluice without
-# plugins, Sluice with the three-plugin chain (api-key, rewrite, router), and
+# plugins, Sluice with the three-plugin chain (api-key, rewrite, router) in fresh
+# mode (init-once snapshots, the default), fresh with `init` per instance
+# (`snapshot = false`, the lifecycle before snapshots) and reuse mode, and
 # nginx as a reverse proxy when installed. Reports req/s, p50/p99 and CPU µs per
 # request of the proxy process, as medians over rounds, plus ratios.
 #
@@ -19,7 +21,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -q -p sluice -p echo-origin -p sluice-bench --manifest-path "$root/Cargo.toml"
 
 run=$(mktemp -d); trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$run"' EXIT
-origin_port=$BASE_PORT; plain_port=$((BASE_PORT+1)); chain_port=$((BASE_PORT+2)); nginx_port=$((BASE_PORT+3)); reuse_port=$((BASE_PORT+4))
+origin_port=$BASE_PORT; plain_port=$((BASE_PORT+1)); chain_port=$((BASE_PORT+2)); nginx_port=$((BASE_PORT+3)); reuse_port=$((BASE_PORT+4)); initper_port=$((BASE_PORT+5))
 have_nginx=0; command -v nginx >/dev/null && have_nginx=1
 
 nginx_conf() { # name body
@@ -51,9 +53,9 @@ else
 fi
 
 mkdir -p "$run/plugins"; cp "$root"/target/plugins/{api-key,rewrite,router}.wasm "$run/plugins/"
-write_config() { # port with_chain instance_mode
+write_config() { # port with_chain instance_mode snapshot
   {
-    printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\nworkers = 1\n[plugins]\ndir = "%s"\ninstance = "%s"\n' "$1" "$run/plugins" "${3:-fresh}"
+    printf '[server]\nlisten = "127.0.0.1:%s"\naccess_log = false\nworkers = 1\n[plugins]\ndir = "%s"\ninstance = "%s"\nsnapshot = %s\n' "$1" "$run/plugins" "${3:-fresh}" "${4:-true}"
     printf '[upstreams.app]\nservers = ["127.0.0.1:%s"]\n[upstreams.canary]\nservers = ["127.0.0.1:%s"]\n' "$origin_port" "$origin_port"
     printf '[[routes]]\npath = "/"\nupstream = "app"\n'
     if [ "$2" = 1 ]; then cat <<'TOML'
@@ -73,11 +75,12 @@ TOML
     fi
   } > "$run/sluice-$1.toml"
 }
-write_config $plain_port 0; write_config $chain_port 1; write_config $reuse_port 1 reuse
+write_config $plain_port 0; write_config $chain_port 1; write_config $reuse_port 1 reuse; write_config $initper_port 1 fresh false
 taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$plain_port.toml" 2>"$run/plain.log" & plain_pid=$!
 taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$chain_port.toml" 2>"$run/chain.log" & chain_pid=$!
 taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$reuse_port.toml" 2>"$run/reuse.log" & reuse_pid=$!
-ports="$origin_port $plain_port $chain_port $reuse_port"; [ $have_nginx = 1 ] && ports="$ports $nginx_port"
+taskset -c "$PROXY_CPU" "$root/target/release/sluice" run --config "$run/sluice-$initper_port.toml" 2>"$run/initper.log" & initper_pid=$!
+ports="$origin_port $plain_port $chain_port $reuse_port $initper_port"; [ $have_nginx = 1 ] && ports="$ports $nginx_port"
 for port in $ports; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
@@ -86,12 +89,13 @@ curl -sf -o /dev/null -H 'x-api-key: k-123' "http://127.0.0.1:$chain_port/api/" 
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # target -> "url pid header"
-targets="direct plain chain reuse"; [ $have_nginx = 1 ] && targets="$targets nginx"
+targets="direct plain chain initper reuse"; [ $have_nginx = 1 ] && targets="$targets nginx"
 declare -A url pid hdr
 url[direct]="http://127.0.0.1:$origin_port/"; pid[direct]=""
 url[plain]="http://127.0.0.1:$plain_port/"; pid[plain]=$plain_pid
 url[chain]="http://127.0.0.1:$chain_port/api/"; pid[chain]=$chain_pid; hdr[chain]="x-api-key: k-123"
 url[reuse]="http://127.0.0.1:$reuse_port/api/"; pid[reuse]=$reuse_pid; hdr[reuse]="x-api-key: k-123"
+url[initper]="http://127.0.0.1:$initper_port/api/"; pid[initper]=$initper_pid; hdr[initper]="x-api-key: k-123"
 url[nginx]="http://127.0.0.1:$nginx_port/"; pid[nginx]=${nginx_pid:-}
 hz=$(getconf CLK_TCK)
 
@@ -135,7 +139,7 @@ done | tee "$run/table.txt"
 python3 - "$run/table.txt" <<'PY'
 import sys
 rows={l.split()[0]: l.split() for l in open(sys.argv[1]) if l.strip()}
-for name in ('chain', 'reuse'):
+for name in ('chain', 'initper', 'reuse'):
     if 'plain' in rows and name in rows:
         plain, chain = float(rows['plain'][4]), float(rows[name][4])
         print(f"{name}: adds {chain-plain:.1f} µs CPU per request over plain ({chain/plain:.2f}x); rps = {float(rows[name][1])/float(rows['plain'][1]):.2f}x plain")

@@ -2,8 +2,10 @@
 //! by the new version, and request latency (p50/p99/p99.9) under load with and
 //! without swaps, measured in one run.
 //!
-//! Usage: swap-latency [FIXTURES_DIR] [SECONDS_PER_PHASE] [CONCURRENCY]
+//! Usage: swap-latency [FIXTURES_DIR] [SECONDS_PER_PHASE] [CONCURRENCY] [ROUTES]
 //! (FIXTURES_DIR holds tag-a.wasm and tag-b.wasm; scripts/build-guests.sh fixtures builds them)
+//! The plugin is used on ROUTES routes (default 1), each with its own config, so each
+//! swap runs `init` and prepares a snapshot per route; requests go to the last route.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +99,12 @@ async fn main() -> anyhow::Result<()> {
     let fixtures = PathBuf::from(args.next().unwrap_or_else(|| "target/fixtures".into()));
     let secs: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let concurrency: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16);
+    let route_count: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
     let (a, b) = (fixtures.join("tag-a.wasm"), fixtures.join("tag-b.wasm"));
 
     let origin = echo_origin::spawn_local("origin").await?;
@@ -105,16 +113,19 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&plugins)?;
     deploy(&a, &plugins)?;
     let config_path = site.join("sluice.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n[[routes.plugins]]\nname = \"tag\"\n",
-            origin.addr
-        ),
-    )?;
+    let mut toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n",
+        origin.addr
+    );
+    for r in 0..route_count {
+        toml.push_str(&format!(
+            "[[routes]]\npath = \"/r{r}/\"\nupstream = \"app\"\n[[routes.plugins]]\nname = \"tag\"\nconfig = {{ label = \"r{r}\" }}\n"
+        ));
+    }
+    std::fs::write(&config_path, toml)?;
     let config = sluice::config::Config::load(&config_path)?;
     let running = sluice::app::start(&config_path, config).await?;
-    let url = format!("http://{}/", running.addr);
+    let url = format!("http://{}/r{}/", running.addr, route_count - 1);
     let probe: HttpClient = Client::builder(TokioExecutor::new()).build_http();
 
     // 1. File write to first response from the new version (small plugin), 20 swaps.
@@ -141,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     );
     delays.sort();
     println!(
-        "write -> first new response: median {:.1} ms, max {:.1} ms (20 swaps; includes the 25 ms debounce)",
+        "write -> first new response: median {:.1} ms, max {:.1} ms (20 swaps, plugin on {route_count} route(s) with distinct configs; includes the 25 ms debounce)",
         percentile(&delays, 0.5),
         percentile(&delays, 1.0)
     );

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, RoutePluginConfig};
+use crate::plugin::bindings::Hooks;
 use crate::plugin::preinit::{self, check_init};
 use crate::plugin::{
     BoundPlugin, CallLimits, CompileCache, LoadedPlugin, PluginEngine, PluginRegistry, Reuse,
@@ -182,6 +183,9 @@ async fn bind(
     let hooks = check_init(engine, &loaded, &config_json, limits)
         .await
         .map_err(|fault| anyhow::anyhow!("{fault}"))?;
+    if hooks == Hooks::empty() {
+        tracing::warn!(target: "sluice::plugin", plugin = %loaded.name, "plugin declares no hooks, so it never runs");
+    }
     let snapshot = if config.plugins.snapshot {
         slots
             .entry((loaded.hash.clone(), config_json.clone()))

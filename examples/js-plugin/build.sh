@@ -7,6 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 out="${1:-$repo/target/examples}"
 cd "$here"
+command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
 if [[ ! -x node_modules/.bin/componentize-js ]]; then
     npm install --silent --no-audit --no-fund
 fi

@@ -141,7 +141,9 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         Snapshot::build(&config, &engine, &plugin_set(&config, &registry)?, None).await?;
     // Start-up waits for the init-once snapshots (cached across restarts), so the first
     // requests already run at full speed.
-    snapshot.prepare_snapshots(&engine, registry.cache()).await;
+    snapshot
+        .prepare_snapshots(&engine, registry.cache(), || true)
+        .await;
     let listener = server::bind(config.server.listen).await?;
     let addr = listener
         .local_addr()

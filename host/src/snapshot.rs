@@ -134,15 +134,21 @@ impl Snapshot {
     }
 
     /// Prepares the init-once snapshot of every bound plugin that has none yet, one at a
-    /// time (each compiles a component). Failures fall back to `init` per instance.
+    /// time (each compiles a component), while `still_wanted()` holds: a snapshot that
+    /// was already replaced leaves the work to its successor (which keeps the slots of
+    /// unchanged plugins). Failures fall back to `init` per instance.
     pub async fn prepare_snapshots(
         &self,
         engine: &Arc<PluginEngine>,
         cache: Option<&CompileCache>,
+        still_wanted: impl Fn() -> bool,
     ) {
         for bound in self.routes.iter().flat_map(|r| &r.chain) {
             if bound.snapshot.is_settled() {
                 continue;
+            }
+            if !still_wanted() {
+                return;
             }
             preinit::prepare(
                 engine,

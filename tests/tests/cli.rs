@@ -25,6 +25,59 @@ fn sluice_bin() -> PathBuf {
     bin
 }
 
+/// Starts `sluice run` on the config `toml(listen)` builds, on a free loopback port;
+/// returns once the proxy accepts connections.
+async fn run_binary(
+    site: &Site,
+    toml: impl FnOnce(&str) -> String,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = site.write_config(&toml(&addr.to_string()));
+    let child = Command::new(sluice_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "proxy did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, addr)
+}
+
+fn terminate(child: &std::process::Child) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Waits (at most 10 s) for the proxy to exit.
+async fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "proxy did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Everything the exited proxy wrote to stderr (its log).
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    log
+}
+
 fn check(config: &std::path::Path) -> (bool, String) {
     let out = Command::new(sluice_bin())
         .arg("check")
@@ -156,64 +209,33 @@ fn help_documents_every_subcommand() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = spawn_origin("app").await.unwrap();
     let site = Site::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = site.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-        app.addr
-    ));
-    let mut child = Command::new(sluice_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, addr) = run_binary(&site, |listen| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+            app.addr
+        )
+    })
+    .await;
     let client = h1_client();
     let in_flight = tokio::spawn({
         let client = client.clone();
         async move { get(&client, addr, "/slow?ms=1000", &[]).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    terminate(&child);
 
     let finished = in_flight.await.unwrap();
     assert_eq!(
         finished.status, 200,
         "in-flight request completed during the drain"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxy did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_exit(&mut child).await;
     assert!(status.success(), "exit status {status}");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
-    let mut log = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = stderr_of(&mut child);
     assert!(
         log.contains("sluice::access") && log.contains("status=200"),
         "access log line: {log}"
@@ -225,42 +247,18 @@ async fn a_plugin_panic_message_appears_once_in_its_failure_log_line() {
     let app = spawn_origin("app").await.unwrap();
     let site = Site::new();
     site.add_plugin("fixtures", "panic", "panic");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = site.write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"guarded\"\npath = \"/\"\nupstream = \"app\"\n  [[routes.plugins]]\n  name = \"panic\"\n",
-        app.addr
-    ));
-    let mut child = Command::new(sluice_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, addr) = run_binary(&site, |listen| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"guarded\"\npath = \"/\"\nupstream = \"app\"\n  [[routes.plugins]]\n  name = \"panic\"\n",
+            app.addr
+        )
+    })
+    .await;
     let reply = get(&h1_client(), addr, "/x", &[]).await;
     assert_eq!(reply.status, 500);
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "proxy did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut log = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    terminate(&child);
+    assert!(wait_exit(&mut child).await.success());
+    let log = stderr_of(&mut child);
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("panic fixture: on_request always panics"))

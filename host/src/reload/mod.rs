@@ -209,8 +209,12 @@ impl Reloader {
         self.proxy.swap_snapshot(snapshot.clone());
         let engine = self.proxy.engine().clone();
         let registry = self.registry.clone();
+        let proxy = self.proxy.clone();
         tokio::spawn(async move {
-            snapshot.prepare_snapshots(&engine, registry.cache()).await;
+            let serving = || Arc::ptr_eq(&proxy.snapshot(), &snapshot);
+            snapshot
+                .prepare_snapshots(&engine, registry.cache(), serving)
+                .await;
         });
     }
 

@@ -130,11 +130,6 @@ impl PluginEngine {
             .map_err(|_| PoolBusy)
     }
 
-    /// Request-serving instances alive now.
-    pub fn instances_in_use(&self) -> usize {
-        (self.limits.max_instances as usize).saturating_sub(self.request_slots.available_permits())
-    }
-
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -77,43 +77,30 @@ pub fn load_plugin(
         }
     })?;
     let hash = hex_sha256(&bytes);
-    // The instrumented form runs exactly like the original; it can also be snapshotted.
-    let instrumented_key = format!("{hash}-instrumented");
-    let cached = cache
-        .and_then(|c| {
-            c.get(engine.engine(), &instrumented_key)
-                .map(|comp| (comp, Ok(())))
-        })
-        .or_else(|| cache.and_then(|c| c.get(engine.engine(), &hash).map(|comp| (comp, Err(())))));
-    let from_cache = cached.is_some();
-    let (component, snapshot_source) = match cached {
-        Some((component, Ok(()))) => (component, Ok(Arc::from(bytes.as_slice()))),
-        Some((component, Err(()))) => (
-            component,
-            preinit::instrument(&bytes).map(|_| Arc::from(bytes.as_slice())),
+    // The instrumented form runs exactly like the original and can also be snapshotted;
+    // a component wizer cannot instrument is compiled as it is (and never snapshotted).
+    let (source, key, snapshot_source) = match preinit::instrument(&bytes) {
+        Ok(instrumented) => (
+            instrumented,
+            format!("{hash}-instrumented"),
+            Ok(Arc::from(bytes.as_slice())),
         ),
+        Err(reason) => (bytes.clone(), hash.clone(), Err(reason)),
+    };
+    let cached = cache.and_then(|c| c.get(engine.engine(), &key));
+    let from_cache = cached.is_some();
+    let component = match cached {
+        Some(component) => component,
         None => {
-            let invalid = |e: wasmtime::Error| LoadError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            };
-            match preinit::instrument(&bytes) {
-                Ok(instrumented) => {
-                    let component =
-                        Component::new(engine.engine(), &instrumented).map_err(invalid)?;
-                    if let Some(cache) = cache {
-                        cache.put(&instrumented_key, &component);
-                    }
-                    (component, Ok(Arc::from(bytes.as_slice())))
-                }
-                Err(reason) => {
-                    let component = Component::new(engine.engine(), &bytes).map_err(invalid)?;
-                    if let Some(cache) = cache {
-                        cache.put(&hash, &component);
-                    }
-                    (component, Err(reason))
-                }
+            let component =
+                Component::new(engine.engine(), &source).map_err(|e| LoadError::Invalid {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
+            if let Some(cache) = cache {
+                cache.put(&key, &component);
             }
+            component
         }
     };
     let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {

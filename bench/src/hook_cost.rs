@@ -152,7 +152,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(90_000);
     let engine = Arc::new(PluginEngine::new(EngineLimits {
         max_memory_bytes: 64 << 20,
-        max_instances: 100,
+        // HOOK_COST_MAX_INSTANCES sizes the pool like the proxy's `plugins.max_instances`.
+        max_instances: std::env::var("HOOK_COST_MAX_INSTANCES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
     })?);
     let mut rows = vec![
         (

@@ -9,7 +9,8 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, metrics::Metrics};
+use crate::admin;
+use crate::admin::metrics::{EdgeCounters, Metrics};
 use crate::config::Config;
 use crate::plugin::{CompileCache, EngineLimits, PluginEngine, PluginRegistry};
 use crate::proxy::Proxy;
@@ -157,8 +158,9 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         None => None,
     };
 
-    let metrics = Arc::new(Metrics::new(&engine));
-    let proxy = Arc::new(Proxy::new(snapshot, engine));
+    let edge = EdgeCounters::default();
+    let metrics = Arc::new(Metrics::new(&engine, &edge));
+    let proxy = Arc::new(Proxy::new(snapshot, engine, edge));
     let reloader = Arc::new(Reloader::new(
         absolute(config_path),
         config.clone(),
@@ -172,7 +174,9 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         None
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin_task = admin_listener.map(|l| tokio::spawn(admin::serve(l, reloader.clone())));
+    let admin_hosts = config.admin.allowed_hosts.clone();
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, reloader.clone(), admin_hosts)));
 
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = ServerLimits::from(&config.server);

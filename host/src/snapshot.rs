@@ -20,6 +20,7 @@ pub struct Route {
     pub name: Arc<str>,
     pub upstream: Arc<Upstream>,
     pub chain: Vec<BoundPlugin>,
+    pub allow_encoded_slashes: bool,
 }
 
 pub struct Snapshot {
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub access_log: bool,
+    pub merge_slashes: bool,
+    pub max_uri_bytes: usize,
 }
 
 /// Compiled plugins by name.
@@ -123,6 +126,7 @@ impl Snapshot {
                 name: Arc::from(name),
                 upstream,
                 chain,
+                allow_encoded_slashes: route.allow_encoded_slashes,
             });
         }
         Ok(Snapshot {
@@ -130,6 +134,8 @@ impl Snapshot {
             routes,
             upstreams,
             access_log: config.server.access_log,
+            merge_slashes: config.server.merge_slashes,
+            max_uri_bytes: config.server.max_uri_bytes,
         })
     }
 

@@ -18,6 +18,25 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Counters of the client and upstream edges, shared by the server and the proxy.
+#[derive(Clone, Default)]
+pub struct EdgeCounters {
+    /// Connections closed and bodies aborted by a timeout, by kind (header, idle, send,
+    /// upstream_read).
+    pub timeouts: Family<KindLabels, Counter>,
+}
+
+impl EdgeCounters {
+    pub fn timeout(&self, kind: &'static str) {
+        self.timeouts.get_or_create(&KindLabels { kind }).inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub plugin_reloads: Family<PluginReloadLabels, Counter>,
@@ -26,7 +45,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers the reload counters and the engine's own counters.
-    pub fn new(engine: &PluginEngine) -> Self {
+    pub fn new(engine: &PluginEngine, edge: &EdgeCounters) -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let plugin_reloads = Family::<PluginReloadLabels, Counter>::default();
         registry.register(
@@ -49,6 +68,11 @@ impl Metrics {
             "plugin_instances_recycled",
             "Reused plugin instances dropped because their memory passed plugins.recycle_memory_percent",
             engine.counters.instances_recycled.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Client connections closed and upstream bodies aborted by a timeout, by kind (header, idle, send, upstream_read)",
+            edge.timeouts.clone(),
         );
         Self {
             registry,

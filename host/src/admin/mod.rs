@@ -4,6 +4,7 @@
 pub mod metrics;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,7 +38,58 @@ fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Full<Byt
     reply(status, "application/json", value.to_string() + "\n")
 }
 
-async fn route(reloader: &Reloader, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Host names a browser may use to reach this listener. Anything else is a page from
+/// another site that resolved its own name to this address (DNS rebinding).
+fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    vec![
+        format!("{ip}:{port}"),
+        ip,
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+    ]
+}
+
+/// Refuses requests whose `Host` is not this listener or whose `Origin` is a foreign site
+/// (a browser page cannot then drive the admin API, even by rebinding DNS).
+fn check_caller(req: &Request<Incoming>, allowed: &[String]) -> Result<(), &'static str> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .ok_or("missing Host header")?;
+    if !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+        return Err("Host header does not name the admin listener");
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().map_err(|_| "malformed Origin header")?;
+        let same = origin
+            .strip_prefix("http://")
+            .is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        if !same {
+            return Err("cross-origin request refused");
+        }
+    }
+    Ok(())
+}
+
+async fn route(
+    reloader: &Reloader,
+    req: Request<Incoming>,
+    allowed: &[String],
+) -> Response<Full<Bytes>> {
+    if let Err(why) = check_caller(&req, allowed) {
+        tracing::warn!(target: "sluice::admin", host = ?req.headers().get(header::HOST), origin = ?req.headers().get(header::ORIGIN), "admin request refused: {why}");
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            format!("403 Forbidden: {why}\n"),
+        );
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/plugins") => {
@@ -94,17 +146,25 @@ async fn route(reloader: &Reloader, req: Request<Incoming>) -> Response<Full<Byt
 }
 
 /// Serves the admin API until the task is aborted.
-pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
+pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>, extra_hosts: Vec<String>) {
+    let mut allowed = match listener.local_addr() {
+        Ok(addr) => allowed_hosts(addr),
+        Err(_) => Vec::new(),
+    };
+    allowed.extend(extra_hosts);
+    let allowed: Arc<[String]> = allowed.into();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let reloader = reloader.clone();
+        let allowed = allowed.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(route(&reloader, req).await) }
+                let allowed = allowed.clone();
+                async move { Ok::<_, Infallible>(route(&reloader, req, &allowed).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

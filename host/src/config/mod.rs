@@ -37,6 +37,10 @@ pub struct AdminConfig {
     /// Allow a non-loopback admin address (the admin API has no authentication).
     #[serde(default)]
     pub allow_remote: bool,
+    /// Extra `Host` values (`name` or `name:port`) the admin API answers to, besides its
+    /// listen address and `localhost`; needed with `allow_remote` behind a DNS name.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -46,6 +50,14 @@ pub struct ServerConfig {
     /// Time a client gets to send a complete request head (slowloris defence).
     #[serde(default = "defaults::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes either way for this long is
+    /// closed (HTTP/1.1 keep-alive and HTTP/2 alike).
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// A client that takes no response bytes for this long is disconnected (slow
+    /// readers; HTTP/2 clients that never open their flow-control window).
+    #[serde(default = "defaults::send_timeout_ms")]
+    pub send_timeout_ms: u64,
     /// After SIGTERM/SIGINT, how long in-flight requests may take before exit.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -67,6 +79,12 @@ pub struct ServerConfig {
     /// Async worker threads; 0 means one per CPU core.
     #[serde(default)]
     pub workers: usize,
+    /// Longest request target (path and query) accepted; longer ones get 414.
+    #[serde(default = "defaults::max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Merge runs of `/` in request paths into one before routing (nginx `merge_slashes`).
+    #[serde(default = "defaults::yes")]
+    pub merge_slashes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -142,6 +160,10 @@ pub struct UpstreamConfig {
     /// Time from sending the request to receiving the response head.
     #[serde(default = "defaults::response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Longest pause between two pieces of a response body; a stalled body is aborted
+    /// and the client's stream reset (nginx `proxy_read_timeout`).
+    #[serde(default = "defaults::read_timeout_ms")]
+    pub read_timeout_ms: u64,
     /// Idle keep-alive connections kept per server.
     #[serde(default = "defaults::max_idle_per_server")]
     pub max_idle_per_server: usize,
@@ -163,6 +185,9 @@ pub struct RouteConfig {
     pub upstream: String,
     #[serde(default)]
     pub plugins: Vec<RoutePluginConfig>,
+    /// Accept `%2F` and `%5C` in paths on this route (kept encoded); refused with 400 otherwise.
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +254,9 @@ mod defaults {
     pub fn h2_max_concurrent_streams() -> u32 {
         128
     }
+    pub fn max_uri_bytes() -> usize {
+        8 * 1024
+    }
     pub fn max_connections() -> usize {
         10_000
     }
@@ -255,6 +283,12 @@ mod defaults {
     }
     pub fn instance_wait_ms() -> u64 {
         1_000
+    }
+    pub fn send_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn read_timeout_ms() -> u64 {
+        60_000
     }
     pub fn connect_timeout_ms() -> u64 {
         3_000
@@ -298,13 +332,14 @@ impl Config {
     }
 
     /// Read, parse and validate a config file.
+    /// Relative paths in it are resolved once, to absolute paths, so a reload (or a
+    /// change of working directory) resolves them the same way.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
+        let path = std::path::absolute(path)
+            .with_context(|| format!("cannot resolve config path {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let base_dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let base_dir = path.parent().unwrap_or(Path::new("/"));
         Config::parse(&text, base_dir).with_context(|| format!("invalid config {}", path.display()))
     }
 

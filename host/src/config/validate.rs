@@ -27,6 +27,9 @@ impl Config {
         positive("server.header_read_timeout_ms", s.header_read_timeout_ms)?;
         positive("server.max_connections", s.max_connections as u64)?;
         positive("server.max_headers", s.max_headers as u64)?;
+        positive("server.max_uri_bytes", s.max_uri_bytes as u64)?;
+        positive("server.idle_timeout_ms", s.idle_timeout_ms)?;
+        positive("server.send_timeout_ms", s.send_timeout_ms)?;
         positive(
             "server.h2_max_concurrent_streams",
             s.h2_max_concurrent_streams.into(),
@@ -80,6 +83,7 @@ impl Config {
                     .map_err(|problem| err(format!("{key}.servers[{i}]"), problem))?;
             }
             positive(&format!("{key}.connect_timeout_ms"), up.connect_timeout_ms)?;
+            positive(&format!("{key}.read_timeout_ms"), up.read_timeout_ms)?;
             positive(
                 &format!("{key}.response_timeout_ms"),
                 up.response_timeout_ms,

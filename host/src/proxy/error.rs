@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use super::path::PathError;
 use super::ProxyBody;
 use crate::plugin::ChainFailure;
 
@@ -14,6 +15,14 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("method CONNECT is not supported")]
     ConnectMethod,
+    #[error("request path refused: {0}")]
+    BadPath(#[from] PathError),
+    #[error("request path has an encoded \"/\" or \"\\\" and route {route:?} does not allow them")]
+    EncodedSlash { route: String },
+    #[error("request target of {len} bytes is longer than server.max_uri_bytes ({max})")]
+    UriTooLong { len: usize, max: usize },
+    #[error("malformed request body: {0}")]
+    BadRequestBody(String),
     #[error(transparent)]
     Plugin(#[from] ChainFailure),
     #[error("plugin chain returned an invalid {0}")]
@@ -47,6 +56,10 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadPath(_)
+            | ProxyError::EncodedSlash { .. }
+            | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::Plugin(failure) if !failure.fault.is_plugin_fault() => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -68,6 +81,9 @@ impl ProxyError {
         let status = self.status();
         if status.is_server_error() && !matches!(self, ProxyError::Plugin(_)) {
             tracing::warn!(target: "sluice::proxy", status = status.as_u16(), "{self}");
+        } else if status.is_client_error() {
+            // Clients control these: debug only, so a flood cannot flood the log.
+            tracing::debug!(target: "sluice::proxy", status = status.as_u16(), "{self}");
         }
         let mut response = plain_response(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {

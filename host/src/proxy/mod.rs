@@ -1,8 +1,10 @@
 //! The request pipeline, top to bottom: route, on-request chain, upstream,
 //! on-response chain. Errors become responses in one place (`error.rs`).
 
+pub mod body;
 mod error;
 pub mod headers;
+pub mod path;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +17,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Vers
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use body::{ClientBody, UpstreamBody};
 pub use error::{plain_response, ProxyError};
 
+use crate::admin::metrics::EdgeCounters;
 use crate::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
 use crate::plugin::PluginEngine;
@@ -25,11 +29,12 @@ use crate::snapshot::Snapshot;
 use crate::upstream::Upstream;
 
 /// Body of every response the proxy sends: streamed from upstream, or complete.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     engine: Arc<PluginEngine>,
+    counters: EdgeCounters,
 }
 
 /// Per-request facts kept for the access log.
@@ -42,11 +47,16 @@ struct Exchange {
 }
 
 impl Proxy {
-    pub fn new(snapshot: Snapshot, engine: Arc<PluginEngine>) -> Self {
+    pub fn new(snapshot: Snapshot, engine: Arc<PluginEngine>, counters: EdgeCounters) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             engine,
+            counters,
         }
+    }
+
+    pub fn counters(&self) -> &EdgeCounters {
+        &self.counters
     }
 
     pub fn engine(&self) -> &Arc<PluginEngine> {
@@ -101,6 +111,20 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::ConnectMethod);
         }
+        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > snapshot.max_uri_bytes {
+            return Err(ProxyError::UriTooLong {
+                len: target_len,
+                max: snapshot.max_uri_bytes,
+            });
+        }
+        // Route, plugins and upstream all see the canonical path.
+        let canonical = path::normalize(req.uri().path(), snapshot.merge_slashes)?;
+        if canonical.path != req.uri().path() {
+            *req.uri_mut() = with_path(req.uri(), &canonical.path)
+                .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
+        }
+        exchange.path.clone_from(&canonical.path);
         // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
         let client_host: Option<HeaderValue> = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -118,6 +142,11 @@ impl Proxy {
             });
         };
         let route = &snapshot.routes[route_index];
+        if canonical.has_encoded_slash && !route.allow_encoded_slashes {
+            return Err(ProxyError::EncodedSlash {
+                route: route.name.to_string(),
+            });
+        }
 
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -150,7 +179,7 @@ impl Proxy {
                     head,
                     upstream: choice,
                 } => {
-                    apply_request_head(&mut parts, head)?;
+                    apply_request_head(&mut parts, head, snapshot.merge_slashes)?;
                     if let Some(name) = choice {
                         upstream = snapshot
                             .upstreams
@@ -214,6 +243,7 @@ impl Proxy {
             .build()
             .map_err(|e| ProxyError::InvalidPluginOutput(format!("request target: {e}")))?;
         parts.version = Version::HTTP_11;
+        let (body, client_body_failed) = ClientBody::new(body);
         let request = Request::from_parts(parts, body);
 
         let sent =
@@ -221,6 +251,10 @@ impl Proxy {
         let server_name = server.to_string();
         let mut response = match sent {
             Ok(Ok(response)) => response,
+            // The client's body broke (bad chunk framing, reset): the client's fault.
+            Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(ProxyError::BadRequestBody(error_chain(&e)))
+            }
             Ok(Err(e)) => return Err(upstream_error(upstream, &server_name, e)),
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {
@@ -232,7 +266,15 @@ impl Proxy {
         };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(response.headers_mut(), switching);
-        Ok((response.map(Either::Left), server_name))
+        let response = response.map(|body| {
+            Either::Left(UpstreamBody::new(
+                body,
+                upstream.read_timeout,
+                upstream.name_arc.clone(),
+                self.counters.clone(),
+            ))
+        });
+        Ok((response, server_name))
     }
 
     /// Runs `on-response` hooks over `response` (upstream or plugin-made).
@@ -278,10 +320,7 @@ fn upstream_error(
     let timed_out = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    let reason = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let reason = error_chain(&e);
     match (e.is_connect(), timed_out) {
         (true, true) => ProxyError::UpstreamConnectTimeout {
             upstream: upstream.name.clone(),
@@ -300,6 +339,25 @@ fn upstream_error(
     }
 }
 
+/// `uri` with its path replaced (query, scheme and authority kept).
+fn with_path(uri: &Uri, path: &str) -> Result<Uri, String> {
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|e| e.to_string())?);
+    Uri::from_parts(parts).map_err(|e| e.to_string())
+}
+
+/// An error and its sources, joined.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 fn request_head(parts: &http::request::Parts) -> RequestHead {
     RequestHead {
         method: parts.method.as_str().to_owned(),
@@ -313,16 +371,18 @@ fn request_head(parts: &http::request::Parts) -> RequestHead {
 fn apply_request_head(
     parts: &mut http::request::Parts,
     head: RequestHead,
+    merge_slashes: bool,
 ) -> Result<(), ProxyError> {
     let invalid = |what: &str| ProxyError::InvalidPluginOutput(what.to_string());
     parts.method = Method::from_bytes(head.method.as_bytes()).map_err(|_| invalid("method"))?;
-    if !head.path.starts_with('/') {
-        return Err(invalid("path (must start with \"/\")"));
-    }
+    // A rewritten path is held to the same rules as the client's.
+    let path = path::normalize(&head.path, merge_slashes)
+        .map_err(|e| invalid(&format!("path {:?}: {e}", head.path)))?
+        .path;
     let target = if head.query.is_empty() {
-        head.path
+        path
     } else {
-        format!("{}?{}", head.path, head.query)
+        format!("{path}?{}", head.query)
     };
     let path_and_query = PathAndQuery::try_from(target).map_err(|_| invalid("path or query"))?;
     parts.uri = Uri::from(path_and_query);

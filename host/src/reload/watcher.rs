@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,7 +21,7 @@ const MAX_BURST: Duration = Duration::from_millis(500);
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct WatchHandle {
-    _watcher: RecommendedWatcher,
+    _watcher: Arc<Mutex<RecommendedWatcher>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -35,6 +35,8 @@ impl Drop for WatchHandle {
 struct Pending {
     config: bool,
     plugins: BTreeSet<String>,
+    /// The plugins directory was (re)created: its watch must be re-armed.
+    plugins_dir_created: bool,
 }
 
 fn relevant(kind: &EventKind) -> bool {
@@ -68,19 +70,32 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<WatchHandle> {
     watcher
         .watch(&plugins_dir, RecursiveMode::NonRecursive)
         .with_context(|| format!("cannot watch plugins directory {}", plugins_dir.display()))?;
-    if config_dir != plugins_dir {
-        // The directory, not the file: editors and deploys replace the file by rename.
+    // The parent too: a watch dies with its directory, and seeing the directory come
+    // back is how it is re-armed (deploys that replace the whole directory).
+    let plugins_parent = plugins_dir.parent().map(Path::to_path_buf);
+    let mut watched = vec![plugins_dir.clone()];
+    for dir in [Some(config_dir), plugins_parent].into_iter().flatten() {
+        if watched.contains(&dir) {
+            continue;
+        }
+        // Directories, not files: editors and deploys replace files by rename.
         watcher
-            .watch(&config_dir, RecursiveMode::NonRecursive)
-            .with_context(|| format!("cannot watch config directory {}", config_dir.display()))?;
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("cannot watch directory {}", dir.display()))?;
+        watched.push(dir);
     }
+    let watcher = Arc::new(Mutex::new(watcher));
 
+    let watched_plugins_dir = plugins_dir.clone();
     let classify = move |pending: &mut Pending, event: Event| {
         if !relevant(&event.kind) {
             return;
         }
         for path in event.paths {
             let path = absolute(&path);
+            if path == plugins_dir && matches!(event.kind, EventKind::Create(_)) {
+                pending.plugins_dir_created = true;
+            }
             if path == config_path {
                 pending.config = true;
             } else if path.parent() == Some(plugins_dir.as_path()) {
@@ -91,6 +106,7 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<WatchHandle> {
         }
     };
 
+    let rearm_watcher = watcher.clone();
     let task = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut pending = Pending::default();
@@ -102,6 +118,12 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<WatchHandle> {
                     Ok(None) => return,
                     Err(_) => break,
                 }
+            }
+            if pending.plugins_dir_created {
+                rearm(&rearm_watcher, &watched_plugins_dir);
+                // Files may have landed before the watch was back: look at all of them.
+                let _ = reloader.reload_all().await;
+                continue;
             }
             if pending.config {
                 let _ = reloader.reload_config().await;
@@ -115,6 +137,20 @@ pub fn spawn(reloader: Arc<Reloader>) -> anyhow::Result<WatchHandle> {
         _watcher: watcher,
         task,
     })
+}
+
+fn rearm(watcher: &Mutex<RecommendedWatcher>, dir: &Path) {
+    let mut watcher = watcher.lock().unwrap_or_else(|p| p.into_inner());
+    // A stale watch may linger (or not); unwatching first keeps exactly one.
+    let _ = watcher.unwatch(dir);
+    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => {
+            tracing::info!(target: "sluice::reload", dir = %dir.display(), "plugins directory is back; watching it again")
+        }
+        Err(e) => {
+            tracing::error!(target: "sluice::reload", dir = %dir.display(), "cannot watch the recreated plugins directory: {e}")
+        }
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -14,6 +14,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+mod watchdog;
+
+pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
+
 use crate::config::ServerConfig;
 use crate::proxy::Proxy;
 
@@ -21,6 +25,8 @@ use crate::proxy::Proxy;
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -32,6 +38,8 @@ impl From<&ServerConfig> for ServerLimits {
     fn from(c: &ServerConfig) -> Self {
         Self {
             header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            send_timeout: Duration::from_millis(c.send_timeout_ms),
             drain_timeout: Duration::from_millis(c.drain_timeout_ms),
             max_header_bytes: c.max_header_bytes,
             max_headers: c.max_headers,
@@ -62,6 +70,11 @@ pub async fn serve(
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
+    let timeouts = ConnTimeouts {
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+    };
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
@@ -87,18 +100,37 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
+        let activity = Activity::new();
+        let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
+        let service = {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
+            let activity = activity.clone();
+            service_fn(move |req| {
+                let proxy = proxy.clone();
+                let request = activity.begin_request();
+                async move {
+                    let response = proxy.handle(req, peer).await;
+                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, request)))
+                }
+            })
+        };
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let counters = proxy.counters().clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target: "sluice::server", %peer, "connection ended: {e}");
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(target: "sluice::server", %peer, "connection ended: {e}");
+                    }
+                }
+                // Dropping the connection closes it (an HTTP/2 peer sees the socket close).
+                expired = activity.expired(timeouts) => {
+                    counters.timeout(expired.label());
+                    tracing::debug!(target: "sluice::server", %peer, timeout = expired.label(), "connection closed by timeout");
+                }
             }
             drop(permit);
         });

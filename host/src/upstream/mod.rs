@@ -4,14 +4,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
+use crate::proxy::body::ClientBody;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, ClientBody>;
+
+/// Read buffer of one upstream HTTP/1.1 connection at most: what a slow client can make
+/// the proxy hold per request before back-pressure reaches the upstream.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 pub struct Upstream {
     pub name: String,
@@ -21,6 +25,9 @@ pub struct Upstream {
     next: AtomicUsize,
     pub client: UpstreamClient,
     pub response_timeout: Duration,
+    /// Longest wait for the next piece of a response body.
+    pub read_timeout: Duration,
+    pub name_arc: std::sync::Arc<str>,
 }
 
 impl Upstream {
@@ -44,6 +51,7 @@ impl Upstream {
             .pool_max_idle_per_host(config.max_idle_per_server)
             // The host header is the client's, set by the proxy.
             .set_host(false)
+            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector);
         Ok(Self {
             name: name.to_string(),
@@ -52,6 +60,8 @@ impl Upstream {
             next: AtomicUsize::new(0),
             client,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
+            read_timeout: Duration::from_millis(config.read_timeout_ms),
+            name_arc: std::sync::Arc::from(name),
         })
     }
 

@@ -1,0 +1,137 @@
+//! Bodies in flight through the proxy: the client's request body (whose framing
+//! errors are the client's fault, not the upstream's) and the upstream's response
+//! body (which must keep making progress).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::admin::metrics::EdgeCounters;
+
+/// The client's request body on its way upstream; remembers when it failed so the
+/// resulting upstream error is answered 400, not 502.
+pub struct ClientBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl ClientBody {
+    /// The body and a flag that turns true if reading it fails (bad chunk framing,
+    /// client reset, body over a limit).
+    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let failed = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                failed: failed.clone(),
+            },
+            failed,
+        )
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a response body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error("upstream sent nothing for {0:?} mid-body (upstream read_timeout_ms)")]
+    Stalled(Duration),
+    #[error("upstream body failed: {0}")]
+    Upstream(#[from] hyper::Error),
+}
+
+/// The upstream's response body, aborted when no frame arrives for `read_timeout`
+/// (the client then sees a reset, not a hang).
+pub struct UpstreamBody {
+    inner: Incoming,
+    read_timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+    /// True while a poll is waiting on the upstream; the clock runs only then, so a
+    /// slow client (which stops the polling) is never blamed on the upstream.
+    waiting: bool,
+    upstream: Arc<str>,
+    counters: EdgeCounters,
+}
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        read_timeout: Duration,
+        upstream: Arc<str>,
+        counters: EdgeCounters,
+    ) -> Self {
+        Self {
+            inner,
+            read_timeout,
+            deadline: Box::pin(tokio::time::sleep(read_timeout)),
+            waiting: false,
+            upstream,
+            counters,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.waiting = false;
+            return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::from)));
+        }
+        if !this.waiting {
+            this.waiting = true;
+            let deadline = Instant::now() + this.read_timeout;
+            this.deadline.as_mut().reset(deadline);
+        }
+        ready!(this.deadline.as_mut().poll(cx));
+        this.waiting = false;
+        this.counters.timeout("upstream_read");
+        tracing::warn!(target: "sluice::proxy", upstream = %this.upstream, "response body aborted: upstream stalled for {} ms", this.read_timeout.as_millis());
+        Poll::Ready(Some(Err(UpstreamBodyError::Stalled(this.read_timeout))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

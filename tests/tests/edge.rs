@@ -1,0 +1,362 @@
+//! The proxy as an attacker meets it: path confusion around a guarded route, oversized
+//! and malformed requests, silent and slow peers, a stalled upstream, the admin API
+//! from a browser, and reloads after path and directory surprises. Real sockets only.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Sends `request` bytes on a fresh connection and returns everything read until the
+/// server closes it (or 5 s pass).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The path the echo origin saw, from its JSON body.
+fn origin_path(response: &str) -> Option<String> {
+    let body = response.split("\r\n\r\n").nth(1)?;
+    let json: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    json["path"].as_str().map(str::to_owned)
+}
+
+async fn guarded_site(extra_server: &str) -> (Site, Running, Origin) {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("plugins", "api-key", "api-key");
+    let config = format!(
+        "{SERVER}{extra_server}[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n\
+         [[routes]]\npath = \"/admin/\"\nupstream = \"app\"\n\
+         [[routes.plugins]]\nname = \"api-key\"\nconfig = {{ keys = [\"k-1\"] }}\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    (site, proxy, app)
+}
+
+fn get_request(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tricks_never_reach_a_guarded_route_unchecked() {
+    let (_site, proxy, _app) = guarded_site("").await;
+    // Without normalization each of these reached the origin (which resolves them to
+    // /admin/secret) through the open route.
+    let variants = [
+        "/public/../admin/secret",
+        "/%61dmin/secret",
+        "//admin/secret",
+        "/./admin/secret",
+        "/public/%2e%2e/admin/secret",
+        "/public/.%2E/admin/secret",
+        "/ADMIN/../admin/secret",
+        "///admin//secret",
+        "/admin%2fsecret",
+        "/public/..%2Fadmin/secret",
+        "/public%5C..%5Cadmin/secret",
+        "/public\\..\\admin/secret",
+        "/../admin/secret",
+        "/admin/secret%00",
+    ];
+    for target in variants {
+        let response = raw(proxy.addr, &get_request(target)).await;
+        let status = status_of(&response);
+        assert!(
+            status == 400 || status == 401,
+            "{target}: got {status}, want 400 or the guard's 401; origin saw {:?}",
+            origin_path(&response)
+        );
+    }
+    // With the key, the same tricks resolve to the one canonical path at the origin.
+    for target in [
+        "/public/../admin/secret",
+        "/%61dmin/secret",
+        "//admin/secret",
+    ] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: test\r\nx-api-key: k-1\r\nConnection: close\r\n\r\n"
+        );
+        let response = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(status_of(&response), 200, "{target}");
+        assert_eq!(origin_path(&response).as_deref(), Some("/admin/secret"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_sees_only_canonical_paths() {
+    let (_site, proxy, _app) = guarded_site("").await;
+    for (target, want) in [
+        ("/a/./b/../c?x=%2e%2e", "/a/c"),
+        ("/a//b", "/a/b"),
+        ("/%7Euser/%41", "/~user/A"),
+        ("/docs/caf%c3%a9", "/docs/caf%C3%A9"),
+    ] {
+        let response = raw(proxy.addr, &get_request(target)).await;
+        assert_eq!(status_of(&response), 200, "{target}");
+        assert_eq!(origin_path(&response).as_deref(), Some(want), "{target}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_slashes_and_encoded_slashes_are_opt_outs() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    let config = format!(
+        "{SERVER}merge_slashes = false\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n\
+         [[routes]]\npath = \"/files/\"\nupstream = \"app\"\nallow_encoded_slashes = true\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let response = raw(proxy.addr, &get_request("/files/a%2fb")).await;
+    assert_eq!(status_of(&response), 200);
+    assert_eq!(origin_path(&response).as_deref(), Some("/files/a%2Fb"));
+    let response = raw(proxy.addr, &get_request("/other/a%2fb")).await;
+    assert_eq!(status_of(&response), 400, "not allowed on the other route");
+    let response = raw(proxy.addr, &get_request("/a//b")).await;
+    assert_eq!(origin_path(&response).as_deref(), Some("/a//b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_uri_gets_414_and_bad_chunking_gets_400() {
+    let (_site, proxy, _app) = guarded_site("").await;
+    let long = format!("/{}", "a".repeat(16 * 1024));
+    assert_eq!(status_of(&raw(proxy.addr, &get_request(&long)).await), 414);
+    let fits = format!("/{}", "a".repeat(8 * 1024 - 100));
+    assert_eq!(status_of(&raw(proxy.addr, &get_request(&fits)).await), 200);
+
+    for chunk in ["10000000000000000", "zz", "-1"] {
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n{chunk}\r\nabc\r\n0\r\n\r\n"
+        );
+        let response = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(status_of(&response), 400, "chunk size {chunk}: {response}");
+    }
+}
+
+/// Soft limit on open files: the silent-connection test scales to it.
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_do_not_starve_clients() {
+    let (_site, proxy, _app) =
+        guarded_site("header_read_timeout_ms = 1500\nmax_connections = 4000\n").await;
+    // Both ends of every connection live in this process.
+    let silent = 3000.min(open_file_limit().saturating_sub(200) / 2);
+    let mut sockets = Vec::with_capacity(silent);
+    for i in 0..silent {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        match i % 3 {
+            0 => {} // nothing at all
+            1 => s
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .expect("write"), // h2 preface only
+            _ => s.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write"), // half a preface
+        }
+        sockets.push(s);
+    }
+    // A normal client is served promptly while they sit there.
+    let started = Instant::now();
+    let response = raw(proxy.addr, &get_request("/ok")).await;
+    assert_eq!(status_of(&response), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // After the header timeout the proxy closes every one of them (EOF or reset).
+    let cleared = Instant::now();
+    for mut s in sockets {
+        let mut buf = [0u8; 64];
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue, // h2 SETTINGS, GOAWAY
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "a silent connection was left open");
+    }
+    eprintln!(
+        "{silent} silent connections cleared {:?} after the first was due",
+        cleared.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed() {
+    let (_site, proxy, _app) = guarded_site("idle_timeout_ms = 500\n").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "idle keep-alive connection not closed");
+}
+
+/// An origin that sends a response head and 1 KB of a 1 MB body, then stalls.
+async fn stalling_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&[b'x'; 1024]).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_body_is_cut_off() {
+    let origin = stalling_origin().await;
+    let site = Site::new();
+    let config = format!(
+        "{SERVER}[upstreams.app]\nservers = [\"{origin}\"]\nread_timeout_ms = 500\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    );
+    let proxy = site.start(&config).await;
+    let started = Instant::now();
+    let response = raw(proxy.addr, &get_request("/big")).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:.80}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "client hung for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        response.len() < 1048576,
+        "the truncated body is not passed off as complete"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_is_disconnected_after_send_timeout() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    let config = format!(
+        "{SERVER}send_timeout_ms = 500\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /download?bytes=104857600 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    // Read a little, then stop reading: socket buffers fill and the proxy must give up.
+    let mut buf = vec![0u8; 4096];
+    let _ = s.read(&mut buf).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut total = 0usize;
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "slow reader never disconnected");
+    assert!(total < 100 * 1024 * 1024, "whole body was sent anyway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_refuses_foreign_host_and_origin() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    let config = format!(
+        "{SERVER}[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let admin = proxy.admin_addr.expect("admin listener");
+    let post = |host: String, origin: Option<&str>| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        format!("POST /reload HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let evil = raw(admin, post("evil.example".into(), None).as_bytes()).await;
+    assert_eq!(status_of(&evil), 403, "{evil}");
+    let rebinding = raw(
+        admin,
+        post(format!("evil.example:{}", admin.port()), None).as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&rebinding), 403);
+    let csrf = raw(
+        admin,
+        post(admin.to_string(), Some("http://evil.example")).as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&csrf), 403, "{csrf}");
+    let own = raw(admin, post(admin.to_string(), None).as_bytes()).await;
+    assert_eq!(status_of(&own), 200, "{own}");
+    let local = raw(
+        admin,
+        post(
+            format!("localhost:{}", admin.port()),
+            Some(&format!("http://localhost:{}", admin.port())),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&local), 200, "{local}");
+    let get_reload = raw(
+        admin,
+        format!("GET /reload HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&get_reload), 405, "state changes only by POST");
+}

@@ -15,8 +15,8 @@ use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
 use sluice::plugin::preinit::{check_init, prepare};
 use sluice::plugin::{
-    load_plugin, plugin_path, BoundPlugin, CallLimits, EngineLimits, LoadedPlugin, PluginEngine,
-    Reuse, SnapshotSlot,
+    load_plugin, plugin_path, BoundPlugin, CallLimits, EngineLimits, GuardLimits, LoadedPlugin,
+    PluginEngine, PluginGuard, Reuse, SnapshotSlot,
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -65,6 +65,16 @@ async fn bound(
         snapshot,
         reuse: Reuse::new(instance_mode, 10_000, 4, 32 << 20),
         instance_wait: Duration::from_secs(1),
+        guard: PluginGuard::new(
+            loaded.name.clone(),
+            "bench".into(),
+            GuardLimits {
+                max_concurrent_calls: 16,
+                breaker_faults: 5,
+                breaker_backoff: Duration::from_secs(5),
+            },
+            Default::default(),
+        ),
     })
 }
 
@@ -157,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(100),
+        memory_budget_bytes: 4 << 30,
     })?);
     let mut rows = vec![
         (

@@ -31,6 +31,7 @@ pub fn engine_for(config: &Config) -> anyhow::Result<Arc<PluginEngine>> {
     let limits = EngineLimits {
         max_memory_bytes: (config.plugins.memory_limit_mib as usize) << 20,
         max_instances: config.plugins.max_instances,
+        memory_budget_bytes: (config.plugins.memory_budget_mib as usize) << 20,
     };
     Ok(Arc::new(PluginEngine::new(limits)?))
 }

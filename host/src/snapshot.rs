@@ -8,10 +8,11 @@ use anyhow::Context;
 
 use crate::config::{Config, RoutePluginConfig};
 use crate::plugin::bindings::Hooks;
+use crate::plugin::engine::PluginLabels;
 use crate::plugin::preinit::{self, check_init};
 use crate::plugin::{
-    BoundPlugin, CallLimits, CompileCache, LoadedPlugin, PluginEngine, PluginRegistry, Reuse,
-    SnapshotSlot,
+    BoundPlugin, CallLimits, CompileCache, GuardLimits, LoadedPlugin, PluginEngine, PluginGuard,
+    PluginRegistry, Reuse, SnapshotSlot,
 };
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -111,7 +112,7 @@ impl Snapshot {
             })?;
             let mut chain = Vec::with_capacity(route.plugins.len());
             for (j, plugin) in route.plugins.iter().enumerate() {
-                let bound = bind(config, plugin, plugins, max_idle, &mut slots, engine)
+                let bound = bind(config, &name, plugin, plugins, max_idle, &mut slots, engine)
                     .await
                     .with_context(|| {
                         format!(
@@ -171,6 +172,7 @@ impl Snapshot {
 
 async fn bind(
     config: &Config,
+    route: &str,
     plugin: &RoutePluginConfig,
     plugins: &PluginSet,
     max_idle: usize,
@@ -206,6 +208,7 @@ async fn bind(
     } else {
         SnapshotSlot::disabled()
     };
+    let loaded_name = loaded.name.clone();
     Ok(BoundPlugin {
         plugin: loaded,
         config_json,
@@ -220,5 +223,23 @@ async fn bind(
             memory_limit_bytes / 100 * config.plugins.recycle_memory_percent as usize,
         ),
         instance_wait: std::time::Duration::from_millis(config.plugins.instance_wait_ms),
+        guard: PluginGuard::new(
+            loaded_name,
+            Arc::from(route),
+            GuardLimits {
+                max_concurrent_calls: config.plugins.max_concurrent_calls,
+                breaker_faults: config.plugins.breaker_faults,
+                breaker_backoff: std::time::Duration::from_millis(
+                    config.plugins.breaker_backoff_ms,
+                ),
+            },
+            engine
+                .counters
+                .breaker_opens
+                .get_or_create(&PluginLabels {
+                    plugin: plugin.name.clone(),
+                })
+                .clone(),
+        ),
     })
 }

@@ -25,8 +25,9 @@ fn sluice_bin() -> PathBuf {
     bin
 }
 
-/// Starts `sluice run` on the config `toml(listen)` builds, on a free loopback port;
-/// returns once the proxy accepts connections.
+/// Starts `sluice run --config sluice.toml` (a relative path) in the site's directory on
+/// the config `toml(listen)` builds, on a free loopback port; returns once the proxy
+/// accepts connections.
 async fn run_binary(
     site: &Site,
     toml: impl FnOnce(&str) -> String,
@@ -37,8 +38,9 @@ async fn run_binary(
         .unwrap();
     let path = site.write_config(&toml(&addr.to_string()));
     let child = Command::new(sluice_bin())
-        .args(["run", "--config"])
-        .arg(&path)
+        // Relative to the config's directory, as the README runs it.
+        .current_dir(path.parent().unwrap())
+        .args(["run", "--config", "sluice.toml"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -203,6 +205,44 @@ fn help_documents_every_subcommand() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("run") && text.contains("check"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_works_with_a_relative_config_path() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("plugins", "api-key", "api-key");
+    let config = |listen: &str, extra_route: bool| {
+        let extra = if extra_route {
+            "[[routes]]\npath = \"/new/\"\nupstream = \"app\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[upstreams.app]\nservers = [\"{}\"]\n\
+             [[routes]]\npath = \"/old/\"\nupstream = \"app\"\n\
+             [[routes.plugins]]\nname = \"api-key\"\nconfig = {{ keys = [\"k\"] }}\n{extra}",
+            app.addr
+        )
+    };
+    let (mut child, addr) = run_binary(&site, |listen| config(listen, false)).await;
+    let client = h1_client();
+    assert_eq!(get(&client, addr, "/new/x", &[]).await.status, 404);
+    site.write_config(&config(&addr.to_string(), true));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = get(&client, addr, "/new/x", &[]).await.status.as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    terminate(&child);
+    wait_exit(&mut child).await;
+    let log = stderr_of(&mut child);
+    assert_eq!(status, 200, "config reload applied; log: {log}");
+    assert!(!log.contains("needs a restart"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

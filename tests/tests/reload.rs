@@ -229,6 +229,43 @@ async fn removing_a_used_plugin_keeps_the_last_good_version() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_plugins_directory_is_watched_again() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("fixtures", "tag-a", "tag");
+    let proxy = site.start(&tag_config(&app, false)).await;
+    let client = h1_client();
+    assert_eq!(tag_of(&client, proxy.addr).await, "a");
+    // A deploy that replaces the whole directory: the old watch dies with it.
+    let dir = site.plugins_dir();
+    std::fs::remove_dir_all(&dir).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        tag_of(&client, proxy.addr).await,
+        "a",
+        "last good version serves"
+    );
+    std::fs::create_dir(&dir).unwrap();
+    deploy(&wasm("fixtures", "tag-b"), &dir, "tag");
+    let swapped = eventually(Duration::from_secs(5), || async {
+        tag_of(&client, proxy.addr).await == "b"
+    })
+    .await;
+    assert!(
+        swapped,
+        "plugin written into the recreated directory is picked up"
+    );
+    // And later changes in it too.
+    deploy(&wasm("fixtures", "tag-a"), &dir, "tag");
+    let swapped = eventually(Duration::from_secs(5), || async {
+        tag_of(&client, proxy.addr).await == "a"
+    })
+    .await;
+    assert!(swapped, "later changes are picked up");
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_reload_adds_routes_and_rejects_a_broken_file() {
     let app = spawn_origin("app").await.unwrap();
     let other = spawn_origin("other").await.unwrap();

@@ -108,7 +108,9 @@ async fn concurrent_loops_do_not_starve_healthy_requests() {
     let healthy = get(&client, proxy.addr, "/plain/ok", &[]).await;
     assert_eq!(healthy.status, 200);
     for l in loops {
-        assert_eq!(l.await.unwrap(), 500);
+        // 500 from the deadline, or 503 once repeated deadline faults open the circuit.
+        let status = l.await.unwrap();
+        assert!(status == 500 || status == 503, "{status}");
     }
     assert!(proxy.shutdown().await);
 }

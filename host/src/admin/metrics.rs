@@ -70,6 +70,11 @@ impl Metrics {
             engine.counters.instances_recycled.clone(),
         );
         registry.register(
+            "plugin_breaker_opens",
+            "Plugin circuit breakers opened after repeated deadline or memory faults, by plugin",
+            engine.counters.breaker_opens.clone(),
+        );
+        registry.register(
             "timeouts",
             "Client connections closed and upstream bodies aborted by a timeout, by kind (header, idle, send, upstream_read)",
             edge.timeouts.clone(),

@@ -129,6 +129,21 @@ pub struct PluginsConfig {
     /// snapshot of the initialized instance. `false` runs `init` in every fresh instance.
     #[serde(default = "defaults::yes")]
     pub snapshot: bool,
+    /// Calls into one plugin on one route running at once; more wait `instance_wait_ms`,
+    /// then get 503. Keeps a slow plugin from filling the workers' run queues.
+    #[serde(default = "defaults::max_concurrent_calls")]
+    pub max_concurrent_calls: u32,
+    /// Deadline or memory faults in a row that open a plugin's circuit breaker: its calls
+    /// then fail fast (by its `on_error`) for `breaker_backoff_ms`, doubled after each
+    /// failed probe. 0 turns the breaker off.
+    #[serde(default = "defaults::breaker_faults")]
+    pub breaker_faults: u32,
+    #[serde(default = "defaults::breaker_backoff_ms")]
+    pub breaker_backoff_ms: u64,
+    /// Linear memory of all plugin instances together, in MiB; an instance that would
+    /// pass it gets 503 (not its plugin's fault, never skipped).
+    #[serde(default = "defaults::memory_budget_mib")]
+    pub memory_budget_mib: u64,
 }
 
 impl Default for PluginsConfig {
@@ -146,6 +161,10 @@ impl Default for PluginsConfig {
             recycle_memory_percent: defaults::recycle_memory_percent(),
             instance_wait_ms: defaults::instance_wait_ms(),
             snapshot: true,
+            max_concurrent_calls: defaults::max_concurrent_calls(),
+            breaker_faults: defaults::breaker_faults(),
+            breaker_backoff_ms: defaults::breaker_backoff_ms(),
+            memory_budget_mib: defaults::memory_budget_mib(),
         }
     }
 }
@@ -283,6 +302,18 @@ mod defaults {
     }
     pub fn instance_wait_ms() -> u64 {
         1_000
+    }
+    pub fn max_concurrent_calls() -> u32 {
+        16
+    }
+    pub fn breaker_faults() -> u32 {
+        5
+    }
+    pub fn breaker_backoff_ms() -> u64 {
+        5_000
+    }
+    pub fn memory_budget_mib() -> u64 {
+        2_048
     }
     pub fn send_timeout_ms() -> u64 {
         60_000

@@ -46,6 +46,20 @@ impl Config {
         positive("plugins.memory_limit_mib", p.memory_limit_mib)?;
         positive("plugins.max_instances", p.max_instances.into())?;
         positive(
+            "plugins.max_concurrent_calls",
+            p.max_concurrent_calls.into(),
+        )?;
+        positive("plugins.breaker_backoff_ms", p.breaker_backoff_ms)?;
+        if p.memory_budget_mib < p.memory_limit_mib {
+            return Err(err(
+                "plugins.memory_budget_mib",
+                format!(
+                    "{} MiB is less than plugins.memory_limit_mib ({} MiB): no instance could reach its cap",
+                    p.memory_budget_mib, p.memory_limit_mib
+                ),
+            ));
+        }
+        positive(
             "plugins.max_requests_per_instance",
             p.max_requests_per_instance.into(),
         )?;

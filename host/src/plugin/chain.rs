@@ -10,6 +10,7 @@ use super::bindings::{
     ClientInfo, Hooks, RequestAction, RequestHead, Response, ResponseAction, ResponseHead,
 };
 use super::engine::PluginEngine;
+use super::guard::PluginGuard;
 use super::instance::{classify, new_store, CallLimits, Instance, PluginFault};
 use super::loader::LoadedPlugin;
 use super::preinit::SnapshotSlot;
@@ -29,6 +30,8 @@ pub struct BoundPlugin {
     pub reuse: Option<Reuse>,
     /// How long a request waits for a free instance before it gets 503.
     pub instance_wait: Duration,
+    /// Concurrency cap and circuit breaker of this plugin on this route.
+    pub guard: PluginGuard,
 }
 
 /// Keeping initialized instances for later requests (`instance = "reuse"`).
@@ -121,6 +124,17 @@ impl BoundPlugin {
     fn has(&self, hook: Hooks) -> bool {
         self.hooks.contains(hook)
     }
+
+    /// Runs `call` (instance + hook) if the guard admits it, and tells the guard how it went.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, PluginFault>>,
+    ) -> Result<T, PluginFault> {
+        let admission = self.guard.admit(self.instance_wait).await?;
+        let outcome = call.await;
+        admission.done(outcome.as_ref().err());
+        outcome
+    }
 }
 
 /// A plugin failure that ends the request: a fault under `on_error = "deny"`, or any
@@ -194,13 +208,13 @@ pub async fn run_on_request<'a>(
             }
             continue;
         }
-        let outcome = match bound.acquire(engine).await {
-            Ok(mut instance) => instance
-                .on_request(bound.limits, client, &head)
-                .await
-                .map(|action| (action, instance)),
-            Err(fault) => Err(fault),
-        };
+        let outcome = bound
+            .guarded(async {
+                let mut instance = bound.acquire(engine).await?;
+                let action = instance.on_request(bound.limits, client, &head).await?;
+                Ok((action, instance))
+            })
+            .await;
         match outcome {
             Ok((RequestAction::Continue(forward), instance)) => {
                 head = forward.request;
@@ -247,20 +261,18 @@ impl ResponseStage<'_> {
         let mut replaced_body: Option<Vec<u8>> = None;
         while let Some((index, instance)) = self.waiting.pop() {
             let bound = &self.chain[index];
-            let instance = match instance {
-                Some(instance) => Ok(instance),
-                None => bound.acquire(self.engine).await,
-            };
-            let outcome = match instance {
-                Ok(mut instance) => {
-                    let outcome = instance.on_response(bound.limits, &head).await;
-                    if outcome.is_ok() {
-                        bound.release(self.engine, instance);
-                    }
-                    outcome
-                }
-                Err(fault) => Err(fault),
-            };
+            let engine = self.engine;
+            let outcome = bound
+                .guarded(async {
+                    let mut instance = match instance {
+                        Some(instance) => instance,
+                        None => bound.acquire(engine).await?,
+                    };
+                    let action = instance.on_response(bound.limits, &head).await?;
+                    bound.release(engine, instance);
+                    Ok(action)
+                })
+                .await;
             match outcome {
                 Ok(ResponseAction::Continue(next)) => head = next,
                 Ok(ResponseAction::Replace(response)) => {

@@ -1,12 +1,14 @@
 //! The one wasmtime `Engine`: pooling allocator, epoch interruption, and a linker
 //! that offers plugins the host API and an empty WASI.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -24,6 +26,49 @@ pub struct EngineLimits {
     pub max_memory_bytes: usize,
     /// Plugin instances serving requests at once.
     pub max_instances: u32,
+    /// Linear memory of all instances together.
+    pub memory_budget_bytes: usize,
+}
+
+/// Linear memory all instances hold together, against a ceiling.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes `bytes` from the budget if they fit.
+    pub fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    pub fn give_back(&self, bytes: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 /// Pool slots kept apart for loading (running `init`, snapshotting), so a reload
@@ -38,6 +83,7 @@ pub struct PluginEngine {
     /// in the allocator, is what turns a full pool into a bounded wait.
     request_slots: Arc<Semaphore>,
     load_slots: Arc<Semaphore>,
+    memory_budget: Arc<MemoryBudget>,
     pub counters: EngineCounters,
     _ticker: EpochTicker,
 }
@@ -47,6 +93,13 @@ pub struct PluginEngine {
 pub struct EngineCounters {
     pub instance_wait_timeouts: Counter,
     pub instances_recycled: Counter,
+    /// Circuit breakers opened, by plugin.
+    pub breaker_opens: Family<PluginLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
 }
 
 /// Why no instance could be had; never the plugin's fault.
@@ -102,6 +155,7 @@ impl PluginEngine {
             limits,
             request_slots: Arc::new(Semaphore::new(limits.max_instances as usize)),
             load_slots: Arc::new(Semaphore::new(LOAD_SLOTS as usize)),
+            memory_budget: Arc::new(MemoryBudget::new(limits.memory_budget_bytes)),
             counters: EngineCounters::default(),
             _ticker: ticker,
         })
@@ -128,6 +182,10 @@ impl PluginEngine {
             .acquire_owned()
             .await
             .map_err(|_| PoolBusy)
+    }
+
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.memory_budget
     }
 
     pub fn engine(&self) -> &Engine {

@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::{host, types};
 use super::bindings::LogLevel;
+use super::engine::MemoryBudget;
 use super::stderr::StderrCapture;
 
 /// Per-instance state kept in the `Store`.
@@ -23,6 +24,9 @@ pub struct InstanceState {
     pub deadline_hit: bool,
     /// Set when a memory growth past the cap was refused.
     pub memory_denied: bool,
+    /// Set when a growth was refused because all instances together hit the budget.
+    pub budget_denied: bool,
+    budget: Arc<MemoryBudget>,
     /// Linear memory of all the instance's memories, in bytes.
     pub memory_bytes: usize,
     /// The guest's stderr (bounded), shown when a call fails.
@@ -32,7 +36,7 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    pub fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
+    pub fn new(plugin: Arc<str>, memory_limit: usize, budget: Arc<MemoryBudget>) -> Self {
         // Sockets stay unusable: the default address check denies every address and name lookup is off.
         let stderr = StderrCapture::default();
         let wasi = WasiCtx::builder()
@@ -45,11 +49,19 @@ impl InstanceState {
             ticks_left: 0,
             deadline_hit: false,
             memory_denied: false,
+            budget_denied: false,
+            budget,
             memory_bytes: 0,
             stderr,
             wasi,
             table: ResourceTable::new(),
         }
+    }
+}
+
+impl Drop for InstanceState {
+    fn drop(&mut self) {
+        self.budget.give_back(self.memory_bytes);
     }
 }
 
@@ -81,9 +93,15 @@ impl ResourceLimiter for InstanceState {
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
         }
         // Also called for each memory's initial size (from 0), so this sums all memories.
-        self.memory_bytes = self
-            .memory_bytes
-            .saturating_add(desired.saturating_sub(current));
+        let growth = desired.saturating_sub(current);
+        if !self.budget.try_take(growth) {
+            self.budget_denied = true;
+            wasmtime::bail!(
+                "plugins.memory_budget_mib ({} MiB) is used up by other instances",
+                self.budget.limit() >> 20
+            );
+        }
+        self.memory_bytes = self.memory_bytes.saturating_add(growth);
         Ok(true)
     }
 

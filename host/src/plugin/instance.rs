@@ -25,6 +25,9 @@ pub enum PluginFault {
     /// engine refused). Never skipped by `on_error = "allow"`.
     #[error("could not run: {0}")]
     Unavailable(String),
+    /// The plugin's circuit breaker is open after repeated deadline or memory faults.
+    #[error("not called: its circuit is open after repeated deadline or memory faults (retry in {retry_after_s} s)")]
+    CircuitOpen { retry_after_s: u64 },
 }
 
 impl PluginFault {
@@ -55,7 +58,11 @@ pub fn new_store(
     plugin: std::sync::Arc<str>,
     limits: CallLimits,
 ) -> Store<InstanceState> {
-    let state = InstanceState::new(plugin, limits.memory_limit_bytes);
+    let state = InstanceState::new(
+        plugin,
+        limits.memory_limit_bytes,
+        engine.memory_budget().clone(),
+    );
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| state);
     store.epoch_deadline_callback(|mut ctx| {
@@ -94,6 +101,9 @@ pub fn classify(
         .is_some()
     {
         return PluginFault::Unavailable(format!("{error}"));
+    }
+    if state.budget_denied {
+        return PluginFault::Unavailable(error.root_cause().to_string());
     }
     if state.deadline_hit {
         PluginFault::Deadline {

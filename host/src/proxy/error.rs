@@ -7,7 +7,7 @@ use http_body_util::{Either, Full};
 
 use super::path::PathError;
 use super::ProxyBody;
-use crate::plugin::ChainFailure;
+use crate::plugin::{ChainFailure, PluginFault};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -60,7 +60,10 @@ impl ProxyError {
             | ProxyError::EncodedSlash { .. }
             | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
-            ProxyError::Plugin(failure) if !failure.fault.is_plugin_fault() => {
+            ProxyError::Plugin(failure)
+                if !failure.fault.is_plugin_fault()
+                    || matches!(failure.fault, PluginFault::CircuitOpen { .. }) =>
+            {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Plugin(_)

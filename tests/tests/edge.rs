@@ -360,3 +360,49 @@ async fn admin_api_refuses_foreign_host_and_origin() {
     .await;
     assert_eq!(status_of(&get_reload), 405, "state changes only by POST");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_client_that_never_opens_its_window_is_cut_off() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    let config = format!(
+        "{SERVER}send_timeout_ms = 500\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let client = h2_client();
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let uri = format!("http://{}/download?bytes=104857600", proxy.addr);
+        let request = http::Request::get(uri)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.expect("response head");
+        assert_eq!(response.status(), 200);
+        // Never read the body: no WINDOW_UPDATE is sent, the streams stall.
+        streams.push(response);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = streams.pop().unwrap().into_body();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::BodyExt::collect(body),
+    )
+    .await
+    .expect("body ends (in error) promptly");
+    assert!(read.is_err(), "the stalled connection was closed mid-body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let (_site, proxy, app) = guarded_site("").await;
+    let huge = "a".repeat(70 * 1024);
+    let request =
+        format!("GET /x HTTP/1.1\r\nHost: t\r\nx-big: {huge}\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&raw(proxy.addr, request.as_bytes()).await), 431);
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let request = format!("GET /x HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n");
+    assert_eq!(status_of(&raw(proxy.addr, request.as_bytes()).await), 431);
+    assert_eq!(app.hits(), 0, "nothing reached the origin");
+}

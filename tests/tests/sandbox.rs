@@ -161,3 +161,140 @@ async fn reuse_mode_keeps_initialized_instances() {
     // Sequential requests take the one idle instance back each time.
     assert_eq!(calls_seen("reuse").await, vec![1, 2, 3, 4, 5]);
 }
+
+/// Latencies of `n` sequential requests to `path`, sorted.
+async fn latencies(
+    client: &HttpClient,
+    addr: std::net::SocketAddr,
+    path: &str,
+    n: usize,
+) -> Vec<std::time::Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        let r = get(client, addr, path, &[]).await;
+        assert_eq!(r.status, 200);
+        out.push(started.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_a_looping_plugin_leaves_other_routes_fast() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("fixtures", "loop-forever", "loop-forever");
+    let config = format!(
+        "{SERVER}[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n\
+         [[routes.plugins]]\nname = \"loop-forever\"\n\
+         [[routes]]\npath = \"/free/\"\nupstream = \"app\"\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let client = h1_client();
+    let baseline = latencies(&client, proxy.addr, "/free/x", 40).await;
+
+    // 200 clients hammer the looping route (each pausing 50 ms between requests).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        let (client, addr, stop) = (client.clone(), proxy.addr, stop.clone());
+        flood.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..1000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                statuses.push(get(&client, addr, "/x", &[]).await.status.as_u16());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let during = latencies(&client, proxy.addr, "/free/x", 40).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for f in flood {
+        statuses.extend(f.await.unwrap());
+    }
+    let median = |v: &[std::time::Duration]| v[v.len() / 2];
+    eprintln!(
+        "free route median {:?} -> {:?}, max {:?} -> {:?}; flood: {} requests, {} answered 503",
+        median(&baseline),
+        median(&during),
+        baseline[baseline.len() - 1],
+        during[during.len() - 1],
+        statuses.len(),
+        statuses.iter().filter(|s| **s == 503).count()
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 500 || *s == 503),
+        "the plugin is never skipped"
+    );
+    assert!(statuses.contains(&503), "the circuit opened");
+    assert!(
+        median(&during) <= median(&baseline) * 2 + std::time::Duration::from_millis(5),
+        "free route slowed from {:?} to {:?}",
+        median(&baseline),
+        median(&during)
+    );
+    let metrics = get(&client, proxy.admin_addr.unwrap(), "/metrics", &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains("sluice_plugin_breaker_opens_total{plugin=\"loop-forever\"}"),
+        "{metrics}"
+    );
+    assert!(proxy.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_refuses_instances_past_it_without_skipping_them() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("fixtures", "sleep-5ms", "sleep-5ms");
+    // Room for one instance of this plugin at a time, not two.
+    let config = format!(
+        "{SERVER}[plugins]\nmemory_limit_mib = 1\nmemory_budget_mib = 1\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n\
+         [[routes.plugins]]\nname = \"sleep-5ms\"\non_error = \"allow\"\n",
+        app.addr
+    );
+    let proxy = site.start(&config).await;
+    let client = h1_client();
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        let (client, addr) = (client.clone(), proxy.addr);
+        requests.push(tokio::spawn(
+            async move { get(&client, addr, "/x", &[]).await },
+        ));
+    }
+    let (mut served, mut refused) = (0, 0);
+    for r in requests {
+        let r = r.await.unwrap();
+        match r.status.as_u16() {
+            200 => {
+                assert_eq!(r.json()["headers"]["x-slept"], "5ms", "the plugin ran");
+                served += 1;
+            }
+            503 => {
+                assert_eq!(r.header("retry-after"), Some("1"));
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {}", r.text()),
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    // The budget comes back when instances end.
+    let later = get(&client, proxy.addr, "/x", &[]).await;
+    assert_eq!(later.status, 200);
+    assert!(proxy.shutdown().await);
+}

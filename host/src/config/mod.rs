@@ -313,7 +313,7 @@ mod defaults {
         5_000
     }
     pub fn memory_budget_mib() -> u64 {
-        2_048
+        1_024
     }
     pub fn send_timeout_ms() -> u64 {
         60_000

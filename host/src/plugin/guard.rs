@@ -99,6 +99,15 @@ impl PluginGuard {
                 ))),
             },
         };
+        // The breaker may have opened while this call waited for a slot.
+        if call.is_ok() && !probe {
+            if let Some(until) = self.breaker().open_until {
+                let left = until.saturating_duration_since(Instant::now());
+                return Err(PluginFault::CircuitOpen {
+                    retry_after_s: left.as_secs().max(1),
+                });
+            }
+        }
         match call {
             Ok(call) => Ok(Admission {
                 guard: self,

@@ -14,6 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+mod trim;
 mod watchdog;
 
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
@@ -77,6 +78,10 @@ pub async fn serve(
     };
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let trimmer = tokio::spawn(trim::trim_after_bursts(
+        permits.clone(),
+        limits.max_connections,
+    ));
     tokio::pin!(shutdown);
 
     loop {
@@ -137,6 +142,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    trimmer.abort();
     tracing::info!(target: "sluice::server", "stopped accepting; draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => true,

@@ -119,12 +119,16 @@ impl Proxy {
             });
         }
         // Route, plugins and upstream all see the canonical path.
-        let canonical = path::normalize(req.uri().path(), snapshot.merge_slashes)?;
-        if canonical.path != req.uri().path() {
-            *req.uri_mut() = with_path(req.uri(), &canonical.path)
-                .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
+        let mut has_encoded_slash = false;
+        if path::needs_normalizing(req.uri().path(), snapshot.merge_slashes) {
+            let canonical = path::normalize(req.uri().path(), snapshot.merge_slashes)?;
+            has_encoded_slash = canonical.has_encoded_slash;
+            if canonical.path != req.uri().path() {
+                *req.uri_mut() = with_path(req.uri(), &canonical.path)
+                    .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
+                exchange.path = canonical.path;
+            }
         }
-        exchange.path.clone_from(&canonical.path);
         // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
         let client_host: Option<HeaderValue> = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -142,7 +146,7 @@ impl Proxy {
             });
         };
         let route = &snapshot.routes[route_index];
-        if canonical.has_encoded_slash && !route.allow_encoded_slashes {
+        if has_encoded_slash && !route.allow_encoded_slashes {
             return Err(ProxyError::EncodedSlash {
                 route: route.name.to_string(),
             });

@@ -37,6 +37,30 @@ pub struct CanonicalPath {
     pub has_encoded_slash: bool,
 }
 
+/// True when `raw` may differ from its canonical form or be refused; false for the
+/// common path that is already canonical (checked without allocating).
+pub fn needs_normalizing(raw: &str, merge_slashes: bool) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return true;
+    }
+    let mut previous = 0u8;
+    for (i, &b) in bytes.iter().enumerate() {
+        let suspicious = match b {
+            b'%' | b'\\' => true,
+            b'/' => merge_slashes && previous == b'/',
+            // A segment that starts with a dot may be `.` or `..`.
+            b'.' => previous == b'/' && matches!(bytes.get(i + 1), None | Some(b'/' | b'.')),
+            _ => is_control(b),
+        };
+        if suspicious {
+            return true;
+        }
+        previous = b;
+    }
+    false
+}
+
 pub fn normalize(raw: &str, merge_slashes: bool) -> Result<CanonicalPath, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
@@ -216,6 +240,36 @@ mod tests {
     fn merge_slashes_off_keeps_empty_segments() {
         assert_eq!(normalize("//a//b", false).unwrap().path, "//a//b");
         assert_eq!(normalize("/a//../b", false).unwrap().path, "/a/b");
+    }
+
+    #[test]
+    fn fast_path_agrees_with_normalize() {
+        for raw in [
+            "/",
+            "/a/b",
+            "/a/b/",
+            "/a.b/c",
+            "/.well-known/x",
+            "/a/.",
+            "/a/..",
+            "/a//b",
+            "/a%41",
+            "/a\\b",
+            "/..",
+            "/a/...",
+            "/a/.b",
+            "/caf\u{e9}",
+            "/a\u{1}",
+        ] {
+            for merge in [true, false] {
+                let canonical = normalize(raw, merge).ok().map(|c| c.path);
+                if !needs_normalizing(raw, merge) {
+                    assert_eq!(canonical.as_deref(), Some(raw), "{raw} merge={merge}");
+                }
+            }
+        }
+        assert!(!needs_normalizing("/api/v1/users", true));
+        assert!(needs_normalizing("/api/../admin", true));
     }
 
     #[test]

@@ -29,6 +29,39 @@ fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A proxy with one open route to `origin`; `server` and `upstream` add keys to those tables.
+async fn open_site(
+    origin: impl std::fmt::Display,
+    server: &str,
+    upstream: &str,
+) -> (Site, Running) {
+    let site = Site::new();
+    let config = format!(
+        "{SERVER}{server}[upstreams.app]\nservers = [\"{origin}\"]\n{upstream}\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+    );
+    let proxy = site.start(&config).await;
+    (site, proxy)
+}
+
+/// Reads until the peer closes (EOF or reset), at most `limit`; the bytes read, or
+/// `None` if it was still open.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<usize> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0;
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| total)
+}
+
 /// The path the echo origin saw, from its JSON body.
 fn origin_path(response: &str) -> Option<String> {
     let body = response.split("\r\n\r\n").nth(1)?;
@@ -196,17 +229,9 @@ async fn silent_connections_are_closed_and_do_not_starve_clients() {
     // After the header timeout the proxy closes every one of them (EOF or reset).
     let cleared = Instant::now();
     for mut s in sockets {
-        let mut buf = [0u8; 64];
-        let end = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => continue, // h2 SETTINGS, GOAWAY
-                }
-            }
-        })
-        .await;
-        assert!(end.is_ok(), "a silent connection was left open");
+        // EOF or reset; an h2 preface may first get SETTINGS and GOAWAY.
+        let closed = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(closed.is_some(), "a silent connection was left open");
     }
     eprintln!(
         "{silent} silent connections cleared {:?} after the first was due",
@@ -224,16 +249,8 @@ async fn idle_keep_alive_connection_is_closed() {
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "idle keep-alive connection not closed");
+    let closed = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "idle keep-alive connection not closed");
 }
 
 /// An origin that sends a response head and 1 KB of a 1 MB body, then stalls.
@@ -258,12 +275,7 @@ async fn stalling_origin() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_upstream_body_is_cut_off() {
     let origin = stalling_origin().await;
-    let site = Site::new();
-    let config = format!(
-        "{SERVER}[upstreams.app]\nservers = [\"{origin}\"]\nread_timeout_ms = 500\n\
-         [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
-    );
-    let proxy = site.start(&config).await;
+    let (_site, proxy) = open_site(origin, "", "read_timeout_ms = 500\n").await;
     let started = Instant::now();
     let response = raw(proxy.addr, &get_request("/big")).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response:.80}");
@@ -281,13 +293,7 @@ async fn stalled_upstream_body_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_is_disconnected_after_send_timeout() {
     let app = spawn_origin("app").await.unwrap();
-    let site = Site::new();
-    let config = format!(
-        "{SERVER}send_timeout_ms = 500\n[upstreams.app]\nservers = [\"{}\"]\n\
-         [[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-        app.addr
-    );
-    let proxy = site.start(&config).await;
+    let (_site, proxy) = open_site(app.addr, "send_timeout_ms = 500\n", "").await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /download?bytes=104857600 HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
@@ -296,30 +302,16 @@ async fn slow_reader_is_disconnected_after_send_timeout() {
     let mut buf = vec![0u8; 4096];
     let _ = s.read(&mut buf).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut total = 0usize;
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
-    assert!(drained.is_ok(), "slow reader never disconnected");
+    let total = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let total = total.expect("slow reader never disconnected");
     assert!(total < 100 * 1024 * 1024, "whole body was sent anyway");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_refuses_foreign_host_and_origin() {
     let app = spawn_origin("app").await.unwrap();
-    let site = Site::new();
-    let config = format!(
-        "{SERVER}[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.app]\nservers = [\"{}\"]\n\
-         [[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-        app.addr
-    );
-    let proxy = site.start(&config).await;
+    let admin_table = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let (_site, proxy) = open_site(app.addr, admin_table, "").await;
     let admin = proxy.admin_addr.expect("admin listener");
     let post = |host: String, origin: Option<&str>| {
         let origin = origin
@@ -364,13 +356,7 @@ async fn admin_api_refuses_foreign_host_and_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_client_that_never_opens_its_window_is_cut_off() {
     let app = spawn_origin("app").await.unwrap();
-    let site = Site::new();
-    let config = format!(
-        "{SERVER}send_timeout_ms = 500\n[upstreams.app]\nservers = [\"{}\"]\n\
-         [[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-        app.addr
-    );
-    let proxy = site.start(&config).await;
+    let (_site, proxy) = open_site(app.addr, "send_timeout_ms = 500\n", "").await;
     let client = h2_client();
     let mut streams = Vec::new();
     for _ in 0..4 {

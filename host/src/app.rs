@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::access_log::{AccessLog, Destination};
 use crate::admin;
 use crate::admin::metrics::{EdgeCounters, Metrics};
 use crate::config::Config;
@@ -161,7 +162,16 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
 
     let edge = EdgeCounters::default();
     let metrics = Arc::new(Metrics::new(&engine, &edge));
-    let proxy = Arc::new(Proxy::new(snapshot, engine, edge));
+    let access_log = AccessLog::open(
+        match &config.server.access_log_path {
+            Some(path) => Destination::File(path.clone()),
+            None => Destination::Stdout,
+        },
+        config.server.access_log_format,
+        config.server.access_log_buffer_kib.saturating_mul(1024),
+        edge.access_log_dropped.clone(),
+    )?;
+    let proxy = Arc::new(Proxy::new(snapshot, engine, edge, access_log));
     let reloader = Arc::new(Reloader::new(
         absolute(config_path),
         config.clone(),
@@ -208,6 +218,18 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
         tracing::info!(target: "sluice::server", "admin API on http://{admin}");
     }
     let reloader = running.reloader.clone();
+    let proxy = running.proxy.clone();
+    let reopens = tokio::spawn(async move {
+        #[cfg(unix)]
+        if let Ok(mut usr1) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        {
+            while usr1.recv().await.is_some() {
+                tracing::info!(target: "sluice::server", "SIGUSR1: reopening the access log");
+                proxy.access_log().reopen();
+            }
+        }
+    });
     let hangups = tokio::spawn(async move {
         #[cfg(unix)]
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -220,6 +242,7 @@ pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     });
     server::shutdown_signal().await;
     hangups.abort();
+    reopens.abort();
     tracing::info!(target: "sluice::server", "shutdown signal received");
     if running.shutdown().await {
         tracing::info!(target: "sluice::server", "drained; bye");

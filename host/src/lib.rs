@@ -1,6 +1,7 @@
 //! Sluice: a reverse proxy whose request and response logic runs as sandboxed
 //! WebAssembly components.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;

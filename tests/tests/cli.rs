@@ -251,7 +251,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let site = Site::new();
     let (mut child, addr) = run_binary(&site, |listen| {
         format!(
-            "[server]\nlisten = \"{listen}\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+            "[server]\nlisten = \"{listen}\"\naccess_log_path = \"access.log\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
             app.addr
         )
     })
@@ -275,11 +275,61 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
-    let log = stderr_of(&mut child);
+    let access = std::fs::read_to_string(site.plugins_dir().parent().unwrap().join("access.log"))
+        .unwrap_or_default();
     assert!(
-        log.contains("sluice::access") && log.contains("status=200"),
-        "access log line: {log}"
+        access.contains("\"GET /slow?ms=1000 HTTP/1.1\" 200 "),
+        "the drained request's line was written before exit: {access}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    let (mut child, addr) = run_binary(&site, |listen| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\naccess_log_path = \"access.log\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+            app.addr
+        )
+    })
+    .await;
+    let dir = site.plugins_dir().parent().unwrap().to_path_buf();
+    let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+    let client = h1_client();
+    let contains = |path: &std::path::Path, needle: &str| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+    let eventually = |path: std::path::PathBuf, needle: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !contains(&path, needle) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        contains(&path, needle)
+    };
+    get(&client, addr, "/before-rotation", &[]).await;
+    assert!(eventually(log.clone(), "/before-rotation").await);
+    // What logrotate does: rename, then signal.
+    std::fs::rename(&log, &rotated).unwrap();
+    assert!(Command::new("kill")
+        .args(["-USR1", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    get(&client, addr, "/after-rotation", &[]).await;
+    assert!(
+        eventually(log.clone(), "/after-rotation").await,
+        "new file gets new lines"
+    );
+    assert!(
+        !contains(&rotated, "/after-rotation"),
+        "the rotated file is left alone"
+    );
+    terminate(&child);
+    assert!(wait_exit(&mut child).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,8 @@ pub struct EdgeCounters {
     /// Connections closed and bodies aborted by a timeout, by kind (header, idle, send,
     /// upstream_read).
     pub timeouts: Family<KindLabels, Counter>,
+    /// Access log lines dropped because the destination could not keep up.
+    pub access_log_dropped: Counter,
 }
 
 impl EdgeCounters {
@@ -73,6 +75,11 @@ impl Metrics {
             "plugin_breaker_opens",
             "Plugin circuit breakers opened after repeated deadline or memory faults, by plugin",
             engine.counters.breaker_opens.clone(),
+        );
+        registry.register(
+            "access_log_dropped_lines",
+            "Access log lines dropped because the destination could not keep up",
+            edge.access_log_dropped.clone(),
         );
         registry.register(
             "timeouts",

@@ -61,9 +61,17 @@ pub struct ServerConfig {
     /// After SIGTERM/SIGINT, how long in-flight requests may take before exit.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
-    /// One log line per request (target `sluice::access`).
+    /// One log line per request.
     #[serde(default = "defaults::yes")]
     pub access_log: bool,
+    /// File the access log appends to (reopened on SIGUSR1); absent: standard output.
+    pub access_log_path: Option<PathBuf>,
+    /// `combined` (default), `common` or `json`.
+    #[serde(default)]
+    pub access_log_format: crate::access_log::Format,
+    /// Lines waiting for the writer at most, in KiB; past it lines are dropped and counted.
+    #[serde(default = "defaults::access_log_buffer_kib")]
+    pub access_log_buffer_kib: usize,
     /// Largest request head (request line + headers) accepted over HTTP/1.1.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
@@ -273,6 +281,9 @@ mod defaults {
     pub fn h2_max_concurrent_streams() -> u32 {
         128
     }
+    pub fn access_log_buffer_kib() -> usize {
+        4 * 1024
+    }
     pub fn max_uri_bytes() -> usize {
         8 * 1024
     }
@@ -352,6 +363,11 @@ impl Config {
                     anyhow::anyhow!("{path}: {inner}")
                 }
             })?;
+        if let Some(path) = config.server.access_log_path.as_mut() {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
+        }
         if config.plugins.dir.is_relative() {
             config.plugins.dir = base_dir.join(&config.plugins.dir);
         }

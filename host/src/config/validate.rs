@@ -28,6 +28,10 @@ impl Config {
         positive("server.max_connections", s.max_connections as u64)?;
         positive("server.max_headers", s.max_headers as u64)?;
         positive("server.max_uri_bytes", s.max_uri_bytes as u64)?;
+        positive(
+            "server.access_log_buffer_kib",
+            s.access_log_buffer_kib as u64,
+        )?;
         positive("server.idle_timeout_ms", s.idle_timeout_ms)?;
         positive("server.send_timeout_ms", s.send_timeout_ms)?;
         positive(

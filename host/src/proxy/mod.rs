@@ -6,13 +6,13 @@ mod error;
 pub mod headers;
 pub mod path;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use body::{ClientBody, UpstreamBody};
 pub use error::{plain_response, ProxyError};
 
+use crate::access_log::{AccessLog, Record};
 use crate::admin::metrics::EdgeCounters;
 use crate::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
@@ -35,24 +36,78 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     engine: Arc<PluginEngine>,
     counters: EdgeCounters,
+    access_log: AccessLog,
 }
 
-/// Per-request facts kept for the access log.
+/// Per-request facts kept for the access log (cheap clones: `Bytes`-backed).
 struct Exchange {
     started: Instant,
     method: Method,
-    path: String,
-    upstream: String,
+    /// The request target as the client sent it.
+    target: Option<PathAndQuery>,
+    version: Version,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    upstream: Option<(Arc<str>, Authority)>,
     trail: String,
 }
 
+/// A served request's log line, written when its response body ends (so it can tell
+/// the bytes sent and the whole duration, as nginx does).
+pub struct LogEntry {
+    log: AccessLog,
+    client: IpAddr,
+    status: u16,
+    exchange: Exchange,
+}
+
+impl LogEntry {
+    pub fn finish(self, body_bytes: u64) {
+        let e = &self.exchange;
+        let upstream = e.upstream.as_ref();
+        self.log.log(&Record {
+            client: self.client,
+            method: e.method.as_str(),
+            target: e.target.as_ref().map_or("/", |t| t.as_str()),
+            version: version_str(e.version),
+            status: self.status,
+            body_bytes,
+            referer: e.referer.as_ref().map(|v| v.as_bytes()),
+            user_agent: e.user_agent.as_ref().map(|v| v.as_bytes()),
+            duration: e.started.elapsed(),
+            upstream: upstream.map(|(name, server)| (&**name, server.as_str())),
+            plugins: e.trail.trim_end(),
+        });
+    }
+}
+
+fn version_str(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
 impl Proxy {
-    pub fn new(snapshot: Snapshot, engine: Arc<PluginEngine>, counters: EdgeCounters) -> Self {
+    pub fn new(
+        snapshot: Snapshot,
+        engine: Arc<PluginEngine>,
+        counters: EdgeCounters,
+        access_log: AccessLog,
+    ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             engine,
             counters,
+            access_log,
         }
+    }
+
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access_log
     }
 
     pub fn counters(&self) -> &EdgeCounters {
@@ -72,33 +127,36 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// Serves one request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// Serves one request; never fails (errors become responses). The log entry, when
+    /// the access log is on, is to be finished when the response body ends.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Response<ProxyBody>, Option<LogEntry>) {
         let snapshot = self.snapshot.load_full();
+        let headers = req.headers();
         let mut exchange = Exchange {
             started: Instant::now(),
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
-            upstream: String::from("-"),
+            target: req.uri().path_and_query().cloned(),
+            version: req.version(),
+            referer: headers.get(header::REFERER).cloned(),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
+            upstream: None,
             trail: String::new(),
         };
         let response = match self.pipeline(&snapshot, req, peer, &mut exchange).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
-        if snapshot.access_log {
-            tracing::info!(
-                target: "sluice::access",
-                client = %peer.ip(),
-                method = %exchange.method,
-                path = %exchange.path,
-                status = response.status().as_u16(),
-                upstream = %exchange.upstream,
-                duration_us = exchange.started.elapsed().as_micros() as u64,
-                plugins = exchange.trail.trim_end(),
-            );
-        }
-        response
+        let entry = snapshot.access_log.then(|| LogEntry {
+            log: self.access_log.clone(),
+            client: peer.ip(),
+            status: response.status().as_u16(),
+            exchange,
+        });
+        (response, entry)
     }
 
     async fn pipeline(
@@ -126,7 +184,6 @@ impl Proxy {
             if canonical.path != req.uri().path() {
                 *req.uri_mut() = with_path(req.uri(), &canonical.path)
                     .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
-                exchange.path = canonical.path;
             }
         }
         // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
@@ -142,7 +199,7 @@ impl Proxy {
         let Some(route_index) = snapshot.router.lookup(&host, req.uri().path()) else {
             return Err(ProxyError::NoRoute {
                 host,
-                path: exchange.path.clone(),
+                path: req.uri().path().to_owned(),
             });
         };
         let route = &snapshot.routes[route_index];
@@ -234,7 +291,7 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, String), ProxyError> {
         let server = upstream.pick().clone();
-        exchange.upstream = format!("{}/{}", upstream.name, server);
+        exchange.upstream = Some((upstream.name_arc.clone(), server.clone()));
         let path_and_query = parts
             .uri
             .path_and_query()

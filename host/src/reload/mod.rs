@@ -267,6 +267,8 @@ fn restart_only_changes(
         o.h2_max_concurrent_streams,
         o.max_connections,
         o.drain_timeout_ms,
+        o.idle_timeout_ms,
+        o.send_timeout_ms,
     ) != (
         n.header_read_timeout_ms,
         n.max_header_bytes,
@@ -274,11 +276,27 @@ fn restart_only_changes(
         n.h2_max_concurrent_streams,
         n.max_connections,
         n.drain_timeout_ms,
+        n.idle_timeout_ms,
+        n.send_timeout_ms,
     ) {
         ignored.push("server limits and timeouts");
     }
     if old.plugins.max_instances != new.plugins.max_instances {
         ignored.push("plugins.max_instances");
+    }
+    if old.plugins.memory_budget_mib != new.plugins.memory_budget_mib {
+        ignored.push("plugins.memory_budget_mib");
+    }
+    if (
+        &o.access_log_path,
+        o.access_log_format,
+        o.access_log_buffer_kib,
+    ) != (
+        &n.access_log_path,
+        n.access_log_format,
+        n.access_log_buffer_kib,
+    ) {
+        ignored.push("server.access_log_path/format/buffer");
     }
     if (
         old.plugins.watch,

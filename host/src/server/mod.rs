@@ -114,8 +114,8 @@ pub async fn serve(
                 let proxy = proxy.clone();
                 let request = activity.begin_request();
                 async move {
-                    let response = proxy.handle(req, peer).await;
-                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, request)))
+                    let (response, log) = proxy.handle(req, peer).await;
+                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, request, log)))
                 }
             })
         };

@@ -17,6 +17,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::proxy::LogEntry;
+
 /// Timeouts a connection is held to.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnTimeouts {
@@ -239,14 +241,19 @@ pub struct TrackedBody<B> {
     inner: B,
     request: InFlight,
     handed_out: bool,
+    /// Body bytes passed on so far, and the access-log line they complete.
+    sent: u64,
+    log: Option<LogEntry>,
 }
 
 impl<B> TrackedBody<B> {
-    pub fn new(inner: B, request: InFlight) -> Self {
+    pub fn new(inner: B, request: InFlight, log: Option<LogEntry>) -> Self {
         Self {
             inner,
             request,
             handed_out: false,
+            sent: 0,
+            log,
         }
     }
 
@@ -268,8 +275,12 @@ impl<B> TrackedBody<B> {
 }
 
 impl<B> Drop for TrackedBody<B> {
+    /// The response is over (sent, or the client went away): its log line is due.
     fn drop(&mut self) {
         self.set_handed_out(false);
+        if let Some(log) = self.log.take() {
+            log.finish(self.sent);
+        }
     }
 }
 
@@ -284,7 +295,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
         // Being polled means the client made room for the previous frame.
         self.set_handed_out(false);
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
             self.set_handed_out(true);
         }
         polled

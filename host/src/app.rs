@@ -147,6 +147,9 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     snapshot
         .prepare_snapshots(&engine, registry.cache(), || true)
         .await;
+    // Compiling plugins (on parallel threads, each with its own allocator arena) leaves
+    // tens of MiB freed but resident: hand them back before serving.
+    server::release_free_memory();
     let listener = server::bind(config.server.listen).await?;
     let addr = listener
         .local_addr()

@@ -146,7 +146,10 @@ impl Proxy {
             upstream: None,
             trail: String::new(),
         };
-        let response = match self.pipeline(&snapshot, req, peer, &mut exchange).await {
+        // Boxed: hyper keeps a slot of the service future's size for every connection,
+        // idle or not, so the large pipeline state lives on the heap only while it runs.
+        let pipeline = Box::pin(self.pipeline(&snapshot, req, peer, &mut exchange));
+        let response = match pipeline.await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };

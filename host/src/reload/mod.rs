@@ -215,6 +215,8 @@ impl Reloader {
             snapshot
                 .prepare_snapshots(&engine, registry.cache(), serving)
                 .await;
+            // Compiling and snapshotting leave freed buffers in the allocator's arenas.
+            let _ = tokio::task::spawn_blocking(crate::server::release_free_memory).await;
         });
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 mod trim;
 mod watchdog;
 
+pub use trim::release_free_memory;
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
 
 use crate::config::ServerConfig;

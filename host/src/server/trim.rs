@@ -31,8 +31,9 @@ pub async fn trim_after_bursts(permits: Arc<Semaphore>, max_connections: usize) 
     }
 }
 
+/// Returns the allocator's free memory to the OS (glibc keeps it otherwise).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
+pub fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
     unsafe {
         libc::malloc_trim(0);
@@ -40,4 +41,4 @@ fn release_free_memory() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
+pub fn release_free_memory() {}

@@ -245,17 +245,19 @@ async fn config_reload_works_with_a_relative_config_path() {
     assert!(!log.contains("needs a restart"), "{log}");
 }
 
+/// One open route to `app`, access log to `access.log` next to the config.
+fn logging_config(listen: &str, app: &Origin) -> String {
+    format!(
+        "[server]\nlisten = \"{listen}\"\naccess_log_path = \"access.log\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        app.addr
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = spawn_origin("app").await.unwrap();
     let site = Site::new();
-    let (mut child, addr) = run_binary(&site, |listen| {
-        format!(
-            "[server]\nlisten = \"{listen}\"\naccess_log_path = \"access.log\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-            app.addr
-        )
-    })
-    .await;
+    let (mut child, addr) = run_binary(&site, |listen| logging_config(listen, &app)).await;
     let client = h1_client();
     let in_flight = tokio::spawn({
         let client = client.clone();
@@ -287,13 +289,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 async fn sigusr1_reopens_the_access_log() {
     let app = spawn_origin("app").await.unwrap();
     let site = Site::new();
-    let (mut child, addr) = run_binary(&site, |listen| {
-        format!(
-            "[server]\nlisten = \"{listen}\"\naccess_log_path = \"access.log\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-            app.addr
-        )
-    })
-    .await;
+    let (mut child, addr) = run_binary(&site, |listen| logging_config(listen, &app)).await;
     let dir = site.plugins_dir().parent().unwrap().to_path_buf();
     let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
     let client = h1_client();

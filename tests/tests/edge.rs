@@ -392,3 +392,42 @@ async fn oversized_headers_get_431() {
     assert_eq!(status_of(&raw(proxy.addr, request.as_bytes()).await), 431);
     assert_eq!(app.hits(), 0, "nothing reached the origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_second_request_head_is_cut_at_the_header_timeout() {
+    let app = spawn_origin("app").await.unwrap();
+    let (_site, proxy) = open_site(app.addr, "header_read_timeout_ms = 1000\n", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Slowloris on the keep-alive connection: a header line every 300 ms, never the end.
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if s.write_all(b"x-slow: 1\r\n").await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(closed, "trickling connection still open after 6 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -76,7 +76,9 @@ pub enum UpstreamBodyError {
 pub struct UpstreamBody {
     inner: Incoming,
     read_timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// Created the first time a poll has to wait (most small bodies never do), so the
+    /// common case costs no allocation and no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// True while a poll is waiting on the upstream; the clock runs only then, so a
     /// slow client (which stops the polling) is never blamed on the upstream.
     waiting: bool,
@@ -94,7 +96,7 @@ impl UpstreamBody {
         Self {
             inner,
             read_timeout,
-            deadline: Box::pin(tokio::time::sleep(read_timeout)),
+            deadline: None,
             waiting: false,
             upstream,
             counters,
@@ -117,10 +119,17 @@ impl Body for UpstreamBody {
         }
         if !this.waiting {
             this.waiting = true;
-            let deadline = Instant::now() + this.read_timeout;
-            this.deadline.as_mut().reset(deadline);
+            let at = Instant::now() + this.read_timeout;
+            match this.deadline.as_mut() {
+                Some(deadline) => deadline.as_mut().reset(at),
+                None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
         }
-        ready!(this.deadline.as_mut().poll(cx));
+        // Always set above; without one, the inner body's waker still wakes us.
+        let Some(deadline) = this.deadline.as_mut() else {
+            return Poll::Pending;
+        };
+        ready!(deadline.as_mut().poll(cx));
         this.waiting = false;
         this.counters.timeout("upstream_read");
         tracing::warn!(target: "sluice::proxy", upstream = %this.upstream, "response body aborted: upstream stalled for {} ms", this.read_timeout.as_millis());

@@ -39,6 +39,8 @@ upstream = "app"
 async fn contained(fixture: &str) {
     let (_site, proxy, app) = start_with(fixture, "deny").await;
     let client = h1_client();
+    // Idle long enough for the epoch ticker to park: the deadline must still hold.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let failed = get(&client, proxy.addr, "/x", &[]).await;
     assert_eq!(failed.status, 500, "{fixture}: deny policy gives 500");

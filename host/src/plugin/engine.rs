@@ -2,7 +2,7 @@
 //! that offers plugins the host API and an empty WASI.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -85,7 +85,7 @@ pub struct PluginEngine {
     load_slots: Arc<Semaphore>,
     memory_budget: Arc<MemoryBudget>,
     pub counters: EngineCounters,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// Counters the admin endpoint exports (shared with its registry).
@@ -157,7 +157,7 @@ impl PluginEngine {
             load_slots: Arc::new(Semaphore::new(LOAD_SLOTS as usize)),
             memory_budget: Arc::new(MemoryBudget::new(limits.memory_budget_bytes)),
             counters: EngineCounters::default(),
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -184,6 +184,11 @@ impl PluginEngine {
             .map_err(|_| PoolBusy)
     }
 
+    /// Keeps the epoch ticking while the store holding it lives.
+    pub fn store_ticket(&self) -> StoreTicket {
+        self.ticker.ticket()
+    }
+
     pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
         &self.memory_budget
     }
@@ -201,29 +206,97 @@ impl PluginEngine {
     }
 }
 
-/// A thread that advances the engine's epoch every tick until dropped.
+/// Ticks with no store alive before the ticker parks: steady traffic never parks it.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 100;
+
+struct TickerState {
+    /// Plugin stores alive; wasm can run only inside one.
+    stores: AtomicUsize,
+    parked: AtomicBool,
+    stop: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Held by every plugin store: while one exists the epoch advances every tick.
+pub struct StoreTicket(Arc<TickerState>);
+
+impl Drop for StoreTicket {
+    fn drop(&mut self) {
+        self.0.stores.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A thread that advances the engine's epoch every tick while any plugin store is
+/// alive, and parks when none has been for a while (an idle proxy, or one serving only
+/// plugin-free routes, does not wake 1,000 times a second).
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    state: Arc<TickerState>,
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let state = Arc::new(TickerState {
+            stores: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        });
+        let ticker = state.clone();
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                let mut idle_ticks = 0u32;
+                while !ticker.stop.load(Ordering::SeqCst) {
+                    if ticker.stores.load(Ordering::SeqCst) == 0 {
+                        idle_ticks = idle_ticks.saturating_add(1);
+                    } else {
+                        idle_ticks = 0;
+                    }
+                    if idle_ticks >= IDLE_TICKS_BEFORE_PARKING {
+                        ticker.park();
+                        idle_ticks = 0;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
             })?;
-        Ok(Self { stop })
+        Ok(Self { state })
+    }
+
+    fn ticket(&self) -> StoreTicket {
+        // Count first, then look for a parked ticker: with the ticker's "mark parked,
+        // then look at the count" (both SeqCst) one of the two sees the other.
+        self.state.stores.fetch_add(1, Ordering::SeqCst);
+        if self.state.parked.load(Ordering::SeqCst) {
+            let _held = self.state.lock();
+            self.state.wake.notify_all();
+        }
+        StoreTicket(self.state.clone())
+    }
+}
+
+impl TickerState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a store exists (or the ticker stops).
+    fn park(&self) {
+        let mut held = self.lock();
+        self.parked.store(true, Ordering::SeqCst);
+        while self.stores.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::SeqCst) {
+            held = self.wake.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        self.parked.store(false, Ordering::SeqCst);
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.state.stop.store(true, Ordering::SeqCst);
+        let _held = self.state.lock();
+        self.state.wake.notify_all();
     }
 }

@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::{host, types};
 use super::bindings::LogLevel;
-use super::engine::MemoryBudget;
+use super::engine::{MemoryBudget, StoreTicket};
 use super::stderr::StderrCapture;
 
 /// Per-instance state kept in the `Store`.
@@ -27,6 +27,7 @@ pub struct InstanceState {
     /// Set when a growth was refused because all instances together hit the budget.
     pub budget_denied: bool,
     budget: Arc<MemoryBudget>,
+    _ticket: StoreTicket,
     /// Linear memory of all the instance's memories, in bytes.
     pub memory_bytes: usize,
     /// The guest's stderr (bounded), shown when a call fails.
@@ -36,7 +37,12 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    pub fn new(plugin: Arc<str>, memory_limit: usize, budget: Arc<MemoryBudget>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        memory_limit: usize,
+        budget: Arc<MemoryBudget>,
+        ticket: StoreTicket,
+    ) -> Self {
         // Sockets stay unusable: the default address check denies every address and name lookup is off.
         let stderr = StderrCapture::default();
         let wasi = WasiCtx::builder()
@@ -51,6 +57,7 @@ impl InstanceState {
             memory_denied: false,
             budget_denied: false,
             budget,
+            _ticket: ticket,
             memory_bytes: 0,
             stderr,
             wasi,

@@ -62,6 +62,7 @@ pub fn new_store(
         plugin,
         limits.memory_limit_bytes,
         engine.memory_budget().clone(),
+        engine.store_ticket(),
     );
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| state);

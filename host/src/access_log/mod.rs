@@ -37,6 +37,13 @@ struct Shared {
     dropped: Counter,
 }
 
+impl Shared {
+    /// Only appends and swaps happen under this lock; a poisoned one is still consistent.
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Handle to the log; cheap to clone. The writer thread stops (after a last flush)
 /// when the last handle is dropped.
 #[derive(Clone)]
@@ -115,10 +122,7 @@ impl AccessLog {
             };
             line.clear();
             write_line(&mut line, self.format, record, SystemTime::now());
-            let mut buffer = match self.shared.buffer.lock() {
-                Ok(b) => b,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut buffer = self.shared.buffer();
             if buffer.len() + line.len() > self.shared.max_buffered {
                 drop(buffer);
                 self.shared.dropped.inc();
@@ -181,10 +185,7 @@ impl Sink {
         let mut spare: Vec<u8> = Vec::with_capacity(WAKE_AT * 2);
         loop {
             let stopping = {
-                let mut buffer = match shared.buffer.lock() {
-                    Ok(b) => b,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
+                let mut buffer = shared.buffer();
                 if buffer.len() < WAKE_AT
                     && !shared.stop.load(Ordering::Acquire)
                     && !shared.reopen.load(Ordering::Acquire)
@@ -214,10 +215,7 @@ impl Sink {
                 spare.clear();
             }
             if stopping {
-                let rest = match shared.buffer.lock() {
-                    Ok(mut b) => std::mem::take(&mut *b),
-                    Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-                };
+                let rest = std::mem::take(&mut *shared.buffer());
                 let _ = self.write_all(&rest);
                 return;
             }

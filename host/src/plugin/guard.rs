@@ -76,10 +76,7 @@ impl PluginGuard {
             let mut breaker = self.breaker();
             match breaker.open_until {
                 Some(until) if Instant::now() < until || breaker.probing => {
-                    let left = until.saturating_duration_since(Instant::now());
-                    return Err(PluginFault::CircuitOpen {
-                        retry_after_s: left.as_secs().max(1),
-                    });
+                    return Err(circuit_open(until));
                 }
                 Some(_) => {
                     breaker.probing = true;
@@ -102,10 +99,7 @@ impl PluginGuard {
         // The breaker may have opened while this call waited for a slot.
         if call.is_ok() && !probe {
             if let Some(until) = self.breaker().open_until {
-                let left = until.saturating_duration_since(Instant::now());
-                return Err(PluginFault::CircuitOpen {
-                    retry_after_s: left.as_secs().max(1),
-                });
+                return Err(circuit_open(until));
             }
         }
         match call {
@@ -154,6 +148,14 @@ impl PluginGuard {
                 "circuit open for {} ms after {} deadline or memory faults in a row; calls fail fast (on_error applies)",
                 backoff.as_millis(), breaker.consecutive_faults);
         }
+    }
+}
+
+/// The fault of a call refused while the breaker is open until `until`.
+fn circuit_open(until: Instant) -> PluginFault {
+    let left = until.saturating_duration_since(Instant::now());
+    PluginFault::CircuitOpen {
+        retry_after_s: left.as_secs().max(1),
     }
 }
 

@@ -185,7 +185,7 @@ impl Proxy {
             let canonical = path::normalize(req.uri().path(), snapshot.merge_slashes)?;
             has_encoded_slash = canonical.has_encoded_slash;
             if canonical.path != req.uri().path() {
-                *req.uri_mut() = with_path(req.uri(), &canonical.path)
+                *req.uri_mut() = with_path(req.uri(), canonical.path)
                     .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
             }
         }
@@ -294,7 +294,7 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, String), ProxyError> {
         let server = upstream.pick().clone();
-        exchange.upstream = Some((upstream.name_arc.clone(), server.clone()));
+        exchange.upstream = Some((upstream.name.clone(), server.clone()));
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -322,7 +322,7 @@ impl Proxy {
             Ok(Err(e)) => return Err(upstream_error(upstream, &server_name, e)),
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {
-                    upstream: upstream.name.clone(),
+                    upstream: upstream.name.to_string(),
                     server: server_name,
                     timeout_ms: upstream.response_timeout.as_millis(),
                 })
@@ -334,7 +334,7 @@ impl Proxy {
             Either::Left(UpstreamBody::new(
                 body,
                 upstream.read_timeout,
-                upstream.name_arc.clone(),
+                upstream.name.clone(),
                 self.counters.clone(),
             ))
         });
@@ -387,16 +387,16 @@ fn upstream_error(
     let reason = error_chain(&e);
     match (e.is_connect(), timed_out) {
         (true, true) => ProxyError::UpstreamConnectTimeout {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
             server: server.to_string(),
         },
         (true, false) => ProxyError::UpstreamConnect {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
             server: server.to_string(),
             reason,
         },
         _ => ProxyError::UpstreamProtocol {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
             server: server.to_string(),
             reason,
         },
@@ -404,14 +404,21 @@ fn upstream_error(
 }
 
 /// `uri` with its path replaced (query, scheme and authority kept).
-fn with_path(uri: &Uri, path: &str) -> Result<Uri, String> {
-    let target = match uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
+fn with_path(uri: &Uri, path: String) -> Result<Uri, String> {
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|e| e.to_string())?);
+    parts.path_and_query = Some(request_target(path, uri.query()).map_err(|e| e.to_string())?);
     Uri::from_parts(parts).map_err(|e| e.to_string())
+}
+
+/// `path?query`, or `path` alone when there is no query.
+fn request_target(
+    path: String,
+    query: Option<&str>,
+) -> Result<PathAndQuery, http::uri::InvalidUri> {
+    match query {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    }
 }
 
 /// An error and its sources, joined.
@@ -443,12 +450,8 @@ fn apply_request_head(
     let path = path::normalize(&head.path, merge_slashes)
         .map_err(|e| invalid(&format!("path {:?}: {e}", head.path)))?
         .path;
-    let target = if head.query.is_empty() {
-        path
-    } else {
-        format!("{path}?{}", head.query)
-    };
-    let path_and_query = PathAndQuery::try_from(target).map_err(|_| invalid("path or query"))?;
+    let path_and_query = request_target(path, Some(head.query.as_str()).filter(|q| !q.is_empty()))
+        .map_err(|_| invalid("path or query"))?;
     parts.uri = Uri::from(path_and_query);
     headers::apply_wit(&mut parts.headers, head.headers)
         .map_err(ProxyError::InvalidPluginOutput)?;

@@ -26,9 +26,7 @@ use crate::proxy::Proxy;
 /// Connection-level settings taken from `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub send_timeout: Duration,
+    pub timeouts: ConnTimeouts,
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -39,9 +37,11 @@ pub struct ServerLimits {
 impl From<&ServerConfig> for ServerLimits {
     fn from(c: &ServerConfig) -> Self {
         Self {
-            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
-            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
-            send_timeout: Duration::from_millis(c.send_timeout_ms),
+            timeouts: ConnTimeouts {
+                header_read: Duration::from_millis(c.header_read_timeout_ms),
+                idle: Duration::from_millis(c.idle_timeout_ms),
+                send: Duration::from_millis(c.send_timeout_ms),
+            },
             drain_timeout: Duration::from_millis(c.drain_timeout_ms),
             max_header_bytes: c.max_header_bytes,
             max_headers: c.max_headers,
@@ -63,7 +63,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(limits.timeouts.header_read)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     builder
@@ -72,11 +72,7 @@ pub async fn serve(
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
     let builder = Arc::new(builder);
-    let timeouts = ConnTimeouts {
-        header_read: limits.header_read_timeout,
-        idle: limits.idle_timeout,
-        send: limits.send_timeout,
-    };
+    let timeouts = limits.timeouts;
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let trimmer = tokio::spawn(trim::trim_after_bursts(

@@ -1,6 +1,7 @@
 //! Upstream pools: servers chosen round robin, one keep-alive client per pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -18,7 +19,7 @@ pub type UpstreamClient = Client<HttpConnector, ClientBody>;
 const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     /// The settings this pool was built from (a reload keeps the pool when they are unchanged).
     pub config: UpstreamConfig,
     servers: Vec<Authority>,
@@ -27,7 +28,6 @@ pub struct Upstream {
     pub response_timeout: Duration,
     /// Longest wait for the next piece of a response body.
     pub read_timeout: Duration,
-    pub name_arc: std::sync::Arc<str>,
 }
 
 impl Upstream {
@@ -54,14 +54,13 @@ impl Upstream {
             .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector);
         Ok(Self {
-            name: name.to_string(),
+            name: Arc::from(name),
             config: config.clone(),
             servers,
             next: AtomicUsize::new(0),
             client,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             read_timeout: Duration::from_millis(config.read_timeout_ms),
-            name_arc: std::sync::Arc::from(name),
         })
     }
 

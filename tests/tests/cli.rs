@@ -229,19 +229,14 @@ async fn config_reload_works_with_a_relative_config_path() {
     let client = h1_client();
     assert_eq!(get(&client, addr, "/new/x", &[]).await.status, 404);
     site.write_config(&config(&addr.to_string(), true));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut status = 0;
-    while Instant::now() < deadline {
-        status = get(&client, addr, "/new/x", &[]).await.status.as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reloaded = eventually(Duration::from_secs(5), || async {
+        get(&client, addr, "/new/x", &[]).await.status == 200
+    })
+    .await;
     terminate(&child);
     wait_exit(&mut child).await;
     let log = stderr_of(&mut child);
-    assert_eq!(status, 200, "config reload applied; log: {log}");
+    assert!(reloaded, "config reload applied; log: {log}");
     assert!(!log.contains("needs a restart"), "{log}");
 }
 
@@ -298,15 +293,15 @@ async fn sigusr1_reopens_the_access_log() {
             .unwrap_or_default()
             .contains(needle)
     };
-    let eventually = |path: std::path::PathBuf, needle: &'static str| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !contains(&path, needle) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        contains(&path, needle)
+    let logged = |needle: &'static str| {
+        let log = log.clone();
+        eventually(Duration::from_secs(5), move || {
+            let found = contains(&log, needle);
+            async move { found }
+        })
     };
     get(&client, addr, "/before-rotation", &[]).await;
-    assert!(eventually(log.clone(), "/before-rotation").await);
+    assert!(logged("/before-rotation").await);
     // What logrotate does: rename, then signal.
     std::fs::rename(&log, &rotated).unwrap();
     assert!(Command::new("kill")
@@ -316,10 +311,7 @@ async fn sigusr1_reopens_the_access_log() {
         .success());
     tokio::time::sleep(Duration::from_millis(300)).await;
     get(&client, addr, "/after-rotation", &[]).await;
-    assert!(
-        eventually(log.clone(), "/after-rotation").await,
-        "new file gets new lines"
-    );
+    assert!(logged("/after-rotation").await, "new file gets new lines");
     assert!(
         !contains(&rotated, "/after-rotation"),
         "the rotated file is left alone"

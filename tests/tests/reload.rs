@@ -42,21 +42,6 @@ async fn tag_of(client: &HttpClient, addr: std::net::SocketAddr) -> String {
     tags[0].clone()
 }
 
-/// Polls until `check` passes, at most `limit`.
-async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
-    limit: Duration,
-    mut check: F,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 async fn admin_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
     get(&h1_client(), addr, path, &[]).await.json()
 }

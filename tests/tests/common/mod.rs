@@ -206,3 +206,18 @@ pub async fn get_named(
     let req = req.body(Full::new(Bytes::new())).expect("request");
     read_reply(client.request(req)).await
 }
+
+/// Polls until `check` passes, at most `limit`.
+pub async fn eventually<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut check: F,
+) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -23,6 +23,8 @@ echo "== proxy build"
 cargo build --release --workspace --bins
 
 echo "== host unit tests and end-to-end tests"
+# The TLS tests drive `openssl s_client` as an old or CBC-only client.
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 cargo test --release --workspace
 
 echo "== lint"

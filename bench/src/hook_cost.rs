@@ -200,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
         ip: "127.0.0.1".into(),
         scheme: "http".into(),
         route: "bench".into(),
+        sni: None,
+        alpn: None,
+        client_cert: None,
     };
     println!(
         "{:<20} {:>16} {:>18} {:>12}",

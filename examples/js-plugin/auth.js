@@ -10,7 +10,7 @@
 // data (here the user, for onResponse) lives in a variable onRequest always resets,
 // since in reuse mode the same instance serves the next request.
 
-import { log } from 'sluice:plugin/host@0.2.0';
+import { log } from 'sluice:plugin/host@0.3.0';
 
 let tokens = new Map();
 let realm = 'api';

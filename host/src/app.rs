@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access_log::{AccessLog, Destination};
@@ -18,6 +18,7 @@ use crate::proxy::Proxy;
 use crate::reload::{watcher, Reloader};
 use crate::server::{self, ServerLimits};
 use crate::snapshot::{plugin_set, Snapshot};
+use crate::tls::Terminator;
 
 /// What `sluice check` found.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub struct CheckSummary {
     pub routes: usize,
     pub upstreams: usize,
     pub plugins: Vec<String>,
+    /// One line per certificate: file, names, expiry (and a warning when it is near).
+    pub certificates: Vec<String>,
 }
 
 /// Engine sized from the config.
@@ -100,6 +103,7 @@ pub async fn check(config: &Config) -> anyhow::Result<CheckSummary> {
     let engine = engine_for(config)?;
     let registry = load_plugins(config, &engine, false).await?;
     let snapshot = Snapshot::build(config, &engine, &plugin_set(config, &registry)?, None).await?;
+    let certificates = check_certificates(config)?;
     Ok(CheckSummary {
         routes: snapshot.routes.len(),
         upstreams: snapshot.upstreams.len(),
@@ -108,19 +112,51 @@ pub async fn check(config: &Config) -> anyhow::Result<CheckSummary> {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        certificates,
     })
+}
+
+/// Loads every certificate pair and the client CA as the TLS listener would.
+fn check_certificates(config: &Config) -> anyhow::Result<Vec<String>> {
+    if config.server.tls_listen.is_none() {
+        return Ok(Vec::new());
+    }
+    let terminator = Terminator::new(config, EdgeCounters::default())?;
+    let mut lines = Vec::new();
+    for cert in terminator.statuses() {
+        lines.push(format!(
+            "certificate {}: {} (expires {}){}",
+            cert.cert.display(),
+            if cert.names.is_empty() {
+                "no DNS names, served as the default only".to_string()
+            } else {
+                cert.names.join(", ")
+            },
+            cert.not_after.as_deref().unwrap_or("?"),
+            if cert.expires_soon {
+                " WARNING: expires within 14 days"
+            } else {
+                ""
+            },
+        ));
+    }
+    Ok(lines)
 }
 
 /// A proxy serving in the background (used by `run` and by tests).
 pub struct Running {
     pub addr: SocketAddr,
+    /// The TLS listener's address, with `server.tls_listen`.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     pub reloader: Arc<Reloader>,
     _watch: Option<watcher::WatchHandle>,
     admin_task: Option<JoinHandle<()>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<bool>,
+    cert_watch: Option<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    /// One per listener.
+    tasks: Vec<JoinHandle<bool>>,
 }
 
 impl Running {
@@ -129,10 +165,15 @@ impl Running {
         if let Some(admin) = self.admin_task.take() {
             admin.abort();
         }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(cert_watch) = self.cert_watch.take() {
+            cert_watch.abort();
         }
-        (&mut self.task).await.unwrap_or(false)
+        let _ = self.stop.send(true);
+        let mut drained = true;
+        for task in std::mem::take(&mut self.tasks) {
+            drained &= task.await.unwrap_or(false);
+        }
+        drained
     }
 }
 
@@ -150,10 +191,19 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     // Compiling plugins (on parallel threads, each with its own allocator arena) leaves
     // tens of MiB freed but resident: hand them back before serving.
     server::release_free_memory();
-    let listener = server::bind(config.server.listen).await?;
+    let listener = server::bind(config.server.listen, "server.listen").await?;
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
+    let edge = EdgeCounters::default();
+    let tls = match config.server.tls_listen {
+        Some(tls_addr) => {
+            let terminator = Terminator::new(&config, edge.clone())?;
+            let listener = server::bind(tls_addr, "server.tls_listen").await?;
+            Some((terminator, listener))
+        }
+        None => None,
+    };
     let admin_listener = match config.admin.listen {
         Some(admin_addr) => Some(
             tokio::net::TcpListener::bind(admin_addr)
@@ -163,7 +213,6 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         None => None,
     };
 
-    let edge = EdgeCounters::default();
     let metrics = Arc::new(Metrics::new(&engine, &edge));
     let access_log = AccessLog::open(
         match &config.server.access_log_path {
@@ -175,12 +224,14 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         edge.access_log_dropped.clone(),
     )?;
     let proxy = Arc::new(Proxy::new(snapshot, engine, edge, access_log));
+    let terminator = tls.as_ref().map(|(t, _)| t.clone());
     let reloader = Arc::new(Reloader::new(
         absolute(config_path),
         config.clone(),
         proxy.clone(),
         registry,
         metrics,
+        terminator.clone(),
     ));
     let watch = if config.plugins.watch {
         Some(watcher::spawn(reloader.clone())?)
@@ -192,20 +243,47 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     let admin_task =
         admin_listener.map(|l| tokio::spawn(admin::serve(l, reloader.clone(), admin_hosts)));
 
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = watch::channel(false);
+    let stop_signal = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     let limits = ServerLimits::from(&config.server);
-    let task = tokio::spawn(server::serve(listener, proxy.clone(), limits, async move {
-        let _ = stopped.await;
-    }));
+    let mut tasks = Vec::new();
+    let mut tls_addr = None;
+    let mut cert_watch = None;
+    if let Some((terminator, tls_listener)) = tls {
+        let bound = tls_listener
+            .local_addr()
+            .context("TLS listener has no local address")?;
+        proxy.set_tls_port(bound.port());
+        tls_addr = Some(bound);
+        cert_watch = Some(crate::tls::spawn_watch(&terminator));
+        tasks.push(tokio::spawn(server::serve(
+            tls_listener,
+            proxy.clone(),
+            limits.clone(),
+            Some(terminator),
+            stop_signal(stopped.clone()),
+        )));
+    }
+    tasks.push(tokio::spawn(server::serve(
+        listener,
+        proxy.clone(),
+        limits,
+        None,
+        stop_signal(stopped),
+    )));
     Ok(Running {
         addr,
+        tls_addr,
         admin_addr,
         proxy,
         reloader,
         _watch: watch,
         admin_task,
-        stop: Some(stop),
-        task,
+        cert_watch,
+        stop,
+        tasks,
     })
 }
 
@@ -217,6 +295,9 @@ fn absolute(path: &Path) -> PathBuf {
 pub async fn run(config_path: &Path, config: Config) -> anyhow::Result<()> {
     let running = start(config_path, config).await?;
     tracing::info!(target: "sluice::server", config = %config_path.display(), "listening on http://{} (HTTP/1.1 and h2c)", running.addr);
+    if let Some(tls_addr) = running.tls_addr {
+        tracing::info!(target: "sluice::server", "listening on https://{tls_addr} (HTTP/2 and HTTP/1.1 by ALPN)");
+    }
     if let Some(admin) = running.admin_addr {
         tracing::info!(target: "sluice::server", "admin API on http://{admin}");
     }

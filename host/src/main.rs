@@ -77,6 +77,9 @@ fn main() -> ExitCode {
                         summary.plugins.join(", ")
                     }
                 );
+                for line in &summary.certificates {
+                    println!("  {line}");
+                }
                 Ok(())
             }
         }

@@ -31,6 +31,10 @@ pub struct Snapshot {
     pub access_log: bool,
     pub merge_slashes: bool,
     pub max_uri_bytes: usize,
+    /// `server.https_redirect`: the cleartext listener answers 308 to the TLS listener.
+    pub https_redirect: bool,
+    /// Upgraded connections (WebSocket) idle this long are closed.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 /// Compiled plugins by name.
@@ -137,6 +141,10 @@ impl Snapshot {
             access_log: config.server.access_log,
             merge_slashes: config.server.merge_slashes,
             max_uri_bytes: config.server.max_uri_bytes,
+            https_redirect: config.server.https_redirect,
+            tunnel_idle_timeout: std::time::Duration::from_millis(
+                config.server.tunnel_idle_timeout_ms,
+            ),
         })
     }
 

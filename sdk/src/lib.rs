@@ -57,7 +57,7 @@ pub use headers::{Headers, IntoBytes};
 #[doc(hidden)]
 pub use plugin::__private;
 pub use plugin::{Action, Hooks, NoConfig, Plugin, ResponseAction};
-pub use request::{form_decode, parse_query, Client, Request};
+pub use request::{form_decode, parse_query, Client, ClientCert, Request};
 pub use response::{Reply, Response};
 pub use time::{monotonic_ns, now_ms};
 
@@ -211,6 +211,9 @@ mod tests {
             ip: "10.0.0.1".into(),
             scheme: "http".into(),
             route: "r".into(),
+            sni: None,
+            alpn: None,
+            client_cert: None,
         }
     }
 

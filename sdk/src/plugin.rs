@@ -245,10 +245,8 @@ macro_rules! export_plugin {
             impl $crate::__private::Guest for __SluiceGuest {
                 fn init(
                     config: $crate::__private::String,
-                ) -> ::core::result::Result<
-                    $crate::__private::WitHooks,
-                    $crate::__private::String,
-                > {
+                ) -> ::core::result::Result<$crate::__private::WitHooks, $crate::__private::String>
+                {
                     $crate::__private::init::<$plugin>(&__SLUICE_PLUGIN, config)
                 }
 
@@ -266,7 +264,7 @@ macro_rules! export_plugin {
                 }
             }
 
-            $crate::bindings::__export_world!(__SluiceGuest with_types_in $crate::bindings);
+    $crate::bindings::__export_world!(__SluiceGuest with_types_in $crate::bindings);
         };
     };
 }

@@ -10,6 +10,18 @@ pub struct Client {
     ip: String,
     scheme: String,
     route: String,
+    sni: Option<String>,
+    alpn: Option<String>,
+    client_cert: Option<ClientCert>,
+}
+
+/// A client certificate the proxy verified (mTLS, `[tls] client_ca`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Distinguished name in RFC 4514 form, e.g. `"CN=alice, O=Example"`.
+    pub subject: String,
+    /// SubjectAltName entries: `"DNS:name"`, `"email:addr"`, `"URI:uri"`, `"IP:addr"`.
+    pub sans: Vec<String>,
 }
 
 impl Client {
@@ -19,7 +31,23 @@ impl Client {
             ip: ip.into(),
             scheme: scheme.into(),
             route: route.into(),
+            ..Self::default()
         }
+    }
+
+    /// The same facts as arriving over TLS with this SNI, ALPN and client certificate
+    /// (for unit tests).
+    pub fn with_tls(
+        mut self,
+        sni: Option<&str>,
+        alpn: Option<&str>,
+        client_cert: Option<ClientCert>,
+    ) -> Self {
+        self.scheme = "https".to_string();
+        self.sni = sni.map(str::to_string);
+        self.alpn = alpn.map(str::to_string);
+        self.client_cert = client_cert;
+        self
     }
 
     /// Client IP address as text, e.g. `"127.0.0.1"` or `"::1"`.
@@ -46,6 +74,21 @@ impl Client {
     pub fn route(&self) -> &str {
         &self.route
     }
+
+    /// Over TLS: the SNI name the client asked for (lower case).
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// Over TLS: the ALPN protocol agreed on (`"h2"`, `"http/1.1"`).
+    pub fn alpn(&self) -> Option<&str> {
+        self.alpn.as_deref()
+    }
+
+    /// Over TLS with client certificates on: the verified client certificate.
+    pub fn client_cert(&self) -> Option<&ClientCert> {
+        self.client_cert.as_ref()
+    }
 }
 
 impl From<ClientInfo> for Client {
@@ -54,6 +97,12 @@ impl From<ClientInfo> for Client {
             ip: c.ip,
             scheme: c.scheme,
             route: c.route,
+            sni: c.sni,
+            alpn: c.alpn,
+            client_cert: c.client_cert.map(|cert| ClientCert {
+                subject: cert.subject,
+                sans: cert.sans,
+            }),
         }
     }
 }

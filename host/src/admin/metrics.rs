@@ -31,11 +31,29 @@ pub struct EdgeCounters {
     pub timeouts: Family<KindLabels, Counter>,
     /// Access log lines dropped because the destination could not keep up.
     pub access_log_dropped: Counter,
+    /// TLS handshakes that failed, by reason (incompatible, client_cert, no_certificate,
+    /// protocol, io); timeouts are counted in `timeouts{kind="tls_handshake"}`.
+    pub tls_handshake_failures: Family<KindLabels, Counter>,
+    /// Certificate reloads by result (ok, failed).
+    pub certificate_reloads: Family<ResultLabels, Counter>,
 }
 
 impl EdgeCounters {
     pub fn timeout(&self, kind: &'static str) {
         self.timeouts.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&KindLabels { kind: reason })
+            .inc();
+    }
+
+    pub fn certificate_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.certificate_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }
 
@@ -83,8 +101,18 @@ impl Metrics {
         );
         registry.register(
             "timeouts",
-            "Client connections closed and upstream bodies aborted by a timeout, by kind (header, idle, send, upstream_read)",
+            "Client connections closed and upstream bodies aborted by a timeout, by kind (header, idle, send, upstream_read, tls_handshake, tunnel_idle)",
             edge.timeouts.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by kind (incompatible, client_cert, no_certificate, protocol, io)",
+            edge.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "certificate_reloads",
+            "Certificate reloads by result (ok, failed)",
+            edge.certificate_reloads.clone(),
         );
         Self {
             registry,

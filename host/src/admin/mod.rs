@@ -1,5 +1,5 @@
 //! The admin API on its own listener (off unless `[admin] listen` is set):
-//! `GET /healthz`, `GET /plugins`, `POST /reload`, `GET /metrics`.
+//! `GET /healthz`, `GET /plugins`, `GET /certificates`, `POST /reload`, `GET /metrics`.
 
 pub mod metrics;
 
@@ -108,7 +108,9 @@ async fn route(
         }
         (&Method::POST, "/reload") => {
             let report = reloader.reload_all().await;
-            let ok = report.config.is_ok() && report.plugins.iter().all(|(_, r)| r.is_ok());
+            let ok = report.config.is_ok()
+                && report.certificates.is_ok()
+                && report.plugins.iter().all(|(_, r)| r.is_ok());
             let plugins: Vec<_> = report
                 .plugins
                 .iter()
@@ -124,15 +126,27 @@ async fn route(
             };
             json_reply(
                 status,
-                json!({ "ok": ok, "config_error": report.config.err(), "plugins": plugins }),
+                json!({
+                    "ok": ok,
+                    "config_error": report.config.err(),
+                    "certificates_error": report.certificates.err(),
+                    "plugins": plugins,
+                }),
             )
         }
+        (&Method::GET, "/certificates") => match reloader.tls() {
+            Some(tls) => json_reply(StatusCode::OK, tls.status()),
+            None => json_reply(
+                StatusCode::NOT_FOUND,
+                json!({ "error": "no TLS listener (server.tls_listen is not set)" }),
+            ),
+        },
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             reloader.metrics().encode(),
         ),
-        (_, "/healthz" | "/plugins" | "/metrics" | "/reload") => reply(
+        (_, "/healthz" | "/plugins" | "/metrics" | "/reload" | "/certificates") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "405 Method Not Allowed\n".into(),

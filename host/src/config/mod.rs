@@ -26,6 +26,77 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Certificate and key pairs for `server.tls_listen`; the first is the default.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// One certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM chain, leaf first; served for the DNS names in the leaf's SubjectAltName.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
+}
+
+/// TLS settings of the `server.tls_listen` listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// A client must finish its TLS handshake within this time.
+    #[serde(default = "defaults::tls_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// What a client gets when it sends no SNI or a name no certificate covers.
+    #[serde(default)]
+    pub unknown_sni: UnknownSni,
+    /// CA bundle (PEM) that client certificates must chain to; enables mTLS.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `required` (default) refuses clients without a valid
+    /// certificate; `optional` lets them in unauthenticated.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// How often certificate, key and CA files are checked for changes (0: never;
+    /// SIGHUP and `POST /reload` still reload them).
+    #[serde(default = "defaults::tls_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+    /// TLS session tickets and the session cache (resumption).
+    #[serde(default = "defaults::yes")]
+    pub session_resumption: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: defaults::tls_handshake_timeout_ms(),
+            unknown_sni: UnknownSni::default(),
+            client_ca: None,
+            client_auth: ClientAuth::default(),
+            watch_interval_ms: defaults::tls_watch_interval_ms(),
+            session_resumption: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSni {
+    /// Serve the first certificate.
+    #[default]
+    Default,
+    /// Fail the handshake (`unrecognized_name` alert).
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// The admin API: plugin status, forced reload, health, metrics. Off unless `listen` is set.
@@ -47,6 +118,14 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// TLS listener (HTTP/2 and HTTP/1.1 by ALPN); needs `[[certificates]]`.
+    pub tls_listen: Option<SocketAddr>,
+    /// The cleartext listener answers every request with a 308 to the same URL on https.
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long is closed.
+    #[serde(default = "defaults::tunnel_idle_timeout_ms")]
+    pub tunnel_idle_timeout_ms: u64,
     /// Time a client gets to send a complete request head (slowloris defence).
     #[serde(default = "defaults::header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
@@ -344,6 +423,15 @@ mod defaults {
     pub fn idle_timeout_ms() -> u64 {
         60_000
     }
+    pub fn tls_handshake_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn tls_watch_interval_ms() -> u64 {
+        1_000
+    }
+    pub fn tunnel_idle_timeout_ms() -> u64 {
+        300_000
+    }
     pub fn route_path() -> String {
         "/".to_string()
     }
@@ -367,6 +455,18 @@ impl Config {
             if path.is_relative() {
                 *path = base_dir.join(&*path);
             }
+        }
+        let anchor = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
+        };
+        for pair in &mut config.certificates {
+            anchor(&mut pair.cert);
+            anchor(&mut pair.key);
+        }
+        if let Some(ca) = config.tls.client_ca.as_mut() {
+            anchor(ca);
         }
         if config.plugins.dir.is_relative() {
             config.plugins.dir = base_dir.join(&config.plugins.dir);

@@ -45,6 +45,39 @@ impl Config {
             ));
         }
 
+        positive("server.tunnel_idle_timeout_ms", s.tunnel_idle_timeout_ms)?;
+        positive("tls.handshake_timeout_ms", self.tls.handshake_timeout_ms)?;
+        match (s.tls_listen, self.certificates.is_empty()) {
+            (Some(_), true) => {
+                return Err(err(
+                    "server.tls_listen",
+                    "needs at least one [[certificates]] entry (cert and key)",
+                ))
+            }
+            (None, false) => {
+                return Err(err(
+                    "certificates",
+                    "set server.tls_listen to serve them (certificates without a TLS listener)",
+                ))
+            }
+            _ => {}
+        }
+        if s.tls_listen == Some(s.listen) && s.listen.port() != 0 {
+            return Err(err(
+                "server.tls_listen",
+                format!("{} is also server.listen", s.listen),
+            ));
+        }
+        if s.https_redirect && s.tls_listen.is_none() {
+            return Err(err(
+                "server.https_redirect",
+                "needs server.tls_listen (there is no https listener to redirect to)",
+            ));
+        }
+        if self.tls.client_ca.is_some() && s.tls_listen.is_none() {
+            return Err(err("tls.client_ca", "needs server.tls_listen"));
+        }
+
         let p = &self.plugins;
         positive("plugins.deadline_ms", p.deadline_ms)?;
         positive("plugins.memory_limit_mib", p.memory_limit_mib)?;
@@ -325,6 +358,34 @@ mod tests {
             "{BASE}[admin]\nlisten = \"0.0.0.0:9901\"\nallow_remote = true\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn tls_listener_and_certificates_go_together() {
+        let e = parse(&BASE.replace("[server]\n", "[server]\ntls_listen = \"127.0.0.1:8443\"\n"))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("server.tls_listen"), "{e:#}");
+        let e = parse(&format!(
+            "{BASE}[[certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").starts_with("certificates"), "{e:#}");
+        let e =
+            parse(&BASE.replace("[server]\n", "[server]\nhttps_redirect = true\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("server.https_redirect"), "{e:#}");
+    }
+
+    #[test]
+    fn certificate_paths_are_anchored_at_config_dir() {
+        let text = BASE.replace("[server]\n", "[server]\ntls_listen = \"127.0.0.1:8443\"\n")
+            + "[[certificates]]\ncert = \"certs/a.pem\"\nkey = \"/abs/a.key\"\n[tls]\nclient_ca = \"ca.pem\"\n";
+        let c = Config::parse(&text, Path::new("/etc/sluice")).unwrap();
+        assert_eq!(c.certificates[0].cert, Path::new("/etc/sluice/certs/a.pem"));
+        assert_eq!(c.certificates[0].key, Path::new("/abs/a.key"));
+        assert_eq!(
+            c.tls.client_ca.as_deref(),
+            Some(Path::new("/etc/sluice/ca.pem"))
+        );
     }
 
     #[test]

@@ -6,4 +6,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::sluice::plugin::types::{Forward, LogLevel, Response};
+pub use self::sluice::plugin::types::{ClientCert, Forward, LogLevel, Response};

@@ -21,6 +21,8 @@ pub enum ProxyError {
     EncodedSlash { route: String },
     #[error("request target of {len} bytes is longer than server.max_uri_bytes ({max})")]
     UriTooLong { len: usize, max: usize },
+    #[error("https redirect needs a valid Host header")]
+    RedirectWithoutHost,
     #[error("malformed request body: {0}")]
     BadRequestBody(String),
     #[error(transparent)]
@@ -58,6 +60,7 @@ impl ProxyError {
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadPath(_)
             | ProxyError::EncodedSlash { .. }
+            | ProxyError::RedirectWithoutHost
             | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::Plugin(failure)

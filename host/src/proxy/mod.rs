@@ -22,18 +22,61 @@ pub use error::{plain_response, ProxyError};
 
 use crate::access_log::{AccessLog, Record};
 use crate::admin::metrics::EdgeCounters;
-use crate::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
+use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
 use crate::plugin::PluginEngine;
 use crate::router::normalize_host;
+use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
+use crate::tls::TlsInfo;
 use crate::upstream::Upstream;
+
+/// The client connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// Set when the connection is TLS (the TLS listener).
+    pub tls: Option<TlsInfo>,
+}
+
+impl ClientConn {
+    pub fn plain(peer: SocketAddr) -> Self {
+        Self { peer, tls: None }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn client_info(&self, route: &str) -> ClientInfo {
+        let tls = self.tls.as_ref();
+        ClientInfo {
+            ip: self.peer.ip().to_string(),
+            scheme: self.scheme().to_string(),
+            route: route.to_string(),
+            sni: tls.and_then(|t| t.sni.clone()),
+            alpn: tls.and_then(|t| t.alpn.clone()),
+            client_cert: tls
+                .and_then(|t| t.client_cert.as_ref())
+                .map(|c| ClientCert {
+                    subject: c.subject.clone(),
+                    sans: c.sans.clone(),
+                }),
+        }
+    }
+}
 
 /// Body of every response the proxy sends: streamed from upstream, or complete.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
+    /// The TLS listener's bound port (the target of https redirects), once it listens.
+    tls_port: std::sync::OnceLock<u16>,
     engine: Arc<PluginEngine>,
     counters: EdgeCounters,
     access_log: AccessLog,
@@ -100,10 +143,16 @@ impl Proxy {
     ) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
+            tls_port: std::sync::OnceLock::new(),
             engine,
             counters,
             access_log,
         }
+    }
+
+    /// Records the TLS listener's port (set once, at start-up).
+    pub fn set_tls_port(&self, port: u16) {
+        let _ = self.tls_port.set(port);
     }
 
     pub fn access_log(&self) -> &AccessLog {
@@ -132,7 +181,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ClientConn,
     ) -> (Response<ProxyBody>, Option<LogEntry>) {
         let snapshot = self.snapshot.load_full();
         let headers = req.headers();
@@ -148,14 +197,14 @@ impl Proxy {
         };
         // Boxed: hyper keeps a slot of the service future's size for every connection,
         // idle or not, so the large pipeline state lives on the heap only while it runs.
-        let pipeline = Box::pin(self.pipeline(&snapshot, req, peer, &mut exchange));
+        let pipeline = Box::pin(self.pipeline(&snapshot, req, conn, &mut exchange));
         let response = match pipeline.await {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
         let entry = snapshot.access_log.then(|| LogEntry {
             log: self.access_log.clone(),
-            client: peer.ip(),
+            client: conn.peer.ip(),
             status: response.status().as_u16(),
             exchange,
         });
@@ -166,7 +215,7 @@ impl Proxy {
         &self,
         snapshot: &Snapshot,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ClientConn,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() == Method::CONNECT {
@@ -178,6 +227,11 @@ impl Proxy {
                 len: target_len,
                 max: snapshot.max_uri_bytes,
             });
+        }
+        if snapshot.https_redirect && conn.tls.is_none() {
+            if let Some(&tls_port) = self.tls_port.get() {
+                return https_redirect(&req, tls_port);
+            }
         }
         // Route, plugins and upstream all see the canonical path.
         let mut has_encoded_slash = false;
@@ -224,11 +278,7 @@ impl Proxy {
         let mut upstream = route.upstream.clone();
         let mut stage = None;
         if !route.chain.is_empty() {
-            let client = ClientInfo {
-                ip: peer.ip().to_string(),
-                scheme: "http".to_string(),
-                route: route.name.to_string(),
-            };
+            let client = conn.client_info(&route.name);
             let head = request_head(&parts);
             let (decision, response_stage) = chain::run_on_request(
                 &self.engine,
@@ -267,7 +317,12 @@ impl Proxy {
             stage = Some((response_stage, client));
         }
 
-        headers::add_forwarding(&mut parts.headers, peer.ip(), "http", client_host.as_ref());
+        headers::add_forwarding(
+            &mut parts.headers,
+            conn.peer.ip(),
+            conn.scheme(),
+            client_host.as_ref(),
+        );
         let (response, server) = self.forward(&upstream, parts, body, exchange).await?;
 
         let response = match stage {
@@ -280,7 +335,13 @@ impl Proxy {
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, response.status())
         {
-            return Ok(tunnel(client_upgrade, response, server));
+            return Ok(tunnel(
+                client_upgrade,
+                response,
+                server,
+                snapshot.tunnel_idle_timeout,
+                self.counters.clone(),
+            ));
         }
         Ok(response)
     }
@@ -474,11 +535,50 @@ fn complete_response(head: ResponseHead, body: Vec<u8>) -> Result<Response<Proxy
     Ok(response)
 }
 
-/// After a `101`, splices the client and upstream connections together.
+/// `308` to the same host and target on the TLS listener (nginx
+/// `return 308 https://$host$request_uri`), with the port when it is not 443.
+fn https_redirect(
+    req: &Request<Incoming>,
+    tls_port: u16,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let authority = match req.uri().authority() {
+        Some(authority) => Some(authority.clone()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<Authority>().ok()),
+    };
+    // A plain host name or IP only: no userinfo, nothing that changes the URL's meaning.
+    let host = authority
+        .as_ref()
+        .map(Authority::host)
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        })
+        .ok_or(ProxyError::RedirectWithoutHost)?;
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if tls_port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{tls_port}{target}")
+    };
+    let location = HeaderValue::from_str(&location).map_err(|_| ProxyError::RedirectWithoutHost)?;
+    let mut response = plain_response(StatusCode::PERMANENT_REDIRECT);
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// After a `101`, splices the client and upstream connections together until either
+/// side closes or no byte moves either way for `idle_timeout`.
 fn tunnel(
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: Response<ProxyBody>,
     server: String,
+    idle_timeout: std::time::Duration,
+    counters: EdgeCounters,
 ) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
@@ -489,10 +589,26 @@ fn tunnel(
                 return;
             }
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
+        // Every byte either way passes the client side, so its activity is the tunnel's.
+        let activity = Activity::new();
+        drop(activity.begin_request());
+        let mut client = TrackedIo::new(hyper_util::rt::TokioIo::new(client), activity.clone());
         let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(target: "sluice::proxy", server, "tunnel closed: {e}");
+        let limits = ConnTimeouts {
+            header_read: idle_timeout,
+            idle: idle_timeout,
+            send: idle_timeout,
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = copied {
+                    tracing::debug!(target: "sluice::proxy", server, "tunnel closed: {e}");
+                }
+            }
+            _ = activity.expired(limits) => {
+                counters.timeout("tunnel_idle");
+                tracing::debug!(target: "sluice::proxy", server, "tunnel closed after {idle_timeout:?} idle");
+            }
         }
     });
     response

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::plugin::{plugin_path, LoadedPlugin, PluginRegistry};
 use crate::proxy::Proxy;
 use crate::snapshot::{plugin_set, PluginSet, Snapshot};
+use crate::tls::Terminator;
 
 pub struct Reloader {
     config_path: PathBuf,
@@ -24,12 +25,15 @@ pub struct Reloader {
     registry: Arc<PluginRegistry>,
     metrics: Arc<Metrics>,
     last_config_error: Mutex<Option<(String, SystemTime)>>,
+    /// The TLS listener's certificates, reloaded with the config.
+    tls: Option<Arc<Terminator>>,
 }
 
 /// Outcome of `POST /reload`.
 #[derive(Debug, Serialize)]
 pub struct ReloadReport {
     pub config: Result<(), String>,
+    pub certificates: Result<(), String>,
     pub plugins: Vec<(String, Result<bool, String>)>,
 }
 
@@ -40,6 +44,7 @@ impl Reloader {
         proxy: Arc<Proxy>,
         registry: Arc<PluginRegistry>,
         metrics: Arc<Metrics>,
+        tls: Option<Arc<Terminator>>,
     ) -> Self {
         Self {
             config_path,
@@ -48,7 +53,22 @@ impl Reloader {
             registry,
             metrics,
             last_config_error: Mutex::new(None),
+            tls,
         }
+    }
+
+    pub fn tls(&self) -> Option<&Arc<Terminator>> {
+        self.tls.as_ref()
+    }
+
+    /// Reloads certificates (from `config`, or the files of the config serving now).
+    async fn reload_certificates(&self, config: Option<Config>) -> Result<(), String> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || tls.reload(config.as_ref()))
+            .await
+            .map_err(|e| format!("certificate reload task failed: {e}"))?
     }
 
     pub fn registry(&self) -> &Arc<PluginRegistry> {
@@ -137,6 +157,11 @@ impl Reloader {
     pub async fn reload_config(&self) -> Result<(), String> {
         let mut current = self.config.lock().await;
         let result = self.try_reload_config(&current).await;
+        if let Ok(config) = &result {
+            // The new certificate list; a pair that fails keeps its previous version and
+            // reports itself (log, metric, admin API).
+            let _ = self.reload_certificates(Some(config.clone())).await;
+        }
         let mut last_error = self
             .last_config_error
             .lock()
@@ -220,9 +245,11 @@ impl Reloader {
         });
     }
 
-    /// Config, then every plugin file (what `POST /reload` and SIGHUP do).
+    /// Config, certificates, then every plugin file (what `POST /reload` and SIGHUP do).
     pub async fn reload_all(&self) -> ReloadReport {
         let config = self.reload_config().await;
+        // Files changed in place are picked up here even when the config did not change.
+        let certificates = self.reload_certificates(None).await;
         let mut plugins = Vec::new();
         let mut names = self.registry.files().unwrap_or_default();
         for status in self.registry.statuses() {
@@ -234,7 +261,11 @@ impl Reloader {
             let result = self.reload_plugin(&name).await;
             plugins.push((name, result));
         }
-        ReloadReport { config, plugins }
+        ReloadReport {
+            config,
+            certificates,
+            plugins,
+        }
     }
 }
 
@@ -258,6 +289,12 @@ fn restart_only_changes(
     let (o, n) = (&old.server, &new.server);
     if o.listen != n.listen {
         ignored.push("server.listen");
+    }
+    if o.tls_listen != n.tls_listen {
+        ignored.push("server.tls_listen");
+    }
+    if old.tls.handshake_timeout_ms != new.tls.handshake_timeout_ms {
+        ignored.push("tls.handshake_timeout_ms");
     }
     if o.workers != n.workers {
         ignored.push("server.workers");

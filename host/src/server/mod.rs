@@ -1,5 +1,5 @@
-//! The client-facing listener: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one
-//! port, connection limits, slow-client timeouts, graceful drain.
+//! The client-facing listeners: HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN over
+//! TLS) on one port, connection limits, slow-client timeouts, graceful drain.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +10,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -21,7 +22,8 @@ pub use trim::release_free_memory;
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
 
 use crate::config::ServerConfig;
-use crate::proxy::Proxy;
+use crate::proxy::{ClientConn, Proxy};
+use crate::tls::Terminator;
 
 /// Connection-level settings taken from `[server]`.
 #[derive(Debug, Clone)]
@@ -51,14 +53,9 @@ impl From<&ServerConfig> for ServerLimits {
     }
 }
 
-/// Accepts and serves connections until `shutdown` resolves, then drains in-flight
-/// requests for at most `drain_timeout`. Returns whether the drain completed in time.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    limits: ServerLimits,
-    shutdown: impl Future<Output = ()>,
-) -> bool {
+type ConnBuilder = auto::Builder<TokioExecutor>;
+
+fn conn_builder(limits: &ServerLimits) -> ConnBuilder {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -71,7 +68,20 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
-    let builder = Arc::new(builder);
+    builder
+}
+
+/// Accepts and serves connections until `shutdown` resolves, then drains in-flight
+/// requests for at most `drain_timeout`. Returns whether the drain completed in time.
+/// With `tls`, every connection first completes a TLS handshake (within its deadline).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ServerLimits,
+    tls: Option<Arc<Terminator>>,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let builder = Arc::new(conn_builder(&limits));
     let timeouts = limits.timeouts;
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -103,31 +113,36 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
-        let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
-        let service = {
-            let proxy = proxy.clone();
-            let activity = activity.clone();
-            service_fn(move |req| {
-                let proxy = proxy.clone();
-                let request = activity.begin_request();
-                async move {
-                    let (response, log) = proxy.handle(req, peer).await;
-                    Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, request, log)))
-                }
-            })
-        };
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let counters = proxy.counters().clone();
+        let io = TrackedIo::new(stream, activity.clone());
+        let watcher = graceful.watcher();
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                ended = connection => {
-                    if let Err(e) = ended {
-                        tracing::debug!(target: "sluice::server", %peer, "connection ended: {e}");
+            let counters = proxy.counters().clone();
+            let served = async {
+                match tls {
+                    None => {
+                        let conn = ClientConn::plain(peer);
+                        serve_connection(&builder, io, proxy, conn, &activity, watcher).await
                     }
+                    Some(tls) => match tls.accept(io).await {
+                        Ok((stream, info)) => {
+                            let conn = ClientConn {
+                                peer,
+                                tls: Some(info),
+                            };
+                            serve_connection(&builder, stream, proxy, conn, &activity, watcher)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::debug!(target: "sluice::server", %peer, reason = e.reason(), "{e}");
+                        }
+                    },
                 }
+            };
+            tokio::select! {
+                () = served => {}
                 // Dropping the connection closes it (an HTTP/2 peer sees the socket close).
                 expired = activity.expired(timeouts) => {
                     counters.timeout(expired.label());
@@ -147,6 +162,39 @@ pub async fn serve(
             tracing::warn!(target: "sluice::server", "drain timeout reached; exiting with requests in flight");
             false
         }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one established connection until it ends.
+async fn serve_connection<I>(
+    builder: &ConnBuilder,
+    io: I,
+    proxy: Arc<Proxy>,
+    conn: ClientConn,
+    activity: &Arc<Activity>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let proxy = proxy.clone();
+            let conn = conn.clone();
+            let request = activity.begin_request();
+            async move {
+                let (response, log) = proxy.handle(req, &conn).await;
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, request, log)))
+            }
+        })
+    };
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(target: "sluice::server", %peer, "connection ended: {e}");
     }
 }
 
@@ -172,9 +220,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds the listen address with a message naming it on failure.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+/// Binds a listen address with a message naming it (and its config key) on failure.
+pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.listen): {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({key}): {e}"))
 }

@@ -86,6 +86,19 @@ impl Ca {
         }
     }
 
+    /// A server certificate for `names` with the given key (any algorithm).
+    fn issue_with_key(&self, names: &[&str], key: KeyPair) -> Issued {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
     fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.issuer.der().clone()).unwrap();
@@ -131,11 +144,7 @@ impl Default for ClientOptions<'_> {
     }
 }
 
-async fn tls_connect(
-    addr: SocketAddr,
-    ca: &Ca,
-    options: ClientOptions<'_>,
-) -> std::io::Result<TlsStream<TcpStream>> {
+fn client_config(ca: &Ca, options: &ClientOptions<'_>) -> Arc<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -151,14 +160,31 @@ async fn tls_connect(
     };
     config.alpn_protocols = options.alpn.iter().map(|p| p.to_vec()).collect();
     config.enable_sni = options.sni.is_some();
-    let name = ServerName::try_from(options.sni.unwrap_or(options.verify_as).to_string()).unwrap();
+    Arc::new(config)
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from(name.to_string()).unwrap();
     let tcp = TcpStream::connect(addr).await?;
     tokio::time::timeout(
         Duration::from_secs(10),
-        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        TlsConnector::from(config).connect(name, tcp),
     )
     .await
     .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    ca: &Ca,
+    options: ClientOptions<'_>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = client_config(ca, &options);
+    connect_with(addr, config, options.sni.unwrap_or(options.verify_as)).await
 }
 
 /// The leaf certificate the server presented.
@@ -524,6 +550,12 @@ async fn old_protocol_versions_and_cbc_ciphers_are_refused() {
     .unwrap();
     assert!(!ok, "CBC-only TLS 1.2 is refused: {text}");
     assert!(text.contains("SSL alert number"), "{text}");
+    let admin = running.admin_addr.unwrap();
+    let metrics = admin_get(admin, "/metrics").await.text();
+    assert!(
+        metrics.contains("sluice_tls_handshake_failures_total{kind=\"incompatible\"} 2"),
+        "{metrics}"
+    );
     running.shutdown().await;
 }
 
@@ -808,4 +840,102 @@ async fn check_names_the_file_of_a_broken_pair() {
         "{:?}",
         summary.certificates
     );
+    assert!(!summary.certificates[1].contains("WARNING"));
+
+    // One that expires within 14 days passes with a warning.
+    let ending = t.ca.issue_with(&["b.test"], false, |p| {
+        p.not_after = time_in_days(5);
+    });
+    write_pair(t.site.dir.path(), "b", &ending);
+    let summary = sluice::app::check(&config).await.unwrap();
+    assert!(
+        summary.certificates[1].contains("WARNING: expires within 14 days"),
+        "{:?}",
+        summary.certificates
+    );
+}
+
+/// Now plus `days`, for certificate validity.
+fn time_in_days(days: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(days)
+}
+
+#[tokio::test]
+async fn rsa_p384_and_ed25519_keys_serve_and_sessions_resume() {
+    let site = Site::new();
+    let ca = Ca::new();
+    let origin = spawn_origin("origin").await.unwrap();
+    let p384 = ca.issue_with_key(
+        &["p384.test"],
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+    );
+    let ed = ca.issue_with_key(
+        &["ed.test"],
+        KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+    );
+    let rsa_pem = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl is installed")
+        .stdout;
+    let rsa = ca.issue_with_key(
+        &["rsa.test"],
+        KeyPair::from_pem(std::str::from_utf8(&rsa_pem).unwrap()).unwrap(),
+    );
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\naccess_log = false\n\
+         [upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    for (name, issued) in [("p384", &p384), ("ed", &ed), ("rsa", &rsa)] {
+        write_pair(site.dir.path(), name, issued);
+        config += &format!("[[certificates]]\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\n");
+    }
+    let running = site.start(&config).await;
+    let addr = running.tls_addr.unwrap();
+    for (sni, issued) in [("p384.test", &p384), ("ed.test", &ed), ("rsa.test", &rsa)] {
+        let options = ClientOptions {
+            sni: Some(sni),
+            ..Default::default()
+        };
+        let stream = tls_connect(addr, &ca, options).await.unwrap();
+        assert_eq!(served_cert(&stream), issued.der, "{sni}");
+        assert_eq!(
+            get_over(stream, sni, "/").await.status,
+            StatusCode::OK,
+            "{sni}"
+        );
+    }
+
+    // A second connection with the same client session store resumes (no full handshake).
+    let options = ClientOptions {
+        sni: Some("rsa.test"),
+        alpn: &[b"http/1.1"],
+        ..Default::default()
+    };
+    let config = client_config(&ca, &options);
+    let first = connect_with(addr, config.clone(), "rsa.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The TLS 1.3 ticket arrives after the handshake: read a response to take it in.
+    assert_eq!(
+        get_over(first, "rsa.test", "/").await.status,
+        StatusCode::OK
+    );
+    let second = connect_with(addr, config, "rsa.test").await.unwrap();
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    running.shutdown().await;
 }

@@ -101,11 +101,32 @@ struct State {
 /// The TLS side of the TLS listener; shared by the listener, the reloader and the admin API.
 pub struct Terminator {
     acceptor: ArcSwap<TlsAcceptor>,
+    /// Kept across acceptor rebuilds (reloads), so sessions resume across them.
+    resumption: Resumption,
     store: Arc<ArcSwap<CertStore>>,
     state: Mutex<State>,
     handshake_timeout: Duration,
     counters: EdgeCounters,
 }
+
+/// Ticket keys and the session cache.
+#[derive(Clone)]
+struct Resumption {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+impl Resumption {
+    fn new() -> Result<Self, String> {
+        Ok(Self {
+            ticketer: rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?,
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        })
+    }
+}
+
+/// Sessions kept for resumption by session ID (TLS 1.2 clients without tickets).
+const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 
 #[derive(Debug)]
 struct SniResolver {
@@ -161,10 +182,12 @@ impl Terminator {
             }
             None => None,
         };
-        let acceptor = build_acceptor(&config.tls, store.clone(), roots)
+        let resumption = Resumption::new().map_err(|e| anyhow::anyhow!("tls: {e}"))?;
+        let acceptor = build_acceptor(&config.tls, store.clone(), roots, &resumption)
             .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         Ok(Arc::new(Self {
             acceptor: ArcSwap::from_pointee(acceptor),
+            resumption,
             store,
             state: Mutex::new(State {
                 certificates: config.certificates.clone(),
@@ -303,7 +326,7 @@ impl Terminator {
                 },
                 None => None,
             };
-            match build_acceptor(&state.tls, self.store.clone(), roots) {
+            match build_acceptor(&state.tls, self.store.clone(), roots, &self.resumption) {
                 Ok(acceptor) => {
                     self.acceptor.store(Arc::new(acceptor));
                     state.client_ca_error = None;
@@ -404,6 +427,7 @@ fn build_acceptor(
     tls: &TlsConfig,
     store: Arc<ArcSwap<CertStore>>,
     client_roots: Option<RootCertStore>,
+    resumption: &Resumption,
 ) -> Result<TlsAcceptor, String> {
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -423,8 +447,8 @@ fn build_acceptor(
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { store }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if tls.session_resumption {
-        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
-        config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+        config.ticketer = resumption.ticketer.clone();
+        config.session_storage = resumption.sessions.clone();
     } else {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;

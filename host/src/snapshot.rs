@@ -84,13 +84,12 @@ impl Snapshot {
     ) -> anyhow::Result<Snapshot> {
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
-            let kept = previous
-                .and_then(|p| p.upstreams.get(name))
-                .filter(|old| old.config == *up)
-                .cloned();
+            let previous_pool = previous.and_then(|p| p.upstreams.get(name));
+            let kept = previous_pool.filter(|old| old.config == *up).cloned();
             let upstream = match kept {
                 Some(old) => old,
-                None => Arc::new(Upstream::new(name, up)?),
+                // Servers that stay keep their health and counters.
+                None => Upstream::new(name, up, previous_pool.map(|p| &**p))?,
             };
             upstreams.insert(name.clone(), upstream);
         }

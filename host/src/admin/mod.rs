@@ -1,5 +1,6 @@
 //! The admin API on its own listener (off unless `[admin] listen` is set):
-//! `GET /healthz`, `GET /plugins`, `GET /certificates`, `POST /reload`, `GET /metrics`.
+//! `GET /healthz`, `GET /plugins`, `GET /certificates`, `GET /upstreams`, `POST /reload`,
+//! `GET /metrics`.
 
 pub mod metrics;
 
@@ -141,22 +142,47 @@ async fn route(
                 json!({ "error": "no TLS listener (server.tls_listen is not set)" }),
             ),
         },
+        (&Method::GET, "/upstreams") => {
+            let snapshot = reloader.proxy().snapshot();
+            let mut pools: Vec<_> = snapshot.upstreams.values().collect();
+            pools.sort_by(|a, b| a.name.cmp(&b.name));
+            json_reply(
+                StatusCode::OK,
+                json!({ "upstreams": pools.iter().map(|u| u.status()).collect::<Vec<_>>() }),
+            )
+        }
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            reloader.metrics().encode(),
+            metrics_text(reloader),
         ),
-        (_, "/healthz" | "/plugins" | "/metrics" | "/reload" | "/certificates") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "405 Method Not Allowed\n".into(),
-        ),
+        (_, "/healthz" | "/plugins" | "/metrics" | "/reload" | "/certificates" | "/upstreams") => {
+            reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "405 Method Not Allowed\n".into(),
+            )
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             "404 Not Found\n".into(),
         ),
     }
+}
+
+/// The registry's metrics plus the upstreams' (per server, read from the pools serving now).
+fn metrics_text(reloader: &Reloader) -> String {
+    let mut text = reloader.metrics().encode();
+    let eof = text.rfind("# EOF").unwrap_or(text.len());
+    text.truncate(eof);
+    let snapshot = reloader.proxy().snapshot();
+    let mut pools: Vec<&crate::upstream::Upstream> =
+        snapshot.upstreams.values().map(|u| &**u).collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::upstream::encode_metrics(&pools, &mut text);
+    text.push_str("# EOF\n");
+    text
 }
 
 /// Serves the admin API until the task is aborted.

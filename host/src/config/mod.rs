@@ -259,8 +259,37 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `host:port` of each server, used round robin.
-    pub servers: Vec<String>,
+    /// `"host:port"` or `{ addr = "host:port", weight = 3, backup = true }` per server.
+    pub servers: Vec<ServerEntry>,
+    /// How a server is chosen for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// With `balance = "hash"`: `"ip"`, `"header:NAME"` or `"cookie:NAME"`.
+    pub hash_key: Option<String>,
+    /// Extra tries on another server after a failure.
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Upstream statuses that are retried (idempotent methods only), e.g. `[502, 503, 504]`.
+    #[serde(default)]
+    pub retry_on_status: Vec<u16>,
+    /// Request bodies up to this size are kept so a retry can resend them; larger
+    /// ones stream through once and are never retried.
+    #[serde(default = "defaults::retry_body_max_bytes")]
+    pub retry_body_max_bytes: usize,
+    /// Retries may add at most this share of the requests of the last 10 seconds
+    /// (plus 3 per second), so an outage does not multiply the load.
+    #[serde(default = "defaults::retry_budget_percent")]
+    pub retry_budget_percent: u32,
+    /// Active health checks; off when absent.
+    pub health: Option<HealthConfig>,
+    /// Passive health: servers that keep failing are ejected for a while.
+    #[serde(default)]
+    pub passive: PassiveHealthConfig,
+    /// `http1` (default), `h2` (over TLS, by ALPN) or `h2c` (HTTP/2 without TLS).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to the servers; required by `protocol = "h2"`.
+    pub tls: Option<UpstreamTlsConfig>,
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Time from sending the request to receiving the response head.
@@ -276,6 +305,149 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections are closed after this long.
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+}
+
+/// One server of an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEntry {
+    pub addr: String,
+    pub weight: u32,
+    /// Used only when no primary server is healthy.
+    pub backup: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTable {
+    addr: String,
+    #[serde(default = "defaults::weight")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
+}
+
+impl<'de> Deserialize<'de> for ServerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ServerEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N, backup = BOOL }")
+            }
+            fn visit_str<E: serde::de::Error>(self, addr: &str) -> Result<ServerEntry, E> {
+                Ok(ServerEntry {
+                    addr: addr.to_string(),
+                    weight: 1,
+                    backup: false,
+                })
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<ServerEntry, M::Error> {
+                let t =
+                    ServerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ServerEntry {
+                    addr: t.addr,
+                    weight: t.weight,
+                    backup: t.backup,
+                })
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// In turn; servers with a `weight` get proportionally more (smooth weighted).
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (the same as `round-robin` with weights).
+    Weighted,
+    /// The server with fewer requests in flight (per weight) of two picked at random.
+    LeastConn,
+    /// Consistent hashing of the client IP.
+    IpHash,
+    /// Consistent hashing of `hash_key` (or a key a plugin supplies).
+    Hash,
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path requested with GET.
+    #[serde(default = "defaults::route_path")]
+    pub path: String,
+    #[serde(default = "defaults::health_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "defaults::health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Passed checks in a row that make an unhealthy server healthy.
+    #[serde(default = "defaults::health_threshold")]
+    pub healthy: u32,
+    /// Failed checks in a row that make a healthy server unhealthy.
+    #[serde(default = "defaults::health_threshold")]
+    pub unhealthy: u32,
+    /// Statuses that pass; any 2xx or 3xx when empty.
+    #[serde(default)]
+    pub expected_status: Vec<u16>,
+    /// `Host` header of the check; the server's address when absent.
+    pub host: Option<String>,
+}
+
+/// Passive health: consecutive failures of real requests eject a server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthConfig {
+    /// Connect failures, timeouts and 5xx in a row that eject a server (0: never).
+    #[serde(default = "defaults::passive_failures")]
+    pub failures: u32,
+    /// First ejection; doubled for each ejection in a row, up to `max_eject_ms`.
+    #[serde(default = "defaults::eject_ms")]
+    pub eject_ms: u64,
+    #[serde(default = "defaults::max_eject_ms")]
+    pub max_eject_ms: u64,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        Self {
+            failures: defaults::passive_failures(),
+            eject_ms: defaults::eject_ms(),
+            max_eject_ms: defaults::max_eject_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+    /// HTTP/2 over cleartext (prior knowledge).
+    H2c,
+}
+
+/// TLS towards the servers of an upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// Name sent as SNI and checked against the server's certificate; the server's
+    /// host when absent.
+    pub server_name: Option<String>,
+    /// PEM bundle of CAs to trust; the built-in public roots when absent.
+    pub ca: Option<PathBuf>,
+    /// Check the server's certificate (default). `false` is for tests only.
+    #[serde(default = "defaults::yes")]
+    pub verify: bool,
+    /// Client certificate chain and key (PEM), for upstreams that require mTLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -432,6 +604,36 @@ mod defaults {
     pub fn tunnel_idle_timeout_ms() -> u64 {
         300_000
     }
+    pub fn retries() -> u32 {
+        1
+    }
+    pub fn retry_body_max_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn retry_budget_percent() -> u32 {
+        20
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn health_interval_ms() -> u64 {
+        1_000
+    }
+    pub fn health_timeout_ms() -> u64 {
+        500
+    }
+    pub fn health_threshold() -> u32 {
+        2
+    }
+    pub fn passive_failures() -> u32 {
+        3
+    }
+    pub fn eject_ms() -> u64 {
+        10_000
+    }
+    pub fn max_eject_ms() -> u64 {
+        300_000
+    }
     pub fn route_path() -> String {
         "/".to_string()
     }
@@ -461,6 +663,16 @@ impl Config {
                 *path = base_dir.join(&*path);
             }
         };
+        for upstream in config.upstreams.values_mut() {
+            if let Some(tls) = upstream.tls.as_mut() {
+                for path in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                    .into_iter()
+                    .flatten()
+                {
+                    anchor(path);
+                }
+            }
+        }
         for pair in &mut config.certificates {
             anchor(&mut pair.cert);
             anchor(&mut pair.key);

@@ -130,9 +130,28 @@ impl Config {
                 return Err(err(format!("{key}.servers"), "needs at least one server"));
             }
             for (i, server) in up.servers.iter().enumerate() {
-                check_server_addr(server)
+                check_server_addr(&server.addr)
                     .map_err(|problem| err(format!("{key}.servers[{i}]"), problem))?;
+                if !(1..=1000).contains(&server.weight) {
+                    return Err(err(
+                        format!("{key}.servers[{i}].weight"),
+                        "must be 1 to 1000",
+                    ));
+                }
+                if up.servers[..i].iter().any(|s| s.addr == server.addr) {
+                    return Err(err(
+                        format!("{key}.servers[{i}]"),
+                        format!("{:?} is listed twice (use weight instead)", server.addr),
+                    ));
+                }
             }
+            if up.servers.iter().all(|s| s.backup) {
+                return Err(err(
+                    format!("{key}.servers"),
+                    "every server is a backup; at least one must be a primary",
+                ));
+            }
+            check_upstream_policies(&key, up)?;
             positive(&format!("{key}.connect_timeout_ms"), up.connect_timeout_ms)?;
             positive(&format!("{key}.read_timeout_ms"), up.read_timeout_ms)?;
             positive(
@@ -211,6 +230,102 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Balancing, retries, health and TLS settings of one upstream.
+fn check_upstream_policies(key: &str, up: &super::UpstreamConfig) -> Result<(), ValidationError> {
+    use super::{Balance, UpstreamProtocol};
+    match (&up.hash_key, up.balance) {
+        (None, Balance::Hash) => {
+            return Err(err(
+                format!("{key}.hash_key"),
+                "balance = \"hash\" needs a hash_key (\"ip\", \"header:NAME\" or \"cookie:NAME\")",
+            ))
+        }
+        (Some(_), b) if b != Balance::Hash => {
+            return Err(err(
+                format!("{key}.hash_key"),
+                "is used only with balance = \"hash\"",
+            ))
+        }
+        (Some(k), _) => {
+            let valid = k == "ip"
+                || k.strip_prefix("header:")
+                    .or_else(|| k.strip_prefix("cookie:"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()));
+            if !valid {
+                return Err(err(
+                    format!("{key}.hash_key"),
+                    format!("{k:?} is not \"ip\", \"header:NAME\" or \"cookie:NAME\""),
+                ));
+            }
+        }
+        (None, _) => {}
+    }
+    if up.retries > 10 {
+        return Err(err(format!("{key}.retries"), "must be at most 10"));
+    }
+    if up.retry_budget_percent > 100 {
+        return Err(err(
+            format!("{key}.retry_budget_percent"),
+            "must be at most 100",
+        ));
+    }
+    if let Some(bad) = up
+        .retry_on_status
+        .iter()
+        .find(|s| !(400..=599).contains(*s))
+    {
+        return Err(err(
+            format!("{key}.retry_on_status"),
+            format!("{bad} is not a 4xx or 5xx status"),
+        ));
+    }
+    if let Some(h) = &up.health {
+        positive(&format!("{key}.health.interval_ms"), h.interval_ms)?;
+        positive(&format!("{key}.health.timeout_ms"), h.timeout_ms)?;
+        positive(&format!("{key}.health.healthy"), h.healthy.into())?;
+        positive(&format!("{key}.health.unhealthy"), h.unhealthy.into())?;
+        if !h.path.starts_with('/') {
+            return Err(err(format!("{key}.health.path"), "must start with \"/\""));
+        }
+        if let Some(bad) = h.expected_status.iter().find(|s| !(100..=599).contains(*s)) {
+            return Err(err(
+                format!("{key}.health.expected_status"),
+                format!("{bad} is not an HTTP status"),
+            ));
+        }
+    }
+    if up.passive.failures > 0 {
+        positive(&format!("{key}.passive.eject_ms"), up.passive.eject_ms)?;
+        if up.passive.max_eject_ms < up.passive.eject_ms {
+            return Err(err(
+                format!("{key}.passive.max_eject_ms"),
+                "must be at least passive.eject_ms",
+            ));
+        }
+    }
+    if up.protocol == UpstreamProtocol::H2 && up.tls.is_none() {
+        return Err(err(
+            format!("{key}.protocol"),
+            "\"h2\" is HTTP/2 over TLS: add tls = { ... } (or use \"h2c\" without TLS)",
+        ));
+    }
+    if up.protocol == UpstreamProtocol::H2c && up.tls.is_some() {
+        return Err(err(
+            format!("{key}.protocol"),
+            "\"h2c\" is HTTP/2 without TLS; use \"h2\" with tls",
+        ));
+    }
+    if let Some(tls) = &up.tls {
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(err(
+                format!("{key}.tls"),
+                "a client certificate needs both cert and key",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
@@ -386,6 +501,37 @@ mod tests {
             c.tls.client_ca.as_deref(),
             Some(Path::new("/etc/sluice/ca.pem"))
         );
+    }
+
+    #[test]
+    fn upstream_server_tables_and_policies() {
+        let c = parse(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nbalance = \"least-conn\"\n\
+             servers = [{ addr = \"127.0.0.1:9001\", weight = 3 }, \"127.0.0.1:9002\", { addr = \"127.0.0.1:9003\", backup = true }]\n",
+        )
+        .unwrap();
+        let up = &c.upstreams["app"];
+        assert_eq!(up.servers[0].weight, 3);
+        assert_eq!(up.servers[1].addr, "127.0.0.1:9002");
+        assert!(up.servers[2].backup);
+        let bad = |extra: &str| {
+            parse(&format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n{extra}"
+            ))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad("balance = \"hash\"\n").contains("upstreams.app.hash_key"));
+        assert!(bad("balance = \"hash\"\nhash_key = \"body\"\n").contains("not \"ip\""));
+        assert!(bad("protocol = \"h2\"\n").contains("upstreams.app.protocol"));
+        assert!(bad("retry_on_status = [200]\n").contains("retry_on_status"));
+        assert!(bad("health = { path = \"healthz\" }\n").contains("health.path"));
+        let e = parse(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.app]\nservers = [{ addr = \"127.0.0.1:9001\", wieght = 2 }]\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("wieght"), "{e:#}");
     }
 
     #[test]

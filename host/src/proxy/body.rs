@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::metrics::EdgeCounters;
+use crate::upstream::servers::InFlight;
 
 /// The client's request body on its way upstream; remembers when it failed so the
 /// resulting upstream error is answered 400, not 502.
@@ -84,6 +85,9 @@ pub struct UpstreamBody {
     waiting: bool,
     upstream: Arc<str>,
     counters: EdgeCounters,
+    /// Counts the request in flight on its server until the body is done or dropped
+    /// (least-conn balancing).
+    _in_flight: InFlight,
 }
 
 impl UpstreamBody {
@@ -92,6 +96,7 @@ impl UpstreamBody {
         read_timeout: Duration,
         upstream: Arc<str>,
         counters: EdgeCounters,
+        in_flight: InFlight,
     ) -> Self {
         Self {
             inner,
@@ -100,6 +105,7 @@ impl UpstreamBody {
             waiting: false,
             upstream,
             counters,
+            _in_flight: in_flight,
         }
     }
 }

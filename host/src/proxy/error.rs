@@ -23,6 +23,10 @@ pub enum ProxyError {
     UriTooLong { len: usize, max: usize },
     #[error("https redirect needs a valid Host header")]
     RedirectWithoutHost,
+    #[error("request body not received in time")]
+    ClientBodyTimeout,
+    #[error("upstream {upstream} has no healthy server")]
+    NoHealthyServer { upstream: String },
     #[error("malformed request body: {0}")]
     BadRequestBody(String),
     #[error(transparent)]
@@ -63,6 +67,8 @@ impl ProxyError {
             | ProxyError::RedirectWithoutHost
             | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Plugin(failure)
                 if !failure.fault.is_plugin_fault()
                     || matches!(failure.fault, PluginFault::CircuitOpen { .. }) =>

@@ -29,7 +29,8 @@ use crate::router::normalize_host;
 use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
-use crate::upstream::Upstream;
+use crate::upstream::servers::InFlight;
+use crate::upstream::{NoServer, Upstream, UpstreamRequestBody};
 
 /// The client connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -323,7 +324,8 @@ impl Proxy {
             conn.scheme(),
             client_host.as_ref(),
         );
-        let (response, server) = self.forward(&upstream, parts, body, exchange).await?;
+        let key = upstream.key_of(&parts.headers, conn.peer.ip(), None);
+        let (response, server) = self.forward(&upstream, parts, body, key, exchange).await?;
 
         let response = match stage {
             Some((stage, client)) if !stage.is_empty() => {
@@ -346,60 +348,167 @@ impl Proxy {
         Ok(response)
     }
 
-    /// Sends the request to one server of `upstream` and returns its response head.
+    /// Sends the request to a server of `upstream` and returns its response head.
+    /// Failures are retried on another server (up to `retries`, within the retry
+    /// budget): a failed connect for every method, a timeout, a broken connection or a
+    /// `retry_on_status` status for idempotent methods; only while the request body is
+    /// at hand again (none, or small enough to keep) and before anything reached the client.
     async fn forward(
         &self,
         upstream: &Upstream,
-        mut parts: http::request::Parts,
+        parts: http::request::Parts,
         body: Incoming,
+        key: Option<Vec<u8>>,
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, String), ProxyError> {
-        let server = upstream.pick().clone();
-        exchange.upstream = Some((upstream.name.clone(), server.clone()));
+        upstream.budget.record_request();
+        let body = RequestBody::prepare(body, upstream).await?;
+        let idempotent = is_idempotent(&parts.method);
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(server.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ProxyError::InvalidPluginOutput(format!("request target: {e}")))?;
-        parts.version = Version::HTTP_11;
-        let (body, client_body_failed) = ClientBody::new(body);
-        let request = Request::from_parts(parts, body);
+        let can_retry = upstream.config.retries > 0 && body.is_replayable();
+        let (method, headers) = (parts.method, parts.headers);
+        let mut headers = Some(headers);
+        let mut body = Some(body);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_failure = None;
+        loop {
+            let index = match upstream.select(key.as_deref(), &tried) {
+                Ok(index) => index,
+                Err(NoServer) => {
+                    return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
+                        upstream: upstream.name.to_string(),
+                    }))
+                }
+            };
+            tried.push(index);
+            let last_try = !can_retry || tried.len() > upstream.config.retries as usize;
+            let server = &upstream.servers[index];
+            exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
+            let uri = Uri::builder()
+                .scheme(upstream.connector.scheme())
+                .authority(server.addr.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|e| ProxyError::InvalidPluginOutput(format!("request target: {e}")))?;
+            // The last possible try takes the originals; earlier ones send copies.
+            let (attempt_headers, attempt_body) = if last_try {
+                (
+                    headers.take().unwrap_or_default(),
+                    body.take().map(RequestBody::into_body),
+                )
+            } else {
+                (
+                    headers.clone().unwrap_or_default(),
+                    body.as_ref().and_then(RequestBody::replay),
+                )
+            };
+            let Some((attempt_body, client_body_failed)) = attempt_body else {
+                return Err(ProxyError::InvalidPluginOutput(
+                    "request body already sent".into(),
+                ));
+            };
+            let mut request = Request::new(attempt_body);
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = attempt_headers;
 
-        let sent =
-            tokio::time::timeout(upstream.response_timeout, upstream.client.request(request)).await;
-        let server_name = server.to_string();
-        let mut response = match sent {
-            Ok(Ok(response)) => response,
-            // The client's body broke (bad chunk framing, reset): the client's fault.
-            Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
-                return Err(ProxyError::BadRequestBody(error_chain(&e)))
+            let in_flight = server.state.begin();
+            let started = Instant::now();
+            let sent = tokio::time::timeout(
+                upstream.response_timeout,
+                upstream.connector.request(request),
+            )
+            .await;
+            let server_name = server.addr.to_string();
+            let failure = match sent {
+                Ok(Ok(response)) => {
+                    server.state.record_latency(started.elapsed());
+                    let status = response.status();
+                    if status.is_server_error() {
+                        self.record_failure(upstream, index, &format!("status {status}"));
+                    } else {
+                        server.state.record_success();
+                    }
+                    let retry_status = upstream.config.retry_on_status.contains(&status.as_u16());
+                    if retry_status && idempotent && !last_try && upstream.budget.try_retry() {
+                        upstream
+                            .retries
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, server = server_name, "retrying on another server after status {status}");
+                        continue;
+                    }
+                    return Ok((
+                        self.upstream_response(upstream, response, in_flight),
+                        server_name,
+                    ));
+                }
+                // The client's body broke (bad chunk framing, reset): the client's fault.
+                Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(ProxyError::BadRequestBody(error_chain(&e)))
+                }
+                Ok(Err(e)) => {
+                    let connect_failed = e.is_connect();
+                    let error = upstream_error(upstream, &server_name, e);
+                    self.record_failure(upstream, index, &error.to_string());
+                    if !(connect_failed || idempotent) {
+                        return Err(error);
+                    }
+                    error
+                }
+                Err(_) => {
+                    let error = ProxyError::UpstreamTimeout {
+                        upstream: upstream.name.to_string(),
+                        server: server_name,
+                        timeout_ms: upstream.response_timeout.as_millis(),
+                    };
+                    self.record_failure(upstream, index, &error.to_string());
+                    if !idempotent {
+                        return Err(error);
+                    }
+                    error
+                }
+            };
+            if last_try || !upstream.budget.try_retry() {
+                return Err(failure);
             }
-            Ok(Err(e)) => return Err(upstream_error(upstream, &server_name, e)),
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    upstream: upstream.name.to_string(),
-                    server: server_name,
-                    timeout_ms: upstream.response_timeout.as_millis(),
-                })
-            }
-        };
+            upstream
+                .retries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, "retrying on another server after: {failure}");
+            last_failure = Some(failure);
+        }
+    }
+
+    /// Passive health: counts a failed try against its server.
+    fn record_failure(&self, upstream: &Upstream, index: usize, why: &str) {
+        let server = &upstream.servers[index];
+        if let Some(ejected_for) = server.state.record_failure(why, &upstream.config.passive) {
+            tracing::warn!(target: "sluice::upstream", upstream = %upstream.name, server = %server.addr, "server ejected for {} ms after {} failures in a row: {why}", ejected_for.as_millis(), upstream.config.passive.failures);
+        }
+    }
+
+    fn upstream_response(
+        &self,
+        upstream: &Upstream,
+        mut response: Response<Incoming>,
+        in_flight: InFlight,
+    ) -> Response<ProxyBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(response.headers_mut(), switching);
-        let response = response.map(|body| {
+        response.map(|body| {
             Either::Left(UpstreamBody::new(
                 body,
                 upstream.read_timeout,
                 upstream.name.clone(),
                 self.counters.clone(),
+                in_flight,
             ))
-        });
-        Ok((response, server_name))
+        })
     }
 
     /// Runs `on-response` hooks over `response` (upstream or plugin-made).
@@ -461,6 +570,76 @@ fn upstream_error(
             server: server.to_string(),
             reason,
         },
+    }
+}
+
+/// Methods a retry may repeat (RFC 9110 idempotent methods).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The client's request body as the upstream tries need it.
+enum RequestBody {
+    /// Kept in memory (none, or small enough): every try can send it.
+    Kept(Bytes),
+    /// Streamed through once; no retry.
+    Streamed(Incoming),
+}
+
+impl RequestBody {
+    /// Keeps bodies up to `retry_body_max_bytes` when the upstream may retry.
+    async fn prepare(body: Incoming, upstream: &Upstream) -> Result<Self, ProxyError> {
+        use http_body::Body as _;
+        if body.is_end_stream() {
+            return Ok(RequestBody::Kept(Bytes::new()));
+        }
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= upstream.config.retry_body_max_bytes as u64);
+        if upstream.config.retries == 0 || !small {
+            return Ok(RequestBody::Streamed(body));
+        }
+        let limit = upstream.config.retry_body_max_bytes;
+        let collected = tokio::time::timeout(
+            upstream.response_timeout,
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)),
+        )
+        .await
+        .map_err(|_| ProxyError::ClientBodyTimeout)?
+        .map_err(|e| ProxyError::BadRequestBody(e.to_string()))?;
+        Ok(RequestBody::Kept(collected.to_bytes()))
+    }
+
+    fn is_replayable(&self) -> bool {
+        matches!(self, RequestBody::Kept(_))
+    }
+
+    /// A copy for one more try (kept bodies only).
+    fn replay(&self) -> Option<(UpstreamRequestBody, Arc<std::sync::atomic::AtomicBool>)> {
+        match self {
+            RequestBody::Kept(bytes) => Some((
+                Either::Right(Full::new(bytes.clone())),
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            )),
+            RequestBody::Streamed(_) => None,
+        }
+    }
+
+    fn into_body(self) -> (UpstreamRequestBody, Arc<std::sync::atomic::AtomicBool>) {
+        match self {
+            RequestBody::Kept(bytes) => (
+                Either::Right(Full::new(bytes)),
+                Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            ),
+            RequestBody::Streamed(body) => {
+                let (body, failed) = ClientBody::new(body);
+                (Either::Left(body), failed)
+            }
+        }
     }
 }
 

@@ -57,6 +57,10 @@ impl Reloader {
         }
     }
 
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
     pub fn tls(&self) -> Option<&Arc<Terminator>> {
         self.tls.as_ref()
     }

@@ -70,7 +70,7 @@ export function onRequest(client, request) {
   requestUser = user;
   const headers = request.headers.filter(([k]) => k !== 'authorization' && k !== 'x-auth-user');
   headers.push(['x-auth-user', encoder.encode(user)]);
-  return { tag: 'continue', val: { request: { ...request, headers }, upstream: undefined } };
+  return { tag: 'continue', val: { request: { ...request, headers }, upstream: undefined, hashKey: undefined } };
 }
 
 export function onResponse(response) {

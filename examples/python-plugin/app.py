@@ -83,7 +83,7 @@ class WitWorld(wit_world.WitWorld):
         headers = [(k, v) for k, v in request.headers if k not in ("authorization", "x-auth-user")]
         headers.append(("x-auth-user", user.encode()))
         request.headers = headers
-        return RequestAction_Continue(Forward(request, None))
+        return RequestAction_Continue(Forward(request, None, None))
 
     def on_response(self, response):
         response.headers.append(("x-auth-checked-by", f"python:{request_user}".encode()))

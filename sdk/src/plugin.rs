@@ -209,8 +209,12 @@ pub mod __private {
         let mut req = Request::from(head);
         match plugin.on_request(ctx, &client, &mut req) {
             Action::Continue => {
-                let (request, upstream) = req.into_parts();
-                RequestAction::Continue(Forward { request, upstream })
+                let (request, upstream, hash_key) = req.into_parts();
+                RequestAction::Continue(Forward {
+                    request,
+                    upstream,
+                    hash_key,
+                })
             }
             Action::Respond(reply) => RequestAction::Respond(reply.into_wit()),
         }

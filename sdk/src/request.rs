@@ -119,6 +119,7 @@ pub struct Request {
     query: String,
     headers: Headers,
     upstream: Option<String>,
+    hash_key: Option<String>,
 }
 
 impl Request {
@@ -255,14 +256,25 @@ impl Request {
         self.upstream = None;
     }
 
-    pub(crate) fn into_parts(self) -> (RequestHead, Option<String>) {
+    /// The balancing key set by this plugin (upstreams with `balance = "hash"`).
+    pub fn hash_key(&self) -> Option<&str> {
+        self.hash_key.as_deref()
+    }
+
+    /// Balances the request by this key on upstreams with `balance = "hash"` (the same
+    /// key, the same server), instead of the upstream's own `hash_key`.
+    pub fn set_hash_key(&mut self, key: impl Into<String>) {
+        self.hash_key = Some(key.into());
+    }
+
+    pub(crate) fn into_parts(self) -> (RequestHead, Option<String>, Option<String>) {
         let head = RequestHead {
             method: self.method,
             path: self.path,
             query: self.query,
             headers: self.headers.into_vec(),
         };
-        (head, self.upstream)
+        (head, self.upstream, self.hash_key)
     }
 }
 
@@ -274,6 +286,7 @@ impl From<RequestHead> for Request {
             query: h.query,
             headers: Headers::from_vec(h.headers),
             upstream: None,
+            hash_key: None,
         }
     }
 }
@@ -379,7 +392,7 @@ mod tests {
         };
         let mut r = Request::from(head);
         r.set_upstream("b");
-        let (head, upstream) = r.into_parts();
+        let (head, upstream, _) = r.into_parts();
         assert_eq!(head.method, "POST");
         assert_eq!(head.headers.len(), 1);
         assert_eq!(upstream.as_deref(), Some("b"));

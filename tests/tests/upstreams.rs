@@ -532,3 +532,76 @@ async fn tls_and_http2_upstreams() {
     );
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_plugin_can_supply_the_hash_key() {
+    let (a, b, c) = (
+        spawn_origin("a").await.unwrap(),
+        spawn_origin("b").await.unwrap(),
+        spawn_origin("c").await.unwrap(),
+    );
+    let site = Site::new();
+    site.add_plugin("fixtures", "tenant-key", "tenant-key");
+    // The upstream's own key is the client IP (one server for every request here);
+    // the plugin's per-tenant key replaces it.
+    let running = site
+        .start(&format!(
+            "{SERVER}[upstreams.app]\nbalance = \"hash\"\nhash_key = \"ip\"\n\
+             servers = [\"{}\", \"{}\", \"{}\"]\n\
+             [[routes]]\nupstream = \"app\"\n[[routes.plugins]]\nname = \"tenant-key\"\n",
+            a.addr, b.addr, c.addr
+        ))
+        .await;
+    let client = h1_client();
+    let mut home: HashMap<String, String> = HashMap::new();
+    for i in 0..90 {
+        let tenant = format!("tenant-{}", i % 30);
+        let reply = get(&client, running.addr, "/", &[("x-tenant", tenant.as_str())]).await;
+        let server = origin_of(&reply);
+        let first = home.entry(tenant.clone()).or_insert_with(|| server.clone());
+        assert_eq!(*first, server, "{tenant} stays on one server");
+    }
+    let used: std::collections::HashSet<_> = home.values().collect();
+    assert_eq!(used.len(), 3, "30 tenants spread over the three servers");
+    let untagged = count_origins(running.addr, 10, |_| Vec::new()).await;
+    assert_eq!(
+        untagged.len(),
+        1,
+        "without a tenant, the IP key: {untagged:?}"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_state_survives_a_reload_that_keeps_the_server() {
+    let live = spawn_origin("live").await.unwrap();
+    let dead = dead_addr();
+    let site = Site::new();
+    let upstream = |extra: &str| {
+        config(&format!(
+            "servers = [\"{}\", \"{dead}\"]\npassive = {{ failures = 1, eject_ms = 60000 }}\n{extra}",
+            live.addr
+        ))
+    };
+    let running = site.start(&upstream("")).await;
+    let admin = running.admin_addr.unwrap();
+    count_origins(running.addr, 4, |_| Vec::new()).await;
+    let ejected =
+        |status: &serde_json::Value| status["upstreams"][0]["servers"][1]["ejected"] == true;
+    let status = get(&h1_client(), admin, "/upstreams", &[]).await.json();
+    assert!(ejected(&status), "{status}");
+    // A reload that changes the pool (another retry setting) keeps what it knew.
+    site.write_config(&upstream("retries = 2\n"));
+    let reload = send(
+        &h1_client(),
+        Request::post(format!("http://{admin}/reload"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reload.status, StatusCode::OK, "{}", reload.text());
+    let status = get(&h1_client(), admin, "/upstreams", &[]).await.json();
+    assert!(ejected(&status), "still ejected after the reload: {status}");
+    assert_eq!(status["upstreams"][0]["servers"][1]["failures"], 1);
+    running.shutdown().await;
+}

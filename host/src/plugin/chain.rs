@@ -152,6 +152,8 @@ pub enum RequestDecision {
     Forward {
         head: RequestHead,
         upstream: Option<String>,
+        /// The balancing key a plugin supplied (hash upstreams).
+        hash_key: Option<String>,
     },
     /// A plugin answered; the upstream is skipped.
     Respond(Response),
@@ -201,6 +203,7 @@ pub async fn run_on_request<'a>(
         waiting: Vec::with_capacity(chain.len()),
     };
     let mut upstream = None;
+    let mut hash_key = None;
     for (index, bound) in chain.iter().enumerate() {
         if !bound.has(Hooks::ON_REQUEST) {
             if bound.has(Hooks::ON_RESPONSE) {
@@ -218,6 +221,9 @@ pub async fn run_on_request<'a>(
         match outcome {
             Ok((RequestAction::Continue(forward), instance)) => {
                 head = forward.request;
+                if forward.hash_key.is_some() {
+                    hash_key = forward.hash_key;
+                }
                 if let Some(choice) = forward.upstream {
                     let _ = write!(trail, "{}:upstream={choice} ", bound.name());
                     upstream = Some(choice);
@@ -243,7 +249,14 @@ pub async fn run_on_request<'a>(
             }
         }
     }
-    (RequestDecision::Forward { head, upstream }, stage)
+    (
+        RequestDecision::Forward {
+            head,
+            upstream,
+            hash_key,
+        },
+        stage,
+    )
 }
 
 impl ResponseStage<'_> {

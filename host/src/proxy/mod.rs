@@ -278,6 +278,7 @@ impl Proxy {
         let mut parts = parts;
         let mut upstream = route.upstream.clone();
         let mut stage = None;
+        let mut plugin_hash_key = None;
         if !route.chain.is_empty() {
             let client = conn.client_info(&route.name);
             let head = request_head(&parts);
@@ -293,7 +294,9 @@ impl Proxy {
                 RequestDecision::Forward {
                     head,
                     upstream: choice,
+                    hash_key,
                 } => {
+                    plugin_hash_key = hash_key;
                     apply_request_head(&mut parts, head, snapshot.merge_slashes)?;
                     if let Some(name) = choice {
                         upstream = snapshot
@@ -324,7 +327,7 @@ impl Proxy {
             conn.scheme(),
             client_host.as_ref(),
         );
-        let key = upstream.key_of(&parts.headers, conn.peer.ip(), None);
+        let key = upstream.key_of(&parts.headers, conn.peer.ip(), plugin_hash_key.as_deref());
         let (response, server) = self.forward(&upstream, parts, body, key, exchange).await?;
 
         let response = match stage {

@@ -376,10 +376,12 @@ impl Proxy {
         let (method, headers) = (parts.method, parts.headers);
         let mut headers = Some(headers);
         let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
+        // At most `retries + 1` (<= 11, validated) entries: kept inline, no allocation.
+        let mut tried = [usize::MAX; MAX_TRIES];
+        let mut tries = 0;
         let mut last_failure = None;
         loop {
-            let index = match upstream.select(key.as_deref(), &tried) {
+            let index = match upstream.select(key.as_deref(), &tried[..tries.min(MAX_TRIES)]) {
                 Ok(index) => index,
                 Err(NoServer) => {
                     return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
@@ -387,8 +389,12 @@ impl Proxy {
                     }))
                 }
             };
-            tried.push(index);
-            let last_try = !can_retry || tried.len() > upstream.config.retries as usize;
+            if let Some(slot) = tried.get_mut(tries) {
+                *slot = index;
+            }
+            tries += 1;
+            let last_try =
+                !can_retry || tries > upstream.config.retries as usize || tries >= MAX_TRIES;
             let server = &upstream.servers[index];
             exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
             let uri = Uri::builder()
@@ -575,6 +581,9 @@ fn upstream_error(
         },
     }
 }
+
+/// Tries of one request at most (`retries` is at most 10).
+const MAX_TRIES: usize = 11;
 
 /// Methods a retry may repeat (RFC 9110 idempotent methods).
 fn is_idempotent(method: &Method) -> bool {

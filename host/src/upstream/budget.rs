@@ -1,8 +1,10 @@
 //! The retry budget: retries may add at most a share of the requests of the last
 //! 10 seconds (plus a small floor), so that retries cannot multiply the load on an
-//! upstream that is already failing.
+//! upstream that is already failing. Lock-free: one-second buckets of atomics (a
+//! bucket reused for a new second may lose a few counts in a race; the budget is a
+//! bound, not an account).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Width of the sliding window, in one-second buckets.
@@ -10,33 +12,18 @@ const WINDOW_SECS: usize = 10;
 /// Retries always allowed per second, so a quiet upstream can still retry.
 const FLOOR_PER_SEC: u64 = 3;
 
+#[derive(Default)]
+struct Bucket {
+    /// The second (since `started`) this bucket counts, plus one (0: never used).
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
 pub struct RetryBudget {
     percent: u64,
     started: Instant,
-    window: Mutex<Window>,
-}
-
-#[derive(Default)]
-struct Window {
-    /// (second, requests, retries) per bucket.
-    buckets: [(u64, u64, u64); WINDOW_SECS],
-}
-
-impl Window {
-    fn bucket(&mut self, second: u64) -> &mut (u64, u64, u64) {
-        let b = &mut self.buckets[(second % WINDOW_SECS as u64) as usize];
-        if b.0 != second {
-            *b = (second, 0, 0);
-        }
-        b
-    }
-
-    fn totals(&self, second: u64) -> (u64, u64) {
-        self.buckets
-            .iter()
-            .filter(|(s, _, _)| second.saturating_sub(*s) < WINDOW_SECS as u64)
-            .fold((0, 0), |(r, t), (_, req, ret)| (r + req, t + ret))
-    }
+    buckets: [Bucket; WINDOW_SECS],
 }
 
 impl RetryBudget {
@@ -44,35 +31,51 @@ impl RetryBudget {
         Self {
             percent: u64::from(percent),
             started: Instant::now(),
-            window: Mutex::new(Window::default()),
+            buckets: Default::default(),
         }
     }
 
-    fn second(&self) -> u64 {
-        self.started.elapsed().as_secs()
+    /// The current second's bucket, emptied first when it held an older second.
+    fn bucket(&self) -> (u64, &Bucket) {
+        let stamp = self.started.elapsed().as_secs() + 1;
+        let bucket = &self.buckets[(stamp % WINDOW_SECS as u64) as usize];
+        let held = bucket.second.load(Ordering::Relaxed);
+        if held != stamp
+            && bucket
+                .second
+                .compare_exchange(held, stamp, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            bucket.requests.store(0, Ordering::Relaxed);
+            bucket.retries.store(0, Ordering::Relaxed);
+        }
+        (stamp, bucket)
     }
 
     /// Counts a request (its first try).
     pub fn record_request(&self) {
-        let second = self.second();
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        w.bucket(second).1 += 1;
+        self.bucket().1.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn try_retry(&self) -> bool {
-        let second = self.second();
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let (requests, retries) = w.totals(second);
+        let (stamp, current) = self.bucket();
+        let (mut requests, mut retries) = (0, 0);
+        for b in &self.buckets {
+            let second = b.second.load(Ordering::Relaxed);
+            if second != 0 && stamp - second < WINDOW_SECS as u64 {
+                requests += b.requests.load(Ordering::Relaxed);
+                retries += b.retries.load(Ordering::Relaxed);
+            }
+        }
         let allowed = requests * self.percent / 100 + FLOOR_PER_SEC * WINDOW_SECS as u64;
         if retries >= allowed {
             return false;
         }
-        w.bucket(second).2 += 1;
+        current.retries.fetch_add(1, Ordering::Relaxed);
         true
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,7 +72,9 @@ impl ServerState {
     }
 
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+        // Never ejected (the common case): no clock read.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > self.now_ms()
     }
 
     /// Can take traffic: healthy by active checks and not ejected.

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use prometheus_client::metrics::counter::Counter;
 
-pub use format::{write_line, Format, Record};
+pub use format::{civil_from_days, write_line, Format, Record};
 
 /// How often buffered lines are written even when few.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);

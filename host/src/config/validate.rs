@@ -535,6 +535,44 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_upstream_example_parses() {
+        let c = Config::parse(
+            r#"[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.app]
+balance = "least-conn"
+servers = [
+  { addr = "127.0.0.1:9001", weight = 3 },
+  { addr = "127.0.0.1:9002" },
+  { addr = "127.0.0.1:9003", backup = true },
+]
+retries = 2
+health = { path = "/healthz", interval_ms = 1000, timeout_ms = 500, healthy = 2, unhealthy = 2 }
+
+[upstreams.sticky]
+balance = "hash"
+hash_key = "cookie:session"
+servers = ["127.0.0.1:9004", "127.0.0.1:9005"]
+
+[upstreams.secure]
+servers = ["127.0.0.1:9443"]
+protocol = "h2"
+tls = { server_name = "origin.internal", ca = "certs/ca.pem" }
+"#,
+            Path::new("/etc/sluice"),
+        )
+        .unwrap();
+        let secure = &c.upstreams["secure"];
+        assert_eq!(
+            secure.tls.as_ref().and_then(|t| t.ca.as_deref()),
+            Some(Path::new("/etc/sluice/certs/ca.pem"))
+        );
+        assert_eq!(c.upstreams["app"].retries, 2);
+        assert_eq!(c.upstreams["app"].health.as_ref().unwrap().path, "/healthz");
+    }
+
+    #[test]
     fn relative_plugin_dir_is_anchored_at_config_dir() {
         let c = Config::parse(BASE, Path::new("/etc/sluice")).unwrap();
         assert_eq!(c.plugins.dir, Path::new("/etc/sluice/plugins"));

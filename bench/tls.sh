@@ -11,6 +11,7 @@
 # Needs h2load (apt nghttp2-client), nginx and openssl; installs what is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$root/bench/lib.sh"
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8}; CONNS=${CONNS:-50}; BASE_PORT=${BASE_PORT:-19180}
 for pkg in h2load:nghttp2-client nginx:nginx openssl:openssl; do
   command -v "${pkg%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${pkg#*:}" >/dev/null; }
@@ -23,16 +24,8 @@ mkdir -p "$run/tls" "$run/tmp"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
   -keyout "$run/tls/key.pem" -out "$run/tls/cert.pem" -subj /CN=localhost \
   -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1
-conf() { # name body
-  cat >"$run/$1.conf" <<CONF
-worker_processes 1; master_process off; daemon off; pid $run/$1.pid; error_log $run/$1.err warn;
-events { worker_connections 8192; }
-http { access_log off; client_body_temp_path $run/tmp; proxy_temp_path $run/tmp; fastcgi_temp_path $run/tmp; uwsgi_temp_path $run/tmp; scgi_temp_path $run/tmp;
-  $2 }
-CONF
-}
-conf origin "server { listen 127.0.0.1:$origin; location / { return 200 \"hello\\n\"; } }"
-conf proxy "upstream origin { server 127.0.0.1:$origin; keepalive 64; }
+nginx_conf origin "server { listen 127.0.0.1:$origin; location / { return 200 \"hello\\n\"; } }"
+nginx_conf proxy "upstream origin { server 127.0.0.1:$origin; keepalive 64; }
   server { listen 127.0.0.1:$nginx_tls ssl http2; ssl_certificate $run/tls/cert.pem; ssl_certificate_key $run/tls/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
@@ -45,7 +38,6 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # batch_run PID PORT -> "handshakes/s cpu_us_per_handshake"
 batch_run() {
   local pid=$1 port=$2 t0 c0 c1 n=0 end
@@ -66,7 +58,6 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "round $r $target: ${line%% *} handshakes/s, ${line##* } µs CPU per handshake" >&2
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-8s %14s %22s\n' target handshakes/s "CPU µs/handshake"
 for target in nginx sluice; do
   printf '%-8s %14s %22s\n' "$target" "$(echo "${hs[$target]}" | median)" "$(echo "${cpu[$target]}" | median)"

@@ -9,6 +9,7 @@
 #   bench/upstreams.sh                 # 3 rounds x 8 s, 64 connections
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$root/bench/lib.sh"
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-8}; CONNS=${CONNS:-64}; BASE_PORT=${BASE_PORT:-19280}
 for pkg in wrk nginx; do command -v "$pkg" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null; }; done
 cargo build --release -q -p sluice --manifest-path "$root/Cargo.toml"
@@ -16,20 +17,12 @@ cargo build --release -q -p sluice --manifest-path "$root/Cargo.toml"
 run=$(mktemp -d); trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$run"' EXIT
 o=$BASE_PORT; origins="127.0.0.1:$o 127.0.0.1:$((o+1)) 127.0.0.1:$((o+2)) 127.0.0.1:$((o+3))"
 mkdir -p "$run/tmp" "$run/plugins"
-conf() { # name body
-  cat >"$run/$1.conf" <<CONF
-worker_processes 1; master_process off; daemon off; pid $run/$1.pid; error_log $run/$1.err warn;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000; client_body_temp_path $run/tmp; proxy_temp_path $run/tmp; fastcgi_temp_path $run/tmp; uwsgi_temp_path $run/tmp; scgi_temp_path $run/tmp;
-  $2 }
-CONF
-}
 listens=""; for a in $origins; do listens+="listen $a; "; done
-conf origin "server { $listens location / { return 200 \"hello\\n\"; } }"
+nginx_conf origin "server { $listens location / { return 200 \"hello\\n\"; } }"
 servers=""; for a in $origins; do servers+="server $a; "; done
 loc="location / { proxy_pass http://\$up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; }"
-conf nginx-rr "upstream rr { $servers keepalive 256; } server { listen 127.0.0.1:$((o+10)); set \$up rr; $loc }"
-conf nginx-lc "upstream lc { least_conn; $servers keepalive 256; } server { listen 127.0.0.1:$((o+11)); set \$up lc; $loc }"
+nginx_conf nginx-rr "upstream rr { $servers keepalive 256; } server { listen 127.0.0.1:$((o+10)); set \$up rr; $loc }"
+nginx_conf nginx-lc "upstream lc { least_conn; $servers keepalive 256; } server { listen 127.0.0.1:$((o+11)); set \$up lc; $loc }"
 sluice_conf() { # port balance servers
   list=$(for a in $3; do printf '"%s", ' "$a"; done)
   cat >"$run/sluice-$1.toml" <<CONF
@@ -65,9 +58,9 @@ done
 declare -A rps cpu
 for r in $(seq 1 "$ROUNDS"); do
   for t in $targets; do
-    c0=$(awk '{print $14+$15}' "/proc/${pid[$t]}/stat")
+    c0=$(cpu_ticks "${pid[$t]}")
     out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:${port[$t]}/")
-    c1=$(awk '{print $14+$15}' "/proc/${pid[$t]}/stat")
+    c1=$(cpu_ticks "${pid[$t]}")
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     x=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
     u=$(awk -v c="$((c1-c0))" -v n="$n" 'BEGIN { printf "%.1f", c*10000/n }')
@@ -75,6 +68,5 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "round $r $t: $x req/s, $u µs CPU/request" >&2
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-10s %10s %16s\n' target req/s "CPU µs/req"
 for t in $targets; do printf '%-10s %10s %16s\n' "$t" "$(echo "${rps[$t]}" | median)" "$(echo "${cpu[$t]}" | median)"; done

@@ -18,6 +18,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// The `result` label of an outcome.
+fn result_label(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "failed"
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -50,9 +59,10 @@ impl EdgeCounters {
     }
 
     pub fn certificate_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
         self.certificate_reloads
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&ResultLabels {
+                result: result_label(ok),
+            })
             .inc();
     }
 }
@@ -122,19 +132,19 @@ impl Metrics {
     }
 
     pub fn plugin_reload(&self, plugin: &str, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
         self.plugin_reloads
             .get_or_create(&PluginReloadLabels {
                 plugin: plugin.to_string(),
-                result,
+                result: result_label(ok),
             })
             .inc();
     }
 
     pub fn config_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
         self.config_reloads
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&ResultLabels {
+                result: result_label(ok),
+            })
             .inc();
     }
 

@@ -7,6 +7,7 @@ pub mod headers;
 pub mod path;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -381,7 +382,8 @@ impl Proxy {
         let mut tries = 0;
         let mut last_failure = None;
         loop {
-            let index = match upstream.select(key.as_deref(), &tried[..tries.min(MAX_TRIES)]) {
+            // `tries < MAX_TRIES` here: a try that reaches it is the last.
+            let index = match upstream.select(key.as_deref(), &tried[..tries]) {
                 Ok(index) => index,
                 Err(NoServer) => {
                     return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
@@ -457,7 +459,10 @@ impl Proxy {
                     ));
                 }
                 // The client's body broke (bad chunk framing, reset): the client's fault.
-                Ok(Err(e)) if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) => {
+                Ok(Err(e))
+                    if client_body_failed
+                        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) =>
+                {
                     return Err(ProxyError::BadRequestBody(error_chain(&e)))
                 }
                 Ok(Err(e)) => {
@@ -630,26 +635,22 @@ impl RequestBody {
         matches!(self, RequestBody::Kept(_))
     }
 
-    /// A copy for one more try (kept bodies only).
-    fn replay(&self) -> Option<(UpstreamRequestBody, Arc<std::sync::atomic::AtomicBool>)> {
+    /// A copy for one more try (kept bodies only); a kept body cannot fail mid-send.
+    fn replay(&self) -> Option<(UpstreamRequestBody, Option<Arc<AtomicBool>>)> {
         match self {
-            RequestBody::Kept(bytes) => Some((
-                Either::Right(Full::new(bytes.clone())),
-                Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            )),
+            RequestBody::Kept(bytes) => Some((Either::Right(Full::new(bytes.clone())), None)),
             RequestBody::Streamed(_) => None,
         }
     }
 
-    fn into_body(self) -> (UpstreamRequestBody, Arc<std::sync::atomic::AtomicBool>) {
+    /// The body for the last try, with the flag a streamed body sets when the client
+    /// breaks it.
+    fn into_body(self) -> (UpstreamRequestBody, Option<Arc<AtomicBool>>) {
         match self {
-            RequestBody::Kept(bytes) => (
-                Either::Right(Full::new(bytes)),
-                Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            ),
+            RequestBody::Kept(bytes) => (Either::Right(Full::new(bytes)), None),
             RequestBody::Streamed(body) => {
                 let (body, failed) = ClientBody::new(body);
-                (Either::Left(body), failed)
+                (Either::Left(body), Some(failed))
             }
         }
     }

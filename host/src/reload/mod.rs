@@ -159,18 +159,23 @@ impl Reloader {
 
     /// Re-reads the config file and swaps in routes, upstreams and plugin configs.
     pub async fn reload_config(&self) -> Result<(), String> {
+        self.reload_config_and_certificates().await.0
+    }
+
+    /// The config, then the certificates: the new config's list, or the serving one's
+    /// files when the config failed. A pair that fails keeps its previous version and
+    /// reports itself (log, metric, admin API).
+    async fn reload_config_and_certificates(&self) -> (Result<(), String>, Result<(), String>) {
         let mut current = self.config.lock().await;
         let result = self.try_reload_config(&current).await;
-        if let Ok(config) = &result {
-            // The new certificate list; a pair that fails keeps its previous version and
-            // reports itself (log, metric, admin API).
-            let _ = self.reload_certificates(Some(config.clone())).await;
-        }
+        let certificates = self
+            .reload_certificates(result.as_ref().ok().cloned())
+            .await;
         let mut last_error = self
             .last_config_error
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match result {
+        let config = match result {
             Ok(config) => {
                 *current = config;
                 *last_error = None;
@@ -184,7 +189,8 @@ impl Reloader {
                 tracing::error!(target: "sluice::reload", config = %self.config_path.display(), "config reload failed; the previous config keeps serving: {e}");
                 Err(e)
             }
-        }
+        };
+        (config, certificates)
     }
 
     async fn try_reload_config(&self, current: &Config) -> Result<Config, String> {
@@ -251,9 +257,8 @@ impl Reloader {
 
     /// Config, certificates, then every plugin file (what `POST /reload` and SIGHUP do).
     pub async fn reload_all(&self) -> ReloadReport {
-        let config = self.reload_config().await;
-        // Files changed in place are picked up here even when the config did not change.
-        let certificates = self.reload_certificates(None).await;
+        // Certificate files changed in place are picked up even when the config did not change.
+        let (config, certificates) = self.reload_config_and_certificates().await;
         let mut plugins = Vec::new();
         let mut names = self.registry.files().unwrap_or_default();
         for status in self.registry.statuses() {

@@ -189,6 +189,14 @@ pub struct CertStore {
     default_for_unknown: bool,
 }
 
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("pairs", &self.pairs.len())
+            .finish()
+    }
+}
+
 impl CertStore {
     /// `pairs` in config order: on a name two pairs share, the first wins, and the first
     /// pair is the default.

@@ -142,14 +142,6 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-impl std::fmt::Debug for CertStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertStore")
-            .field("pairs", &self.pairs().len())
-            .finish()
-    }
-}
-
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -296,18 +288,11 @@ impl Terminator {
             errors.push("no certificate could be loaded; the previous set keeps serving".into());
             return Err(errors.join("; "));
         }
-        let store_changed = pairs.len() != previous.pairs().len()
-            || pairs
-                .iter()
-                .zip(previous.pairs())
-                .any(|(a, b)| !Arc::ptr_eq(a, b) && a.key.cert != b.key.cert);
         let unknown_default = state.tls.unknown_sni == UnknownSni::Default;
-        if store_changed || config.is_some() {
-            self.store
-                .store(Arc::new(CertStore::new(pairs, unknown_default)));
-            if errors.is_empty() {
-                self.counters.certificate_reload(true);
-            }
+        self.store
+            .store(Arc::new(CertStore::new(pairs, unknown_default)));
+        if errors.is_empty() {
+            self.counters.certificate_reload(true);
         }
         state.statuses = statuses;
 

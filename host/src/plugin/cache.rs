@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use super::engine::compiler_for;
+
+#[derive(Clone)]
 pub struct CompileCache {
     dir: PathBuf,
     /// Changes with the wasmtime version and engine settings.
@@ -49,20 +52,52 @@ impl CompileCache {
         }
     }
 
-    /// Stores a compiled component; failures only cost a recompile later.
-    pub fn put(&self, content_hash: &str, component: &Component) {
-        let path = self.entry(content_hash);
-        let tmp = self
-            .dir
-            .join(format!(".{content_hash}.{}.tmp", std::process::id()));
-        let written = component
-            .serialize()
-            .map_err(|e| format!("{e:#}"))
-            .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| e.to_string()))
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::warn!(target: "sluice::plugin", dir = %self.dir.display(), "cannot write compile cache entry: {e}");
+    /// Compiles `wasm`, stores the artifact under `key` and maps it back from the file,
+    /// so the code is file-backed as on a warm start rather than held in anonymous
+    /// memory (cold-start RSS). Failing to store only costs a recompile later.
+    pub fn compile(&self, engine: &Engine, key: &str, wasm: &[u8]) -> wasmtime::Result<Component> {
+        let artifact = match compiler_for(engine) {
+            Some(compiler) => compiler.precompile_component(wasm)?,
+            None => engine.precompile_component(wasm)?,
+        };
+        match self.store(key, &artifact) {
+            // SAFETY: the file was just written from this engine's own output.
+            Ok(path) => match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(target: "sluice::plugin", path = %path.display(), "cannot map the compile cache entry just written: {e:#}");
+                }
+            },
+            Err(e) => {
+                tracing::warn!(target: "sluice::plugin", dir = %self.dir.display(), "cannot write compile cache entry: {e}");
+            }
         }
+        // SAFETY: the artifact was produced just now by this engine.
+        unsafe { Component::deserialize(engine, &artifact) }
+    }
+
+    fn store(&self, key: &str, artifact: &[u8]) -> Result<PathBuf, String> {
+        let path = self.entry(key);
+        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        let written = std::fs::write(&tmp, artifact)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| e.to_string());
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map(|()| path)
+    }
+}
+
+/// Compiles `wasm`, through the cache when there is one.
+pub fn compile(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    key: &str,
+    wasm: &[u8],
+) -> wasmtime::Result<Component> {
+    match cache {
+        Some(cache) => cache.compile(engine, key, wasm),
+        None => Component::new(engine, wasm),
     }
 }

@@ -106,6 +106,27 @@ pub struct PluginLabels {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolBusy;
 
+/// Settings every engine of ours shares; artifacts compiled under them load anywhere.
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true).epoch_interruption(true);
+    config
+}
+
+/// A throwaway engine that compiles for `engine`: the compiler keeps its scratch
+/// contexts (megabytes) for the engine's lifetime, so compiling in a separate engine
+/// and dropping it gives that memory back. `None` when its artifacts would not load
+/// into `engine`.
+pub fn compiler_for(engine: &Engine) -> Option<Engine> {
+    let compiler = Engine::new(&base_config()).ok()?;
+    let key = |e: &Engine| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&e.precompile_compatibility_hash(), &mut hasher);
+        std::hash::Hasher::finish(&hasher)
+    };
+    (key(&compiler) == key(engine)).then_some(compiler)
+}
+
 impl PluginEngine {
     pub fn new(limits: EngineLimits) -> anyhow::Result<Self> {
         let n = limits.max_instances.saturating_add(LOAD_SLOTS);
@@ -131,11 +152,8 @@ impl PluginEngine {
             .table_keep_resident(64 * 1024)
             .async_stack_keep_resident(64 * 1024);
 
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot create the WebAssembly engine")?;

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 
 use super::bindings::PluginPre;
-use super::cache::CompileCache;
+use super::cache::{compile, CompileCache};
 use super::engine::PluginEngine;
 use super::host_api::InstanceState;
 use super::preinit;
@@ -91,17 +90,10 @@ pub fn load_plugin(
     let from_cache = cached.is_some();
     let component = match cached {
         Some(component) => component,
-        None => {
-            let component =
-                Component::new(engine.engine(), &source).map_err(|e| LoadError::Invalid {
-                    path: path.to_path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
-            if let Some(cache) = cache {
-                cache.put(&key, &component);
-            }
-            component
-        }
+        None => compile(engine.engine(), cache, &key, &source).map_err(|e| LoadError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?,
     };
     let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
         path: path.to_path_buf(),

@@ -14,7 +14,7 @@ use wasmtime::Store;
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::bindings::{Hooks, Plugin, PluginPre};
-use super::cache::CompileCache;
+use super::cache::{compile, CompileCache};
 use super::engine::PluginEngine;
 use super::host_api::InstanceState;
 use super::instance::{arm_deadline, classify, new_store, CallLimits, PluginFault};
@@ -194,13 +194,12 @@ async fn snapshot(
     drop(load_slot);
 
     let compiling = engine.engine().clone();
-    let component = tokio::task::spawn_blocking(move || Component::new(&compiling, &snapshot))
-        .await
-        .map_err(|e| format!("compile task failed: {e}"))?
-        .map_err(|e| format!("the snapshot does not compile: {e:#}"))?;
-    if let Some(cache) = cache {
-        cache.put(&key, &component);
-    }
+    let cache = cache.cloned();
+    let component =
+        tokio::task::spawn_blocking(move || compile(&compiling, cache.as_ref(), &key, &snapshot))
+            .await
+            .map_err(|e| format!("compile task failed: {e}"))?
+            .map_err(|e| format!("the snapshot does not compile: {e:#}"))?;
     link(engine, &component).map(|pre| (pre, false))
 }
 

@@ -431,3 +431,147 @@ async fn a_trickled_second_request_head_is_cut_at_the_header_timeout() {
         started.elapsed()
     );
 }
+
+/// Reads `count` responses (heads with `Content-Length` bodies) from a keep-alive
+/// connection.
+async fn read_responses(s: &mut TcpStream, count: usize) -> Vec<String> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut responses = Vec::new();
+            let mut rest = data.as_slice();
+            while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .expect("content-length");
+                if rest.len() < end + 4 + length {
+                    break;
+                }
+                responses.push(String::from_utf8_lossy(&rest[..end + 4 + length]).into_owned());
+                rest = &rest[end + 4 + length..];
+            }
+            if responses.len() >= count {
+                return responses;
+            }
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "connection closed mid-response");
+            data.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no response within 5 s")
+}
+
+async fn read_response(s: &mut TcpStream) -> String {
+    read_responses(s, 1).await.remove(0)
+}
+
+async fn releases(admin: SocketAddr) -> u64 {
+    let metrics = get(&h1_client(), admin, "/metrics", &[]).await.text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_idle_connection_releases_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("release counter in /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_gives_back_its_buffers_and_keeps_serving() {
+    let app = spawn_origin("app").await.unwrap();
+    let server = "idle_release_ms = 100\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let (_site, proxy) = open_site(app.addr, server, "").await;
+    let admin = proxy.admin_addr.unwrap();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut s).await;
+    assert_eq!(origin_path(&first).as_deref(), Some("/first"), "{first}");
+    // Half the next head at once, then quiet: the connection is released with it read
+    // ahead, and nothing is lost when the rest comes.
+    s.write_all(b"GET /second HTTP/1.1\r\nHo").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            releases(admin).await == 1
+        })
+        .await,
+        "not released with half a head in"
+    );
+    s.write_all(b"st: t\r\n\r\n").await.unwrap();
+    let second = read_response(&mut s).await;
+    assert_eq!(origin_path(&second).as_deref(), Some("/second"), "{second}");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            releases(admin).await == 2
+        })
+        .await,
+        "the idle connection was not released"
+    );
+
+    // Two pipelined requests on the released connection.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\nGET /fourth HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let both = read_responses(&mut s, 2).await;
+    assert_eq!(origin_path(&both[0]).as_deref(), Some("/third"), "{both:?}");
+    assert_eq!(
+        origin_path(&both[1]).as_deref(),
+        Some("/fourth"),
+        "{both:?}"
+    );
+    assert_eq!(app.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_waits_for_the_idle_timeout_not_the_header_timeout() {
+    let app = spawn_origin("app").await.unwrap();
+    let server = "header_read_timeout_ms = 300\nidle_timeout_ms = 5000\n";
+    let (_site, proxy) = open_site(app.addr, server, "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for path in ["/a", "/b"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let response = read_response(&mut s).await;
+        assert_eq!(origin_path(&response).as_deref(), Some(path), "{response}");
+        // Idle three times the header timeout: the next request head has not begun.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_at_once() {
+    let app = spawn_origin("app").await.unwrap();
+    let server = "idle_release_ms = 100\ndrain_timeout_ms = 10000\n";
+    let (_site, proxy) = open_site(app.addr, server, "").await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(&mut s).await;
+        idle.push(s);
+        // The first one has given back its buffers by the time the second is idle.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let started = Instant::now();
+    assert!(proxy.shutdown().await, "drain did not finish");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "idle connections held the drain for {:?}",
+        started.elapsed()
+    );
+    for mut s in idle {
+        assert!(read_until_closed(&mut s, Duration::from_secs(2))
+            .await
+            .is_some());
+    }
+}

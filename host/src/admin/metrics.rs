@@ -40,6 +40,8 @@ pub struct EdgeCounters {
     pub timeouts: Family<KindLabels, Counter>,
     /// Access log lines dropped because the destination could not keep up.
     pub access_log_dropped: Counter,
+    /// Idle HTTP/1.1 connections that gave their buffers back (and stayed open).
+    pub idle_releases: Counter,
     /// TLS handshakes that failed, by reason (incompatible, client_cert, no_certificate,
     /// protocol, io); timeouts are counted in `timeouts{kind="tls_handshake"}`.
     pub tls_handshake_failures: Family<KindLabels, Counter>,
@@ -108,6 +110,11 @@ impl Metrics {
             "access_log_dropped_lines",
             "Access log lines dropped because the destination could not keep up",
             edge.access_log_dropped.clone(),
+        );
+        registry.register(
+            "idle_connection_releases",
+            "Idle HTTP/1.1 keep-alive connections that gave their buffers back and stayed open",
+            edge.idle_releases.clone(),
         );
         registry.register(
             "timeouts",

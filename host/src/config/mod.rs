@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// closed (HTTP/1.1 keep-alive and HTTP/2 alike).
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// An HTTP/1.1 keep-alive connection quiet for this long gives its buffers back
+    /// (it stays open; the next request allocates them again).
+    #[serde(default = "defaults::idle_release_ms")]
+    pub idle_release_ms: u64,
     /// A client that takes no response bytes for this long is disconnected (slow
     /// readers; HTTP/2 clients that never open their flow-control window).
     #[serde(default = "defaults::send_timeout_ms")]
@@ -599,6 +603,9 @@ mod defaults {
         10_000
     }
     pub fn tls_watch_interval_ms() -> u64 {
+        1_000
+    }
+    pub fn idle_release_ms() -> u64 {
         1_000
     }
     pub fn tunnel_idle_timeout_ms() -> u64 {

@@ -46,6 +46,7 @@ impl Config {
         }
 
         positive("server.tunnel_idle_timeout_ms", s.tunnel_idle_timeout_ms)?;
+        positive("server.idle_release_ms", s.idle_release_ms)?;
         positive("tls.handshake_timeout_ms", self.tls.handshake_timeout_ms)?;
         match (s.tls_listen, self.certificates.is_empty()) {
             (Some(_), true) => {

@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
+mod connection;
 mod trim;
 mod watchdog;
+
+use connection::{Protocols, ReadReady};
 
 pub use trim::release_free_memory;
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
@@ -29,6 +28,8 @@ use crate::tls::Terminator;
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub timeouts: ConnTimeouts,
+    /// An idle HTTP/1.1 connection gives back its buffers after this long.
+    pub idle_release: Duration,
     pub drain_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -44,6 +45,7 @@ impl From<&ServerConfig> for ServerLimits {
                 idle: Duration::from_millis(c.idle_timeout_ms),
                 send: Duration::from_millis(c.send_timeout_ms),
             },
+            idle_release: Duration::from_millis(c.idle_release_ms),
             drain_timeout: Duration::from_millis(c.drain_timeout_ms),
             max_header_bytes: c.max_header_bytes,
             max_headers: c.max_headers,
@@ -51,24 +53,6 @@ impl From<&ServerConfig> for ServerLimits {
             max_connections: c.max_connections,
         }
     }
-}
-
-type ConnBuilder = auto::Builder<TokioExecutor>;
-
-fn conn_builder(limits: &ServerLimits) -> ConnBuilder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.timeouts.header_read)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32);
-    builder
 }
 
 /// Accepts and serves connections until `shutdown` resolves, then drains in-flight
@@ -81,13 +65,13 @@ pub async fn serve(
     tls: Option<Arc<Terminator>>,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
-    let builder = Arc::new(conn_builder(&limits));
-    let timeouts = limits.timeouts;
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(&limits, proxy.counters()));
+    let (drain_tx, drain_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let trimmer = tokio::spawn(trim::trim_after_bursts(
         permits.clone(),
         limits.max_connections,
+        protocols.releases(),
     ));
     tokio::pin!(shutdown);
 
@@ -114,40 +98,49 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let io = TrackedIo::new(stream, activity.clone());
-        let watcher = graceful.watcher();
         let proxy = proxy.clone();
-        let builder = builder.clone();
+        let protocols = protocols.clone();
         let tls = tls.clone();
+        let drain = drain_rx.clone();
         tokio::spawn(async move {
             let counters = proxy.counters().clone();
-            let served = async {
-                match tls {
-                    None => {
-                        let conn = ClientConn::plain(peer);
-                        serve_connection(&builder, io, proxy, conn, &activity, watcher).await
-                    }
-                    Some(tls) => match tls.accept(io).await {
+            let timeouts = protocols.timeouts();
+            let expired = match tls {
+                None => {
+                    let conn = ClientConn::plain(peer);
+                    serve_connection(io, None, &protocols, proxy, conn, &activity, drain).await
+                }
+                // Boxed: a TLS session is kilobytes the plain connections need not reserve.
+                Some(tls) => Box::pin(async {
+                    let handshake = tokio::select! {
+                        done = tls.accept(io) => done.map_err(|e| {
+                            tracing::debug!(target: "sluice::server", %peer, reason = e.reason(), "{e}");
+                        }),
+                        why = activity.expired(timeouts) => {
+                            counters.timeout(why.label());
+                            Err(())
+                        }
+                    };
+                    match handshake {
                         Ok((stream, info)) => {
+                            let h2 = info.alpn.as_deref().map(|alpn| alpn == "h2");
                             let conn = ClientConn {
                                 peer,
                                 tls: Some(info),
                             };
-                            serve_connection(&builder, stream, proxy, conn, &activity, watcher)
+                            serve_connection(stream, h2, &protocols, proxy, conn, &activity, drain)
                                 .await
                         }
-                        Err(e) => {
-                            tracing::debug!(target: "sluice::server", %peer, reason = e.reason(), "{e}");
-                        }
-                    },
-                }
+                        Err(()) => None,
+                    }
+                })
+                .await,
             };
-            tokio::select! {
-                () = served => {}
-                // Dropping the connection closes it (an HTTP/2 peer sees the socket close).
-                expired = activity.expired(timeouts) => {
-                    counters.timeout(expired.label());
-                    tracing::debug!(target: "sluice::server", %peer, timeout = expired.label(), "connection closed by timeout");
-                }
+            // Returning dropped the connection, which closes it (an HTTP/2 peer sees the
+            // socket close).
+            if let Some(expired) = expired {
+                counters.timeout(expired.label());
+                tracing::debug!(target: "sluice::server", %peer, timeout = expired.label(), "connection closed by timeout");
             }
             drop(permit);
         });
@@ -156,8 +149,15 @@ pub async fn serve(
     drop(listener);
     trimmer.abort();
     tracing::info!(target: "sluice::server", "stopped accepting; draining in-flight requests");
+    let _ = drain_tx.send(true);
+    // Every open connection holds a permit: the drain is over when all are back.
+    let drained = async {
+        while permits.available_permits() < limits.max_connections {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => true,
+        () = drained => true,
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!(target: "sluice::server", "drain timeout reached; exiting with requests in flight");
             false
@@ -165,18 +165,20 @@ pub async fn serve(
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on one established connection until it ends.
+/// Serves HTTP/1.1 or HTTP/2 on one established connection until it ends; returns the
+/// time bound it broke, if that is why it ended.
 async fn serve_connection<I>(
-    builder: &ConnBuilder,
     io: I,
+    h2_by_alpn: Option<bool>,
+    protocols: &Protocols,
     proxy: Arc<Proxy>,
     conn: ClientConn,
     activity: &Arc<Activity>,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    drain: watch::Receiver<bool>,
+) -> Option<Expired>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
-    let peer = conn.peer;
     let conn = Arc::new(conn);
     let service = {
         let activity = activity.clone();
@@ -190,12 +192,7 @@ async fn serve_connection<I>(
             }
         })
     };
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(target: "sluice::server", %peer, "connection ended: {e}");
-    }
+    connection::serve(io, h2_by_alpn, protocols, service, activity, drain).await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,8 +1,11 @@
 //! Handing memory back after a burst of connections: glibc keeps freed buffers in its
 //! per-thread arenas (measured: 1,000 slow readers left ~190 MiB resident after they
 //! closed; `malloc_trim` brought it back to idle), so trim once the open connections
-//! have fallen well below their recent peak.
+//! have fallen well below their recent peak, or once many idle connections have
+//! released their buffers (the holes they leave sit between live allocations, where
+//! glibc never returns them by itself).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +16,23 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// A drop smaller than this is not worth a trim.
 const MIN_DROP: usize = 256;
 
-/// Watches `permits` (one per open connection, out of `max_connections`) until the
-/// semaphore is closed or the task is dropped.
-pub async fn trim_after_bursts(permits: Arc<Semaphore>, max_connections: usize) {
+/// Counts idle connections that dropped their buffers since the last trim.
+#[derive(Default)]
+pub struct Releases(AtomicUsize);
+
+impl Releases {
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Watches `permits` (one per open connection, out of `max_connections`) and
+/// `releases` until the semaphore is closed or the task is dropped.
+pub async fn trim_after_bursts(
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+    releases: Arc<Releases>,
+) {
     let mut peak = 0usize;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
@@ -24,8 +41,10 @@ pub async fn trim_after_bursts(permits: Arc<Semaphore>, max_connections: usize) 
         }
         let open = max_connections.saturating_sub(permits.available_permits());
         peak = peak.max(open);
-        if peak - open >= MIN_DROP && open <= peak / 2 {
+        let burst_over = peak - open >= MIN_DROP && open <= peak / 2;
+        if burst_over || releases.0.load(Ordering::Relaxed) >= MIN_DROP {
             peak = open;
+            releases.0.store(0, Ordering::Relaxed);
             let _ = tokio::task::spawn_blocking(release_free_memory).await;
         }
     }

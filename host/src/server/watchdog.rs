@@ -1,13 +1,15 @@
 //! Time bounds on a client connection, whatever protocol it speaks: a first request
-//! head within `header_read_timeout` (an h2 preface alone does not count), an idle
-//! connection closed after `idle_timeout`, and a client that stops taking response
-//! bytes (full socket, or no HTTP/2 window) cut off after `send_timeout`.
+//! head within `header_read_timeout` (an h2 preface alone does not count), and on
+//! HTTP/1.1 every later head within it from its first byte; an idle connection closed
+//! after `idle_timeout`; a client that stops taking response bytes (full socket, or no
+//! HTTP/2 window) cut off after `send_timeout`. The same timer says when an idle
+//! HTTP/1.1 connection should give back its buffers.
 //!
 //! The connection's IO and its response bodies record progress in [`Activity`]; one
 //! timer per connection compares it with the limits when a deadline falls due.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -48,13 +50,35 @@ impl Expired {
     }
 }
 
+/// What the connection's timer found due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Expired(Expired),
+    /// Quiet for the release delay: an HTTP/1.1 connection may drop its buffers.
+    Release,
+}
+
+/// When an HTTP/1.1 connection is due for release: quiet (nothing in flight or
+/// unsent) for `quiet_for`, after more than `requests_above` requests in all. hyper can
+/// only wind a connection down quietly between requests, never before its first.
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseWhen {
+    pub quiet_for: Duration,
+    pub requests_above: u64,
+}
+
 const NEVER: u64 = u64::MAX;
 
 /// Progress of one connection, in nanoseconds since it opened.
 pub struct Activity {
     opened: Instant,
+    /// When the first byte of a request head not yet complete arrived (NEVER when no
+    /// head is awaited; 0 for the first request, which counts from the open).
+    head_started: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
+    /// The HTTP/1.1 server is being wound down to give its buffers back, not closed.
+    releasing: AtomicBool,
     last_progress: AtomicU64,
     /// When a write to the client last found the socket full (NEVER when it is not).
     write_blocked_since: AtomicU64,
@@ -67,8 +91,10 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             opened: Instant::now(),
+            head_started: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            releasing: AtomicBool::new(false),
             last_progress: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(NEVER),
             bodies_handed_out: AtomicUsize::new(0),
@@ -90,48 +116,112 @@ impl Activity {
 
     /// A request head arrived; the guard marks the request in flight until dropped.
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.head_started.store(NEVER, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 
-    /// The first bound this connection breaks if nothing changes, and when.
-    fn next_deadline(&self, limits: ConnTimeouts) -> (Instant, Option<Expired>) {
+    /// HTTP/1.1 bytes arrived: with nothing in flight they start the next request
+    /// head, whose clock runs from now.
+    pub fn request_bytes(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_started.compare_exchange(
+                NEVER,
+                self.now(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Request heads received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn set_releasing(&self, releasing: bool) {
+        self.releasing.store(releasing, Ordering::Relaxed);
+    }
+
+    pub fn is_releasing(&self) -> bool {
+        self.releasing.load(Ordering::Relaxed)
+    }
+
+    /// What falls due first if nothing changes, and when. With `release`, a connection
+    /// quiet long enough is due for release.
+    fn next_deadline(
+        &self,
+        limits: ConnTimeouts,
+        release: Option<ReleaseWhen>,
+    ) -> (Instant, Option<Due>) {
         // Without a due deadline, look again after the shortest bound: state changes
-        // (a first request, a write that blocks) never need a wake-up of their own.
+        // (a request ending, a write that blocks) never need a wake-up of their own.
         let mut next = (Instant::now() + limits.send.min(limits.idle), None);
         let mut consider = |at: Instant, why: Expired| {
             if at <= next.0 {
-                next = (at, Some(why));
+                next = (at, Some(Due::Expired(why)));
             }
         };
-        if self.requests.load(Ordering::Relaxed) == 0 {
-            consider(self.opened + limits.header_read, Expired::Header);
-            return next;
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != NEVER {
+            consider(self.at(head) + limits.header_read, Expired::Header);
         }
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
-            let last = self.last_progress.load(Ordering::Relaxed);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let last = self.last_progress.load(Ordering::Relaxed);
+        if in_flight == 0 && head != 0 {
             consider(self.at(last) + limits.idle, Expired::Idle);
         }
         let blocked = self.write_blocked_since.load(Ordering::Relaxed);
         if blocked != NEVER {
             consider(self.at(blocked) + limits.send, Expired::Send);
         }
-        if self.bodies_handed_out.load(Ordering::Relaxed) > 0 {
+        let handed_out = self.bodies_handed_out.load(Ordering::Relaxed);
+        if handed_out > 0 {
             let taken = self.last_body_taken.load(Ordering::Relaxed);
             consider(self.at(taken) + limits.send, Expired::Send);
         }
+        if let Some(ReleaseWhen {
+            quiet_for: after,
+            requests_above,
+        }) = release
+        {
+            let quiet = in_flight == 0
+                && blocked == NEVER
+                && handed_out == 0
+                && self.requests.load(Ordering::Relaxed) > requests_above;
+            // While busy, look again after the delay, so that release follows the
+            // end of a long request within about twice the delay.
+            let at = if quiet {
+                self.at(last) + after
+            } else {
+                Instant::now() + after
+            };
+            if at < next.0 {
+                next = (at, quiet.then_some(Due::Release));
+            }
+        }
         next
+    }
+
+    /// Resolves when the connection breaks one of `limits`, or (with `release`) when
+    /// it is due for release.
+    pub async fn due(&self, limits: ConnTimeouts, release: Option<ReleaseWhen>) -> Due {
+        loop {
+            let (at, why) = self.next_deadline(limits, release);
+            match why {
+                Some(why) if at <= Instant::now() => return why,
+                // Sleep, then look again: progress may have moved the deadline.
+                _ => tokio::time::sleep_until(at).await,
+            }
+        }
     }
 
     /// Resolves when the connection breaks one of `limits`.
     pub async fn expired(&self, limits: ConnTimeouts) -> Expired {
         loop {
-            let (at, why) = self.next_deadline(limits);
-            match why {
-                Some(why) if at <= Instant::now() => return why,
-                // Sleep, then look again: progress may have moved the deadline.
-                _ => tokio::time::sleep_until(at).await,
+            if let Due::Expired(why) = self.due(limits, None).await {
+                return why;
             }
         }
     }
@@ -162,6 +252,10 @@ pub struct TrackedIo<T> {
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
     }
 
     fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {

@@ -1,0 +1,365 @@
+//! One accepted connection, after TLS if any: HTTP/2 (ALPN or the prior-knowledge
+//! preface) or HTTP/1.1.
+//!
+//! An HTTP/1.1 connection that stays quiet for `idle_release_ms` gives its memory
+//! back: hyper's per-connection state (8 KiB read and 8 KiB write buffers, cached
+//! headers) is wound down without closing the socket, and only the socket waits. The
+//! next byte from the client starts a fresh hyper connection on it, with any bytes the
+//! old one had read ahead handed over first.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::trim::Releases;
+use super::watchdog::{Activity, ConnTimeouts, Due, Expired, ReleaseWhen, TrackedIo};
+use super::ServerLimits;
+use crate::admin::metrics::EdgeCounters;
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Protocol settings shared by every connection of a listener.
+pub(super) struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    release_after: Duration,
+    releases: Arc<Releases>,
+    released_total: Counter,
+    timeouts: ConnTimeouts,
+}
+
+impl Protocols {
+    pub(super) fn timeouts(&self) -> ConnTimeouts {
+        self.timeouts
+    }
+
+    pub(super) fn releases(&self) -> Arc<Releases> {
+        self.releases.clone()
+    }
+
+    pub(super) fn new(limits: &ServerLimits, counters: &EdgeCounters) -> Self {
+        let mut http1 = http1::Builder::new();
+        // Request heads are timed by the connection watchdog, from their first byte.
+        http1
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes as u32);
+        Self {
+            http1,
+            http2,
+            release_after: limits.idle_release,
+            releases: Arc::default(),
+            released_total: counters.idle_releases.clone(),
+            timeouts: limits.timeouts,
+        }
+    }
+}
+
+/// A socket whose readability can be awaited without reading (and so without a buffer).
+pub(super) trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TrackedIo<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+impl<T: ReadReady> ReadReady for tokio_rustls::server::TlsStream<T> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // TLS only has nothing to read once the socket has nothing: hyper reads until
+        // it would block, so no decrypted bytes wait inside the session.
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// Serves `io` until the client leaves, the connection breaks a time bound (returned),
+/// or a drain starts (an HTTP/1.1 request in progress still completes).
+pub(super) async fn serve<I, S>(
+    mut io: I,
+    h2_by_alpn: Option<bool>,
+    protocols: &Protocols,
+    service: S,
+    activity: &Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+) -> Option<Expired>
+where
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    S: HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (h2, prefix) = match h2_by_alpn {
+        Some(h2) => (h2, Bytes::new()),
+        None => {
+            tokio::select! {
+                sniffed = sniff(&mut io) => match sniffed {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::debug!(target: "sluice::server", "connection closed before a request: {e}");
+                        return None;
+                    }
+                },
+                why = activity.expired(protocols.timeouts) => return Some(why),
+                _ = drain.changed() => return None,
+            }
+        }
+    };
+    if h2 {
+        serve_http2(io, prefix, protocols, service, activity, drain).await
+    } else {
+        serve_http1(io, prefix, protocols, service, activity, drain).await
+    }
+}
+
+/// Reads until the bytes either are the HTTP/2 preface or cannot be.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Bytes)> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        let read = io.read(&mut buf[filled..]).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += read;
+        let seen = Bytes::copy_from_slice(&buf[..filled]);
+        if buf[..filled] != H2_PREFACE[..filled] {
+            return Ok((false, seen));
+        }
+        if filled == H2_PREFACE.len() {
+            return Ok((true, seen));
+        }
+    }
+}
+
+async fn serve_http2<I, S>(
+    io: I,
+    prefix: Bytes,
+    protocols: &Protocols,
+    service: S,
+    activity: &Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+) -> Option<Expired>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = ClientIo::new(io, prefix, None);
+    // Boxed, like the HTTP/1.1 one: the connection task stays small whatever it serves.
+    let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(target: "sluice::server", "connection ended: {e}");
+                }
+                return None;
+            }
+            why = activity.expired(protocols.timeouts) => return Some(why),
+            // GOAWAY: streams in progress finish, new ones are refused.
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+async fn serve_http1<I, S>(
+    mut io: I,
+    mut prefix: Bytes,
+    protocols: &Protocols,
+    service: S,
+    activity: &Arc<Activity>,
+    mut drain: watch::Receiver<bool>,
+) -> Option<Expired>
+where
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    S: HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut released = false;
+    loop {
+        // Released: only the socket is held until the client sends again.
+        if released && prefix.is_empty() {
+            tokio::select! {
+                ready = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => {
+                    if ready.is_err() {
+                        return None;
+                    }
+                }
+                why = activity.expired(protocols.timeouts) => return Some(why),
+                _ = drain.changed() => return None,
+            }
+        }
+        let client = ClientIo::new(io, prefix, Some(activity.clone()));
+        let mut conn = Box::new(
+            protocols
+                .http1
+                .serve_connection(TokioIo::new(client), service.clone())
+                .with_upgrades(),
+        );
+        let release = ReleaseWhen {
+            quiet_for: protocols.release_after,
+            requests_above: activity.requests(),
+        };
+        let mut releasing = false;
+        let mut draining = *drain.borrow();
+        if draining {
+            Pin::new(&mut *conn).graceful_shutdown();
+        }
+        loop {
+            let release = (!releasing && !draining).then_some(release);
+            tokio::select! {
+                biased;
+                done = Pin::new(&mut *conn) => {
+                    if let Err(e) = done {
+                        tracing::debug!(target: "sluice::server", "connection ended: {e}");
+                        return None;
+                    }
+                    break;
+                }
+                due = activity.due(protocols.timeouts, release) => match due {
+                    Due::Expired(why) => return Some(why),
+                    Due::Release => {
+                        // Idle (or half a head in): hyper closes its state without
+                        // answering, and `ClientIo` keeps the socket open.
+                        releasing = true;
+                        activity.set_releasing(true);
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                },
+                _ = drain.changed(), if !draining => {
+                    draining = true;
+                    activity.set_releasing(false);
+                    Pin::new(&mut *conn).graceful_shutdown();
+                }
+            }
+        }
+        if !releasing || draining {
+            return None;
+        }
+        // `None`: the connection was upgraded and its socket now belongs to the tunnel.
+        let parts = conn.into_parts()?;
+        protocols.releases.add();
+        protocols.released_total.inc();
+        activity.set_releasing(false);
+        released = true;
+        let client = parts.io.into_inner();
+        io = client.inner;
+        prefix = client.prefix;
+        // Bytes hyper read ahead go first; copied, so they do not keep its 8 KiB read
+        // buffer alive.
+        if !parts.read_buf.is_empty() {
+            let mut ahead = Vec::with_capacity(prefix.len() + parts.read_buf.len());
+            ahead.extend_from_slice(&parts.read_buf);
+            ahead.extend_from_slice(&prefix);
+            prefix = Bytes::from(ahead);
+        }
+    }
+}
+
+/// The client socket as hyper sees it: bytes read ahead by a previous hyper connection
+/// come first. For HTTP/1.1 (with `activity`) it marks where request heads start, and
+/// its shutdown is a no-op while hyper is being wound down for release.
+struct ClientIo<I> {
+    inner: I,
+    prefix: Bytes,
+    activity: Option<Arc<Activity>>,
+}
+
+impl<I> ClientIo<I> {
+    fn new(inner: I, prefix: Bytes, activity: Option<Arc<Activity>>) -> Self {
+        Self {
+            inner,
+            prefix,
+            activity,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = if self.prefix.is_empty() {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        } else {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            Poll::Ready(Ok(()))
+        };
+        if buf.filled().len() > before {
+            if let Some(activity) = &self.activity {
+                activity.request_bytes();
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.as_ref().is_some_and(|a| a.is_releasing()) {
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

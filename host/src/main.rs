@@ -50,8 +50,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
+    // One worker needs no work-stealing scheduler: the single-threaded runtime skips
+    // its cross-thread queues and wake-ups.
+    let mut builder = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.server.workers > 1 {
         builder.worker_threads(config.server.workers);
     }
     let runtime = match builder.enable_all().build() {

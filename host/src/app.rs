@@ -179,6 +179,9 @@ impl Running {
 
 /// Builds everything from `config` (read from `config_path`) and starts serving.
 pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running> {
+    let workers = serving_threads(config.server.workers);
+    // Upstream connectors are built per worker, so this comes before the snapshot.
+    server::workers::set_worker_count(if workers > 1 { workers } else { 0 });
     let engine = engine_for(&config)?;
     let registry = load_plugins(&config, &engine, true).await?;
     let snapshot =
@@ -191,16 +194,14 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     // Compiling plugins (on parallel threads, each with its own allocator arena) leaves
     // tens of MiB freed but resident: hand them back before serving.
     server::release_free_memory();
-    let listener = server::bind(config.server.listen, "server.listen").await?;
-    let addr = listener
-        .local_addr()
-        .context("listener has no local address")?;
+    let listeners = server::workers::bind_shared(config.server.listen, workers, "server.listen")?;
+    let addr = bound_addr(&listeners)?;
     let edge = EdgeCounters::default();
     let tls = match config.server.tls_listen {
         Some(tls_addr) => {
             let terminator = Terminator::new(&config, edge.clone())?;
-            let listener = server::bind(tls_addr, "server.tls_listen").await?;
-            Some((terminator, listener))
+            let listeners = server::workers::bind_shared(tls_addr, workers, "server.tls_listen")?;
+            Some((terminator, listeners))
         }
         None => None,
     };
@@ -244,35 +245,28 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         admin_listener.map(|l| tokio::spawn(admin::serve(l, reloader.clone(), admin_hosts)));
 
     let (stop, stopped) = watch::channel(false);
-    let stop_signal = |mut stopped: watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
     let limits = ServerLimits::from(&config.server);
     let mut tasks = Vec::new();
     let mut tls_addr = None;
     let mut cert_watch = None;
-    if let Some((terminator, tls_listener)) = tls {
-        let bound = tls_listener
-            .local_addr()
-            .context("TLS listener has no local address")?;
+    if let Some((terminator, tls_listeners)) = tls {
+        let bound = bound_addr(&tls_listeners)?;
         proxy.set_tls_port(bound.port());
         tls_addr = Some(bound);
         cert_watch = Some(crate::tls::spawn_watch(&terminator));
-        tasks.push(tokio::spawn(server::serve(
-            tls_listener,
-            proxy.clone(),
-            limits.clone(),
-            Some(terminator),
-            stop_signal(stopped.clone()),
-        )));
+        let serving = server::Serving {
+            proxy: proxy.clone(),
+            limits: limits.clone(),
+            tls: Some(terminator),
+        };
+        tasks.extend(serving.start(tls_listeners, &stopped)?);
     }
-    tasks.push(tokio::spawn(server::serve(
-        listener,
-        proxy.clone(),
+    let serving = server::Serving {
+        proxy: proxy.clone(),
         limits,
-        None,
-        stop_signal(stopped),
-    )));
+        tls: None,
+    };
+    tasks.extend(serving.start(listeners, &stopped)?);
     Ok(Running {
         addr,
         tls_addr,
@@ -285,6 +279,22 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         stop,
         tasks,
     })
+}
+
+/// `server.workers`, with 0 meaning one per CPU core.
+fn serving_threads(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
+fn bound_addr(listeners: &[std::net::TcpListener]) -> anyhow::Result<SocketAddr> {
+    listeners
+        .first()
+        .context("no listening socket")?
+        .local_addr()
+        .context("listener has no local address")
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -50,17 +50,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // One worker needs no work-stealing scheduler: the single-threaded runtime skips
-    // its cross-thread queues and wake-ups.
-    let mut builder = if config.server.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if config.server.workers > 1 {
-        builder.worker_threads(config.server.workers);
-    }
-    let runtime = match builder.enable_all().build() {
+    // Single-threaded: with one worker it serves the listeners itself; with more, each
+    // worker thread runs a runtime of its own and this one keeps the admin API,
+    // reloads and health checks.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

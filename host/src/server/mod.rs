@@ -3,10 +3,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -14,6 +14,7 @@ use tokio::sync::{watch, Semaphore};
 mod connection;
 mod trim;
 mod watchdog;
+pub mod workers;
 
 use connection::{Protocols, ReadReady};
 
@@ -58,16 +59,17 @@ impl From<&ServerConfig> for ServerLimits {
 /// Accepts and serves connections until `shutdown` resolves, then drains in-flight
 /// requests for at most `drain_timeout`. Returns whether the drain completed in time.
 /// With `tls`, every connection first completes a TLS handshake (within its deadline).
+/// `permits` (one per open connection) may be shared with other workers on the port.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limits: ServerLimits,
     tls: Option<Arc<Terminator>>,
+    permits: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
 ) -> bool {
     let protocols = Arc::new(Protocols::new(&limits, proxy.counters()));
     let (drain_tx, drain_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let trimmer = tokio::spawn(trim::trim_after_bursts(
         permits.clone(),
         limits.max_connections,
@@ -217,9 +219,55 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Binds a listen address with a message naming it (and its config key) on failure.
-pub async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({key}): {e}"))
+/// What one listen address serves, on the current runtime or on worker threads.
+pub struct Serving {
+    pub proxy: Arc<Proxy>,
+    pub limits: ServerLimits,
+    pub tls: Option<Arc<Terminator>>,
+}
+
+impl Serving {
+    /// Serves `listeners` (from [`workers::bind_shared`]) until `stopped` turns true:
+    /// one on the current runtime, or each on a worker thread of its own. Each task
+    /// yields whether its drain finished in time.
+    pub fn start(
+        self,
+        listeners: Vec<std::net::TcpListener>,
+        stopped: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<bool>>> {
+        // `max_connections` bounds the address, however many workers share it.
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        if let [_] = listeners.as_slice() {
+            let listener = listeners.into_iter().next().map(TcpListener::from_std);
+            let listener = listener
+                .context("no listening socket")?
+                .context("cannot use the listening socket")?;
+            let mut stopped = stopped.clone();
+            let stop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            return Ok(vec![tokio::spawn(serve(
+                listener,
+                self.proxy,
+                self.limits,
+                self.tls,
+                permits,
+                stop,
+            ))]);
+        }
+        let mut tasks = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let done = workers::spawn(
+                index,
+                listener,
+                self.proxy.clone(),
+                self.limits.clone(),
+                self.tls.clone(),
+                permits.clone(),
+                stopped.clone(),
+            )?;
+            tasks.push(tokio::spawn(async move { done.await.unwrap_or(false) }));
+        }
+        Ok(tasks)
+    }
 }

@@ -8,13 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 use crate::proxy::body::ClientBody;
+use crate::server::workers::{pool_slot, pool_slots};
 use crate::tls::certs::read_chain;
 
 /// A request body towards an upstream: the client's, streamed once, or kept in memory
@@ -25,9 +27,20 @@ pub type UpstreamRequestBody = Either<ClientBody, Full<Bytes>>;
 /// the proxy hold per request before back-pressure reaches the upstream.
 const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
+/// One client (and connection pool) per serving thread, so that a pooled connection's
+/// task runs where its requests do.
 pub enum Connector {
-    Plain(Client<HttpConnector, UpstreamRequestBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>),
+    Plain(Box<[Client<HttpConnector, UpstreamRequestBody>]>),
+    Tls(Box<[Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>]>),
+}
+
+fn per_worker<C>(connector: C, builder: &Builder) -> Box<[Client<C, UpstreamRequestBody>]>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    (0..pool_slots())
+        .map(|_| builder.build(connector.clone()))
+        .collect()
 }
 
 impl Connector {
@@ -50,7 +63,7 @@ impl Connector {
         match &config.tls {
             None => {
                 http.enforce_http(true);
-                Ok(Connector::Plain(builder.build(http)))
+                Ok(Connector::Plain(per_worker(http, &builder)))
             }
             Some(tls) => {
                 http.enforce_http(false);
@@ -74,7 +87,7 @@ impl Connector {
                     UpstreamProtocol::Http1 => https.enable_http1().wrap_connector(http),
                     _ => https.enable_http2().wrap_connector(http),
                 };
-                Ok(Connector::Tls(builder.build(https)))
+                Ok(Connector::Tls(per_worker(https, &builder)))
             }
         }
     }
@@ -88,9 +101,10 @@ impl Connector {
     }
 
     pub fn request(&self, req: http::Request<UpstreamRequestBody>) -> ResponseFuture {
+        let slot = pool_slot();
         match self {
-            Connector::Plain(client) => client.request(req),
-            Connector::Tls(client) => client.request(req),
+            Connector::Plain(clients) => clients[slot.min(clients.len() - 1)].request(req),
+            Connector::Tls(clients) => clients[slot.min(clients.len() - 1)].request(req),
         }
     }
 }

@@ -316,6 +316,7 @@ fn restart_only_changes(
         o.max_connections,
         o.drain_timeout_ms,
         o.idle_timeout_ms,
+        o.idle_release_ms,
         o.send_timeout_ms,
     ) != (
         n.header_read_timeout_ms,
@@ -325,6 +326,7 @@ fn restart_only_changes(
         n.max_connections,
         n.drain_timeout_ms,
         n.idle_timeout_ms,
+        n.idle_release_ms,
         n.send_timeout_ms,
     ) {
         ignored.push("server limits and timeouts");

@@ -36,12 +36,20 @@ pub(super) struct Protocols {
     release_after: Duration,
     releases: Arc<Releases>,
     released_total: Counter,
+    counters: EdgeCounters,
     timeouts: ConnTimeouts,
 }
 
 impl Protocols {
     pub(super) fn timeouts(&self) -> ConnTimeouts {
         self.timeouts
+    }
+
+    /// Counts a connection closed by `why`; called while the socket is still open, so
+    /// a client that sees the close finds it in the metrics.
+    pub(super) fn timed_out(&self, why: Expired) -> Option<Expired> {
+        self.counters.timeout(why.label());
+        Some(why)
     }
 
     pub(super) fn releases(&self) -> Arc<Releases> {
@@ -65,9 +73,39 @@ impl Protocols {
             release_after: limits.idle_release,
             releases: Arc::default(),
             released_total: counters.idle_releases.clone(),
+            counters: counters.clone(),
             timeouts: limits.timeouts,
         }
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request handler, with what hyper's HTTP/1.1 and HTTP/2 servers need of it.
+pub(super) trait Handler:
+    HttpService<
+        hyper::body::Incoming,
+        Future: Send + 'static,
+        ResBody: Send + 'static + http_body::Body<Data: Send, Error: Into<BoxError>>,
+        Error: Into<BoxError>,
+    > + Clone
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: HttpService<
+            hyper::body::Incoming,
+            Future: Send + 'static,
+            ResBody: Send + 'static + http_body::Body<Data: Send, Error: Into<BoxError>>,
+            Error: Into<BoxError>,
+        > + Clone
+        + Unpin
+        + Send
+        + 'static
+{
 }
 
 /// A socket whose readability can be awaited without reading (and so without a buffer).
@@ -101,12 +139,7 @@ pub(super) async fn serve<I, S>(
 ) -> Option<Expired>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
-    S: HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as http_body::Body>::Data: Send,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Handler,
 {
     let (h2, prefix) = match h2_by_alpn {
         Some(h2) => (h2, Bytes::new()),
@@ -119,7 +152,7 @@ where
                         return None;
                     }
                 },
-                why = activity.expired(protocols.timeouts) => return Some(why),
+                why = activity.expired(protocols.timeouts) => return protocols.timed_out(why),
                 _ = drain.changed() => return None,
             }
         }
@@ -161,12 +194,7 @@ async fn serve_http2<I, S>(
 ) -> Option<Expired>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<hyper::body::Incoming> + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as http_body::Body>::Data: Send,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Handler,
 {
     let io = ClientIo::new(io, prefix, None);
     // Boxed, like the HTTP/1.1 one: the connection task stays small whatever it serves.
@@ -180,7 +208,7 @@ where
                 }
                 return None;
             }
-            why = activity.expired(protocols.timeouts) => return Some(why),
+            why = activity.expired(protocols.timeouts) => return protocols.timed_out(why),
             // GOAWAY: streams in progress finish, new ones are refused.
             _ = drain.changed(), if !draining => {
                 draining = true;
@@ -200,12 +228,7 @@ async fn serve_http1<I, S>(
 ) -> Option<Expired>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
-    S: HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
-    S::ResBody: Send + 'static,
-    <S::ResBody as http_body::Body>::Data: Send,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Handler,
 {
     let mut released = false;
     loop {
@@ -217,7 +240,7 @@ where
                         return None;
                     }
                 }
-                why = activity.expired(protocols.timeouts) => return Some(why),
+                why = activity.expired(protocols.timeouts) => return protocols.timed_out(why),
                 _ = drain.changed() => return None,
             }
         }
@@ -249,7 +272,7 @@ where
                     break;
                 }
                 due = activity.due(protocols.timeouts, release) => match due {
-                    Due::Expired(why) => return Some(why),
+                    Due::Expired(why) => return protocols.timed_out(why),
                     Due::Release => {
                         // Idle (or half a head in): hyper closes its state without
                         // answering, and `ClientIo` keeps the socket open.

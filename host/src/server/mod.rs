@@ -105,7 +105,6 @@ pub async fn serve(
         let tls = tls.clone();
         let drain = drain_rx.clone();
         tokio::spawn(async move {
-            let counters = proxy.counters().clone();
             let timeouts = protocols.timeouts();
             let expired = match tls {
                 None => {
@@ -114,14 +113,15 @@ pub async fn serve(
                 }
                 // Boxed: a TLS session is kilobytes the plain connections need not reserve.
                 Some(tls) => Box::pin(async {
+                    let accept = tls.accept(io);
+                    tokio::pin!(accept);
                     let handshake = tokio::select! {
-                        done = tls.accept(io) => done.map_err(|e| {
+                        done = &mut accept => done.map_err(|e| {
                             tracing::debug!(target: "sluice::server", %peer, reason = e.reason(), "{e}");
+                            None
                         }),
-                        why = activity.expired(timeouts) => {
-                            counters.timeout(why.label());
-                            Err(())
-                        }
+                        // Counted while `accept` still holds the socket open.
+                        why = activity.expired(timeouts) => Err(protocols.timed_out(why)),
                     };
                     match handshake {
                         Ok((stream, info)) => {
@@ -133,15 +133,14 @@ pub async fn serve(
                             serve_connection(stream, h2, &protocols, proxy, conn, &activity, drain)
                                 .await
                         }
-                        Err(()) => None,
+                        Err(expired) => expired,
                     }
                 })
                 .await,
             };
-            // Returning dropped the connection, which closes it (an HTTP/2 peer sees the
-            // socket close).
+            // The connection is closed by now (an HTTP/2 peer sees the socket close); its
+            // timeout was counted before that.
             if let Some(expired) = expired {
-                counters.timeout(expired.label());
                 tracing::debug!(target: "sluice::server", %peer, timeout = expired.label(), "connection closed by timeout");
             }
             drop(permit);

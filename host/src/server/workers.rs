@@ -40,19 +40,22 @@ pub fn set_worker_count(workers: usize) {
     POOL_SLOTS.store(workers + 1, Ordering::Relaxed);
 }
 
-/// Binds `count` listening sockets on `addr` sharing one port. A fixed port already
-/// taken by another socket is an error, even one that would let us share it.
+/// Binds `count` listening sockets on `addr` sharing one port. A port already taken
+/// by another socket is an error, even one that would let us share it.
 pub fn bind_shared(
     addr: SocketAddr,
     count: usize,
     key: &str,
 ) -> anyhow::Result<Vec<std::net::TcpListener>> {
     let fail = |e: std::io::Error| anyhow::anyhow!("cannot listen on {addr} ({key}): {e}");
-    if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr).map_err(fail)?);
-    }
+    // A socket without SO_REUSEPORT cannot share: binding one first fails on a taken
+    // port, and for port 0 picks one nobody holds (the kernel may hand a sharing
+    // socket a port another sharing group of the same user already serves).
+    let shared = {
+        let probe = std::net::TcpListener::bind(addr).map_err(fail)?;
+        probe.local_addr().map_err(fail)?
+    };
     let mut listeners = Vec::with_capacity(count);
-    let mut shared = addr;
     for _ in 0..count {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()
@@ -64,7 +67,6 @@ pub fn bind_shared(
         socket.set_reuseport(true).map_err(fail)?;
         socket.bind(shared).map_err(fail)?;
         let listener = socket.listen(1024).map_err(fail)?;
-        shared = listener.local_addr().map_err(fail)?;
         listeners.push(listener.into_std().map_err(fail)?);
     }
     Ok(listeners)

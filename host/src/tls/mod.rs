@@ -198,17 +198,24 @@ impl Terminator {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let acceptor = self.acceptor.load_full();
-        let stream = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(io)).await {
-            Err(_) => {
+        // Counted before the socket closes, so a client that sees the close also
+        // finds it in the metrics.
+        let accept = acceptor.accept(io).into_fallible();
+        tokio::pin!(accept);
+        let stream = tokio::select! {
+            done = &mut accept => match done {
+                Ok(stream) => stream,
+                Err((e, io)) => {
+                    let e = HandshakeError::Failed(e);
+                    self.counters.tls_handshake_failure(e.reason());
+                    drop(io);
+                    return Err(e);
+                }
+            },
+            () = tokio::time::sleep(self.handshake_timeout) => {
                 self.counters.timeout("tls_handshake");
                 return Err(HandshakeError::Timeout(self.handshake_timeout));
             }
-            Ok(Err(e)) => {
-                let e = HandshakeError::Failed(e);
-                self.counters.tls_handshake_failure(e.reason());
-                return Err(e);
-            }
-            Ok(Ok(stream)) => stream,
         };
         let connection = stream.get_ref().1;
         let info = TlsInfo {

@@ -22,7 +22,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::trim::Releases;
 use super::watchdog::{Activity, ConnTimeouts, Due, Expired, ReleaseWhen, TrackedIo};
 use super::ServerLimits;
 use crate::admin::metrics::EdgeCounters;
@@ -34,8 +33,7 @@ pub(super) struct Protocols {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     release_after: Duration,
-    releases: Arc<Releases>,
-    released_total: Counter,
+    releases: Counter,
     counters: EdgeCounters,
     timeouts: ConnTimeouts,
 }
@@ -52,7 +50,7 @@ impl Protocols {
         Some(why)
     }
 
-    pub(super) fn releases(&self) -> Arc<Releases> {
+    pub(super) fn releases(&self) -> Counter {
         self.releases.clone()
     }
 
@@ -71,8 +69,7 @@ impl Protocols {
             http1,
             http2,
             release_after: limits.idle_release,
-            releases: Arc::default(),
-            released_total: counters.idle_releases.clone(),
+            releases: counters.idle_releases.clone(),
             counters: counters.clone(),
             timeouts: limits.timeouts,
         }
@@ -174,12 +171,9 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(bool, Bytes)> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         filled += read;
-        let seen = Bytes::copy_from_slice(&buf[..filled]);
-        if buf[..filled] != H2_PREFACE[..filled] {
-            return Ok((false, seen));
-        }
-        if filled == H2_PREFACE.len() {
-            return Ok((true, seen));
+        let h2 = buf[..filled] == H2_PREFACE[..filled];
+        if !h2 || filled == H2_PREFACE.len() {
+            return Ok((h2, Bytes::copy_from_slice(&buf[..filled])));
         }
     }
 }
@@ -255,13 +249,12 @@ where
             quiet_for: protocols.release_after,
             requests_above: activity.requests(),
         };
-        let mut releasing = false;
         let mut draining = *drain.borrow();
         if draining {
             Pin::new(&mut *conn).graceful_shutdown();
         }
         loop {
-            let release = (!releasing && !draining).then_some(release);
+            let release = (!activity.is_releasing() && !draining).then_some(release);
             tokio::select! {
                 biased;
                 done = Pin::new(&mut *conn) => {
@@ -276,7 +269,6 @@ where
                     Due::Release => {
                         // Idle (or half a head in): hyper closes its state without
                         // answering, and `ClientIo` keeps the socket open.
-                        releasing = true;
                         activity.set_releasing(true);
                         Pin::new(&mut *conn).graceful_shutdown();
                     }
@@ -288,13 +280,13 @@ where
                 }
             }
         }
-        if !releasing || draining {
+        // A drain clears the release flag: the connection closes instead.
+        if !activity.is_releasing() {
             return None;
         }
         // `None`: the connection was upgraded and its socket now belongs to the tunnel.
         let parts = conn.into_parts()?;
-        protocols.releases.add();
-        protocols.released_total.inc();
+        protocols.releases.inc();
         activity.set_releasing(false);
         released = true;
         let client = parts.io.into_inner();

@@ -4,10 +4,10 @@
 //! have fallen well below their recent peak, or once many idle connections have
 //! released their buffers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 
 /// How often the open-connection count is looked at.
@@ -15,24 +15,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// A drop smaller than this is not worth a trim.
 const MIN_DROP: usize = 256;
 
-/// Counts idle connections that dropped their buffers since the last trim.
-#[derive(Default)]
-pub struct Releases(AtomicUsize);
-
-impl Releases {
-    pub fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Watches `permits` (one per open connection, out of `max_connections`) and
-/// `releases` until the semaphore is closed or the task is dropped.
-pub async fn trim_after_bursts(
-    permits: Arc<Semaphore>,
-    max_connections: usize,
-    releases: Arc<Releases>,
-) {
+/// Watches `permits` (one per open connection, out of `max_connections`) and the
+/// idle-release counter until the semaphore is closed or the task is dropped.
+pub async fn trim_after_bursts(permits: Arc<Semaphore>, max_connections: usize, releases: Counter) {
     let mut peak = 0usize;
+    let mut releases_seen = releases.get();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         if permits.is_closed() {
@@ -41,9 +28,10 @@ pub async fn trim_after_bursts(
         let open = max_connections.saturating_sub(permits.available_permits());
         peak = peak.max(open);
         let burst_over = peak - open >= MIN_DROP && open <= peak / 2;
-        if burst_over || releases.0.load(Ordering::Relaxed) >= MIN_DROP {
+        let released = releases.get();
+        if burst_over || released - releases_seen >= MIN_DROP as u64 {
             peak = open;
-            releases.0.store(0, Ordering::Relaxed);
+            releases_seen = released;
             let _ = tokio::task::spawn_blocking(release_free_memory).await;
         }
     }

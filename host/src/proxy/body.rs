@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::metrics::EdgeCounters;
+use crate::upstream::connect::Lease;
 use crate::upstream::servers::InFlight;
 
 /// The client's request body on its way upstream; remembers when it failed so the
@@ -73,9 +74,11 @@ pub enum UpstreamBodyError {
 }
 
 /// The upstream's response body, aborted when no frame arrives for `read_timeout`
-/// (the client then sees a reset, not a hang).
+/// (the client then sees a reset, not a hang). Its HTTP/1.1 connection goes back to
+/// the pool as soon as the last frame is read.
 pub struct UpstreamBody {
     inner: Incoming,
+    lease: Option<Lease>,
     read_timeout: Duration,
     /// Created the first time a poll has to wait (most small bodies never do), so the
     /// common case costs no allocation and no timer.
@@ -93,19 +96,33 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     pub fn new(
         inner: Incoming,
+        lease: Option<Lease>,
         read_timeout: Duration,
         upstream: Arc<str>,
         counters: EdgeCounters,
         in_flight: InFlight,
     ) -> Self {
-        Self {
+        let mut body = Self {
             inner,
+            lease,
             read_timeout,
             deadline: None,
             waiting: false,
             upstream,
             counters,
             _in_flight: in_flight,
+        };
+        body.give_back_if_done();
+        body
+    }
+
+    /// Hands the connection back once the body is complete (a body cut short leaves
+    /// the connection mid-message: dropping the lease closes it).
+    fn give_back_if_done(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
         }
     }
 }
@@ -121,6 +138,15 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
+            match &frame {
+                Some(Ok(_)) => this.give_back_if_done(),
+                None => {
+                    if let Some(lease) = this.lease.take() {
+                        lease.give_back();
+                    }
+                }
+                Some(Err(_)) => this.lease = None,
+            }
             return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::from)));
         }
         if !this.waiting {

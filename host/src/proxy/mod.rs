@@ -30,6 +30,7 @@ use crate::router::normalize_host;
 use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
+use crate::upstream::connect::{Lease, SendError};
 use crate::upstream::servers::InFlight;
 use crate::upstream::{NoServer, Upstream, UpstreamRequestBody};
 
@@ -399,12 +400,8 @@ impl Proxy {
                 !can_retry || tries > upstream.config.retries as usize || tries >= MAX_TRIES;
             let server = &upstream.servers[index];
             exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
-            let uri = Uri::builder()
-                .scheme(upstream.connector.scheme())
-                .authority(server.addr.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|e| ProxyError::InvalidPluginOutput(format!("request target: {e}")))?;
+            // Origin-form; the connector adds scheme and authority for HTTP/2.
+            let uri = Uri::from(path_and_query.clone());
             // The last possible try takes the originals; earlier ones send copies.
             let (attempt_headers, attempt_body) = if last_try {
                 (
@@ -432,12 +429,12 @@ impl Proxy {
             let started = Instant::now();
             let sent = tokio::time::timeout(
                 upstream.response_timeout,
-                upstream.connector.request(request),
+                upstream.connector.send(&server.addr, request),
             )
             .await;
             let server_name = server.addr.to_string();
             let failure = match sent {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lease))) => {
                     server.state.record_latency(started.elapsed());
                     let status = response.status();
                     if status.is_server_error() {
@@ -454,7 +451,7 @@ impl Proxy {
                         continue;
                     }
                     return Ok((
-                        self.upstream_response(upstream, response, in_flight),
+                        self.upstream_response(upstream, response, lease, in_flight),
                         server_name,
                     ));
                 }
@@ -510,13 +507,17 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         mut response: Response<Incoming>,
+        lease: Option<Lease>,
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(response.headers_mut(), switching);
+        // An upgraded connection belongs to the tunnel, never to the pool.
+        let lease = lease.filter(|_| !switching);
         response.map(|body| {
             Either::Left(UpstreamBody::new(
                 body,
+                lease,
                 upstream.read_timeout,
                 upstream.name.clone(),
                 self.counters.clone(),
@@ -560,11 +561,7 @@ impl Proxy {
     }
 }
 
-fn upstream_error(
-    upstream: &Upstream,
-    server: &str,
-    e: hyper_util::client::legacy::Error,
-) -> ProxyError {
+fn upstream_error(upstream: &Upstream, server: &str, e: SendError) -> ProxyError {
     let timed_out = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);

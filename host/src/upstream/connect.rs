@@ -1,19 +1,24 @@
 //! Connections to an upstream's servers: HTTP/1.1 or HTTP/2 (h2c), in clear or over
 //! rustls (server name, CA bundle, verification on by default, optional client
-//! certificate; HTTP/2 by ALPN), with keep-alive reuse.
+//! certificate; HTTP/2 by ALPN), reused through a pool per serving thread (`pool`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::rt::{Read, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
-use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
+use tower_service::Service;
 
+use super::pool::{H1Sender, H2Sender, Pools};
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 use crate::proxy::body::ClientBody;
 use crate::server::workers::{pool_slot, pool_slots};
@@ -23,24 +28,58 @@ use crate::tls::certs::read_chain;
 /// so that a retry can send it again.
 pub type UpstreamRequestBody = Either<ClientBody, Full<Bytes>>;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Read buffer of one upstream HTTP/1.1 connection at most: what a slow client can make
 /// the proxy hold per request before back-pressure reaches the upstream.
 const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
-/// One client (and connection pool) per serving thread, so that a pooled connection's
-/// task runs where its requests do.
-pub enum Connector {
-    Plain(Box<[Client<HttpConnector, UpstreamRequestBody>]>),
-    Tls(Box<[Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>]>),
+/// Why a request got no response from its server.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection: refused, unreachable, timed out, or the TLS or HTTP/2 handshake
+    /// failed. Nothing was sent, so any request may be tried elsewhere.
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection broke or the server answered with something that is not HTTP.
+    #[error("request failed")]
+    Request(#[source] hyper::Error),
 }
 
-fn per_worker<C>(connector: C, builder: &Builder) -> Box<[Client<C, UpstreamRequestBody>]>
-where
-    C: Connect + Clone + Send + Sync + 'static,
-{
-    (0..pool_slots())
-        .map(|_| builder.build(connector.clone()))
-        .collect()
+impl SendError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+/// Opens transport connections (TCP, then TLS when configured).
+enum Dialer {
+    Plain(HttpConnector),
+    Tls(HttpsConnector<HttpConnector>),
+}
+
+pub struct Connector {
+    dialer: Dialer,
+    scheme: Scheme,
+    http2: bool,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    pools: Arc<Pools>,
+}
+
+/// An HTTP/1.1 connection lent to one exchange; handed back once its response body
+/// has been read to the end (dropped otherwise, which closes the connection).
+pub struct Lease {
+    pools: Arc<Pools>,
+    slot: usize,
+    server: Authority,
+    sender: H1Sender,
+}
+
+impl Lease {
+    pub fn give_back(self) {
+        self.pools.put_h1(self.slot, self.server, self.sender);
+    }
 }
 
 impl Connector {
@@ -48,22 +87,20 @@ impl Connector {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         http.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
-            .pool_max_idle_per_host(config.max_idle_per_server)
-            // The host header is the client's, set by the proxy.
-            .set_host(false)
-            .http1_max_buf_size(UPSTREAM_READ_BUFFER);
-        if config.protocol != UpstreamProtocol::Http1 {
-            builder.http2_only(true);
-        }
-        match &config.tls {
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(UPSTREAM_READ_BUFFER);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        let pools = Pools::new(
+            pool_slots(),
+            Duration::from_millis(config.idle_timeout_ms),
+            config.max_idle_per_server,
+        );
+        let http2 = config.protocol != UpstreamProtocol::Http1;
+        let (dialer, scheme) = match &config.tls {
             None => {
                 http.enforce_http(true);
-                Ok(Connector::Plain(per_worker(http, &builder)))
+                (Dialer::Plain(http), Scheme::HTTP)
             }
             Some(tls) => {
                 http.enforce_http(false);
@@ -83,30 +120,186 @@ impl Connector {
                     }
                     None => https,
                 };
-                let https = match config.protocol {
-                    UpstreamProtocol::Http1 => https.enable_http1().wrap_connector(http),
-                    _ => https.enable_http2().wrap_connector(http),
+                let https = if http2 {
+                    https.enable_http2().wrap_connector(http)
+                } else {
+                    https.enable_http1().wrap_connector(http)
                 };
-                Ok(Connector::Tls(per_worker(https, &builder)))
+                (Dialer::Tls(https), Scheme::HTTPS)
+            }
+        };
+        Ok(Self {
+            dialer,
+            scheme,
+            http2,
+            h1,
+            h2,
+            pools,
+        })
+    }
+
+    /// Sends `req` (whose URI is the origin-form target) to `server` on a pooled
+    /// connection or a new one. With HTTP/1.1 the lease must be given back once the
+    /// response body is complete for the connection to be reused.
+    pub async fn send(
+        &self,
+        server: &Authority,
+        req: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if self.http2 {
+            self.send_h2(server, req).await.map(|r| (r, None))
+        } else {
+            self.send_h1(server, req).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        server: &Authority,
+        mut req: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let slot = pool_slot();
+        // Each pass takes one pooled connection out, so this ends.
+        while let Some(mut sender) = self.pools.take_h1(slot, server) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, Some(self.lease(slot, server, sender)))),
+                // Closed before the request left: it is still ours to send elsewhere.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
             }
         }
+        let mut sender = match &self.dialer {
+            Dialer::Plain(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h1(io).await?
+            }
+            Dialer::Tls(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h1(io).await?
+            }
+        };
+        let response = sender.send_request(req).await.map_err(SendError::Request)?;
+        Ok((response, Some(self.lease(slot, server, sender))))
     }
 
-    /// `http` or `https`, for request URIs.
-    pub fn scheme(&self) -> &'static str {
-        match self {
-            Connector::Plain(_) => "http",
-            Connector::Tls(_) => "https",
+    fn lease(&self, slot: usize, server: &Authority, sender: H1Sender) -> Lease {
+        Lease {
+            pools: self.pools.clone(),
+            slot,
+            server: server.clone(),
+            sender,
         }
     }
 
-    pub fn request(&self, req: http::Request<UpstreamRequestBody>) -> ResponseFuture {
+    async fn handshake_h1<T>(&self, io: T) -> Result<H1Sender, SendError>
+    where
+        T: Read + Write + Unpin + Send + 'static,
+    {
+        let (sender, connection) = self
+            .h1
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(target: "sluice::upstream", "upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        server: &Authority,
+        mut req: Request<UpstreamRequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // HTTP/2 carries the target as :scheme, :authority and :path.
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(server.clone());
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|e| SendError::Connect(format!("request target: {e}").into()))?;
+
         let slot = pool_slot();
-        match self {
-            Connector::Plain(clients) => clients[slot.min(clients.len() - 1)].request(req),
-            Connector::Tls(clients) => clients[slot.min(clients.len() - 1)].request(req),
+        if let Some(mut sender) = self.pools.take_h2(slot, server) {
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(req).await {
+                    Ok(response) => return Ok(response),
+                    // Closed before the request left: send it on a new connection.
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::Request(e.into_error())),
+                    },
+                }
+            }
         }
+        let mut sender = match &self.dialer {
+            Dialer::Plain(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h2(io).await?
+            }
+            Dialer::Tls(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h2(io).await?
+            }
+        };
+        self.pools.put_h2(slot, server.clone(), sender.clone());
+        sender.ready().await.map_err(SendError::Request)?;
+        sender.send_request(req).await.map_err(SendError::Request)
     }
+
+    async fn handshake_h2<T>(&self, io: T) -> Result<H2Sender, SendError>
+    where
+        T: Read + Write + Unpin + Send + 'static,
+    {
+        let (sender, connection) = self
+            .h2
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "sluice::upstream", "upstream HTTP/2 connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Idle connections this thread keeps (tests).
+    pub fn idle_connections(&self) -> usize {
+        self.pools.idle_count(pool_slot())
+    }
+}
+
+/// A transport connection to `server`.
+async fn dial<D>(dialer: &D, scheme: &Scheme, server: &Authority) -> Result<D::Response, SendError>
+where
+    D: Service<Uri> + Clone,
+    D::Error: Into<BoxError>,
+{
+    let uri = Uri::builder()
+        .scheme(scheme.clone())
+        .authority(server.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| SendError::Connect(e.into()))?;
+    // Both dialers are always ready; `call` takes `&mut self`.
+    dialer
+        .clone()
+        .call(uri)
+        .await
+        .map_err(|e| SendError::Connect(e.into()))
 }
 
 fn client_config(name: &str, tls: &UpstreamTlsConfig) -> anyhow::Result<rustls::ClientConfig> {

@@ -33,11 +33,11 @@ pub fn spawn(upstream: &Arc<Upstream>, health: HealthConfig) -> anyhow::Result<(
             let checker = &checker;
             let expected = &health.expected_status;
             let checks = upstream.servers.iter().map(|server| {
-                let request = check_request(checker, &server.addr, &health);
+                let request = check_request(&server.addr, &health);
                 async move {
                     let outcome = match request {
-                        Ok(req) => match tokio::time::timeout(timeout, checker.request(req)).await {
-                            Ok(Ok(response)) => {
+                        Ok(req) => match tokio::time::timeout(timeout, checker.send(&server.addr, req)).await {
+                            Ok(Ok((response, _))) => {
                                 let status = response.status().as_u16();
                                 if passes(status, expected) {
                                     Ok(())
@@ -78,12 +78,11 @@ fn passes(status: u16, expected: &[u16]) -> bool {
 }
 
 fn check_request(
-    checker: &Connector,
     addr: &http::uri::Authority,
     health: &HealthConfig,
 ) -> Result<Request<super::connect::UpstreamRequestBody>, String> {
     let host = health.host.clone().unwrap_or_else(|| addr.to_string());
-    let mut req = Request::get(format!("{}://{addr}{}", checker.scheme(), health.path))
+    let mut req = Request::get(health.path.as_str())
         .body(Either::Right(Full::new(Bytes::new())))
         .map_err(|e| format!("health check request: {e}"))?;
     let host = HeaderValue::from_str(&host).map_err(|e| format!("health check host: {e}"))?;

@@ -5,6 +5,7 @@
 mod budget;
 pub mod connect;
 mod health;
+mod pool;
 pub mod select;
 pub mod servers;
 

@@ -1,0 +1,287 @@
+//! Upstream connection reuse, seen from the server's side: one connection carries a
+//! run of requests whatever their response framing, idle ones are closed after
+//! `idle_timeout_ms`, a body the client abandons never leaves its connection in the
+//! pool, and a pooled connection the server closed costs no request.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicU64,
+    open: AtomicI64,
+    requests: AtomicU64,
+}
+
+/// A hand-written HTTP/1.1 origin, so the test sees every connection: `/` (6 bytes,
+/// content-length), `/empty` (204), `/chunked`, `/big` (4 MiB) and HEAD. With
+/// `close_idle_after`, it closes a connection that has been idle that long, as a
+/// server's keep-alive timeout does.
+async fn raw_origin(close_idle_after: Option<Duration>) -> (SocketAddr, Arc<Counts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let shared = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
+            shared.open.fetch_add(1, Ordering::SeqCst);
+            let counts = shared.clone();
+            tokio::spawn(async move {
+                let _ = serve_raw(stream, &counts, close_idle_after).await;
+                counts.open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, counts)
+}
+
+async fn serve_raw(
+    mut stream: TcpStream,
+    counts: &Counts,
+    close_idle_after: Option<Duration>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // A request head (and its body, by content-length), at most 64 KiB.
+        let head_end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            if buf.len() > 64 * 1024 {
+                return Ok(());
+            }
+            let mut chunk = [0u8; 4096];
+            let read = match close_idle_after {
+                Some(idle) if buf.is_empty() => {
+                    match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+                        Ok(read) => read?,
+                        Err(_) => return Ok(()),
+                    }
+                }
+                _ => stream.read(&mut chunk).await?,
+            };
+            if read == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..read]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + body_len {
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..read]);
+        }
+        buf.drain(..head_end + body_len);
+        counts.requests.fetch_add(1, Ordering::SeqCst);
+        let mut parts = head.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        match (method, path) {
+            ("head", _) => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+                    .await?
+            }
+            (_, "/empty") => stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?,
+            (_, "/chunked") => stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                )
+                .await?,
+            (_, "/big") => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4194304\r\n\r\n")
+                    .await?;
+                let block = vec![b'x'; 64 * 1024];
+                for _ in 0..64 {
+                    stream.write_all(&block).await?;
+                }
+            }
+            _ => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n")
+                    .await?
+            }
+        }
+    }
+}
+
+fn config(origin: SocketAddr, upstream_keys: &str) -> String {
+    format!(
+        "{SERVER}workers = 1\n[upstreams.app]\nservers = [\"{origin}\"]\n{upstream_keys}\n[[routes]]\nupstream = \"app\"\n"
+    )
+}
+
+#[tokio::test]
+async fn one_upstream_connection_carries_every_kind_of_response_then_closes_when_idle() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "idle_timeout_ms = 400")).await;
+    let client = h1_client();
+    for _ in 0..5 {
+        let reply = get(&client, running.addr, "/", &[]).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, "hello\n")
+        );
+    }
+    let head = Request::head(format!("http://{}/", running.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(&client, head).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.is_empty());
+    let reply = get(&client, running.addr, "/empty", &[]).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let reply = get(&client, running.addr, "/chunked", &[]).await;
+    assert_eq!(reply.text(), "hello");
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 9);
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        1,
+        "all nine requests went over one upstream connection"
+    );
+    assert_eq!(
+        counts.open.load(Ordering::SeqCst),
+        1,
+        "it stays open while idle"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counts.open.load(Ordering::SeqCst) == 0
+        })
+        .await,
+        "the idle upstream connection is closed after idle_timeout_ms"
+    );
+    // The next request opens a new one.
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_download_the_client_abandons_never_returns_its_connection_to_the_pool() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "")).await;
+
+    // Read a little of a 4 MiB body, then hang up.
+    {
+        let mut stream = TcpStream::connect(running.addr).await.unwrap();
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = vec![0u8; 16 * 1024];
+        let mut got = 0;
+        while got < first.len() {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut first[got..]))
+                .await
+                .expect("the download starts")
+                .unwrap();
+            assert!(n > 0, "the download starts");
+            got += n;
+        }
+        assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counts.open.load(Ordering::SeqCst) == 0
+        })
+        .await,
+        "the half-read upstream connection is closed, not pooled"
+    );
+    let client = h1_client();
+    for _ in 0..3 {
+        let reply = get(&client, running.addr, "/", &[]).await;
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (StatusCode::OK, "hello\n")
+        );
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+
+    // A download read to the end does leave its connection for the next request.
+    let big = get(&client, running.addr, "/big", &[]).await;
+    assert_eq!(big.body.len(), 4 * 1024 * 1024);
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_costs_no_request() {
+    // The server closes connections idle for 50 ms; the proxy keeps them for a minute.
+    let (origin, counts) = raw_origin(Some(Duration::from_millis(50))).await;
+    let site = Site::new();
+    // No retries: a request that failed would show as a 502.
+    let running = site.start(&config(origin, "retries = 0")).await;
+    let client = h1_client();
+    for i in 0..5 {
+        let req = Request::post(format!("http://{}/orders", running.addr))
+            .body(Full::new(Bytes::from(format!("order {i}"))))
+            .unwrap();
+        let reply = send(&client, req).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                counts.open.load(Ordering::SeqCst) == 0
+            })
+            .await
+        );
+        // Give the proxy's side of the connection time to see the close.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counts.requests.load(Ordering::SeqCst),
+        5,
+        "each POST arrived once"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 5);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_idle_per_server_zero_opens_a_connection_per_request() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "max_idle_per_server = 0")).await;
+    let client = h1_client();
+    for _ in 0..3 {
+        let reply = get(&client, running.addr, "/", &[]).await;
+        assert_eq!(reply.text(), "hello\n");
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 3);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counts.open.load(Ordering::SeqCst) == 0
+        })
+        .await,
+        "no connection is kept"
+    );
+    running.shutdown().await;
+}

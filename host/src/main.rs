@@ -31,6 +31,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A child this binary started to compile a plugin (see `plugin::cache::child`).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(sluice::plugin::cache::child::SUBCOMMAND.as_ref())
+    {
+        return match sluice::plugin::cache::child::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    sluice::plugin::cache::child::enable();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

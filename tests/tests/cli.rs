@@ -358,3 +358,30 @@ async fn a_plugin_panic_message_appears_once_in_its_failure_log_line() {
         "no backtrace at the default level: {log}"
     );
 }
+
+#[test]
+fn plugins_compile_in_a_child_process_and_a_broken_one_still_gets_its_real_error() {
+    let site = Site::new();
+    site.add_plugin("plugins", "api-key", "api-key");
+    let path = site.write_config(&format!(
+        "{SERVER}{UPSTREAM}[[routes]]\nname = \"api\"\npath = \"/\"\nupstream = \"app\"\n[[routes.plugins]]\nname = \"api-key\"\nconfig = {{ keys = [\"k\"] }}\n"
+    ));
+    let out = Command::new(sluice_bin())
+        .env("SLUICE_LOG", "sluice::plugin=debug")
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("compiled in a child process"), "{log}");
+
+    // A file the child cannot compile is compiled again in process for its message.
+    std::fs::write(site.plugins_dir().join("api-key.wasm"), b"not wasm at all").unwrap();
+    let (ok, text) = check(&path);
+    assert!(!ok);
+    assert!(
+        text.contains("is not a valid WebAssembly component"),
+        "{text}"
+    );
+}

@@ -57,7 +57,10 @@ impl CompileCache {
     /// memory (cold-start RSS). Failing to store only costs a recompile later.
     pub fn compile(&self, engine: &Engine, key: &str, wasm: &[u8]) -> wasmtime::Result<Component> {
         let artifact = match compiler_for(engine) {
-            Some(compiler) => compiler.precompile_component(wasm)?,
+            Some(compiler) => match child::precompile(wasm) {
+                Some(artifact) => artifact,
+                None => compiler.precompile_component(wasm)?,
+            },
             None => engine.precompile_component(wasm)?,
         };
         match self.store(key, &artifact) {
@@ -96,8 +99,90 @@ pub fn compile(
     key: &str,
     wasm: &[u8],
 ) -> wasmtime::Result<Component> {
-    match cache {
-        Some(cache) => cache.compile(engine, key, wasm),
-        None => Component::new(engine, wasm),
+    if let Some(cache) = cache {
+        return cache.compile(engine, key, wasm);
+    }
+    if let Some(artifact) = compiler_for(engine).and_then(|_| child::precompile(wasm)) {
+        // SAFETY: compiled just now by this same executable under the engine's
+        // settings (checked by `compiler_for`); wasmtime checks the header again.
+        match unsafe { Component::deserialize(engine, &artifact) } {
+            Ok(component) => return Ok(component),
+            Err(e) => {
+                tracing::warn!(target: "sluice::plugin", "cannot load the artifact a child compiled, compiling in process: {e:#}");
+            }
+        }
+    }
+    Component::new(engine, wasm)
+}
+
+/// Compiling in a child process (the `sluice` binary itself): the compiler's code
+/// pages and the allocator arenas it leaves never become part of the server's RSS.
+pub mod child {
+    use std::io::{Read, Write};
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+
+    use super::super::engine::compiler_engine;
+
+    /// The hidden subcommand the child runs.
+    pub const SUBCOMMAND: &str = "precompile-plugin";
+
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+
+    /// Compile in children of this executable (the binary sets this; an embedding
+    /// program, such as the tests, compiles in process).
+    pub fn enable() {
+        if let Ok(exe) = std::env::current_exe() {
+            let _ = PROGRAM.set(exe);
+        }
+    }
+
+    /// The artifact compiled by a child, or `None` (not enabled, or the child failed:
+    /// the caller compiles in process and reports the real error).
+    pub fn precompile(wasm: &[u8]) -> Option<Vec<u8>> {
+        let program = PROGRAM.get()?;
+        let run = || -> std::io::Result<Vec<u8>> {
+            let mut child = Command::new(program)
+                .arg(SUBCOMMAND)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            // The child reads all of its input before it writes anything.
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(wasm)?;
+            }
+            let output = child.wait_with_output()?;
+            if !output.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "{}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )));
+            }
+            Ok(output.stdout)
+        };
+        match run() {
+            Ok(artifact) => {
+                tracing::debug!(target: "sluice::plugin", bytes = artifact.len(), "compiled in a child process");
+                Some(artifact)
+            }
+            Err(e) => {
+                tracing::debug!(target: "sluice::plugin", "compiling in a child process failed, compiling in process: {e}");
+                None
+            }
+        }
+    }
+
+    /// The child's side: a component on stdin, its artifact on stdout.
+    pub fn serve() -> anyhow::Result<()> {
+        let mut wasm = Vec::new();
+        std::io::stdin().read_to_end(&mut wasm)?;
+        let artifact = compiler_engine()?
+            .precompile_component(&wasm)
+            .map_err(anyhow::Error::from)?;
+        std::io::stdout().write_all(&artifact)?;
+        Ok(())
     }
 }

@@ -113,12 +113,19 @@ fn base_config() -> Config {
     config
 }
 
+/// An engine with only the shared settings: what compiles artifacts.
+pub fn compiler_engine() -> anyhow::Result<Engine> {
+    Engine::new(&base_config())
+        .map_err(anyhow::Error::from)
+        .context("cannot create the WebAssembly compiler")
+}
+
 /// A throwaway engine that compiles for `engine`: the compiler keeps its scratch
 /// contexts (megabytes) for the engine's lifetime, so compiling in a separate engine
 /// and dropping it gives that memory back. `None` when its artifacts would not load
 /// into `engine`.
 pub fn compiler_for(engine: &Engine) -> Option<Engine> {
-    let compiler = Engine::new(&base_config()).ok()?;
+    let compiler = compiler_engine().ok()?;
     let key = |e: &Engine| {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&e.precompile_compatibility_hash(), &mut hasher);

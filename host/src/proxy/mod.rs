@@ -284,13 +284,15 @@ impl Proxy {
         if !route.chain.is_empty() {
             let client = conn.client_info(&route.name);
             let head = request_head(&parts);
-            let (decision, response_stage) = chain::run_on_request(
+            // Plugin calls are boxed: their large futures would otherwise size (and be
+            // copied with) every request's pipeline, plugins or not.
+            let (decision, response_stage) = Box::pin(chain::run_on_request(
                 &self.engine,
                 &route.chain,
                 &client,
                 head,
                 &mut exchange.trail,
-            )
+            ))
             .await;
             match decision {
                 RequestDecision::Forward {
@@ -314,9 +316,13 @@ impl Proxy {
                         headers: response.headers,
                     };
                     let plugin_response = complete_response(head, response.body)?;
-                    return self
-                        .respond_through_chain(response_stage, &client, plugin_response, exchange)
-                        .await;
+                    return Box::pin(self.respond_through_chain(
+                        response_stage,
+                        &client,
+                        plugin_response,
+                        exchange,
+                    ))
+                    .await;
                 }
                 RequestDecision::Fail(failure) => return Err(failure.into()),
             }
@@ -334,8 +340,7 @@ impl Proxy {
 
         let response = match stage {
             Some((stage, client)) if !stage.is_empty() => {
-                self.respond_through_chain(stage, &client, response, exchange)
-                    .await?
+                Box::pin(self.respond_through_chain(stage, &client, response, exchange)).await?
             }
             _ => response,
         };
@@ -617,6 +622,11 @@ impl RequestBody {
         if upstream.config.retries == 0 || !small {
             return Ok(RequestBody::Streamed(body));
         }
+        // Boxed: rare, and it would otherwise size every request's future.
+        Box::pin(Self::keep(body, upstream)).await
+    }
+
+    async fn keep(body: Incoming, upstream: &Upstream) -> Result<Self, ProxyError> {
         let limit = upstream.config.retry_body_max_bytes;
         let collected = tokio::time::timeout(
             upstream.response_timeout,

@@ -173,16 +173,9 @@ impl Connector {
                 },
             }
         }
-        let mut sender = match &self.dialer {
-            Dialer::Plain(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h1(io).await?
-            }
-            Dialer::Tls(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h1(io).await?
-            }
-        };
+        // Boxed: connecting is rare, and its large future would otherwise size
+        // (and be copied with) every request.
+        let mut sender = Box::pin(self.connect_h1(server)).await?;
         let response = sender.send_request(req).await.map_err(SendError::Request)?;
         Ok((response, Some(self.lease(slot, server, sender))))
     }
@@ -193,6 +186,19 @@ impl Connector {
             slot,
             server: server.clone(),
             sender,
+        }
+    }
+
+    async fn connect_h1(&self, server: &Authority) -> Result<H1Sender, SendError> {
+        match &self.dialer {
+            Dialer::Plain(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h1(io).await
+            }
+            Dialer::Tls(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h1(io).await
+            }
         }
     }
 
@@ -244,19 +250,25 @@ impl Connector {
                 }
             }
         }
-        let mut sender = match &self.dialer {
-            Dialer::Plain(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h2(io).await?
-            }
-            Dialer::Tls(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h2(io).await?
-            }
-        };
+        // Boxed: connecting is rare, and its large future would otherwise size
+        // (and be copied with) every request.
+        let mut sender = Box::pin(self.connect_h2(server)).await?;
         self.pools.put_h2(slot, server.clone(), sender.clone());
         sender.ready().await.map_err(SendError::Request)?;
         sender.send_request(req).await.map_err(SendError::Request)
+    }
+
+    async fn connect_h2(&self, server: &Authority) -> Result<H2Sender, SendError> {
+        match &self.dialer {
+            Dialer::Plain(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h2(io).await
+            }
+            Dialer::Tls(dialer) => {
+                let io = dial(dialer, &self.scheme, server).await?;
+                self.handshake_h2(io).await
+            }
+        }
     }
 
     async fn handshake_h2<T>(&self, io: T) -> Result<H2Sender, SendError>

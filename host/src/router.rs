@@ -69,7 +69,7 @@ impl Router {
 }
 
 /// Lowercase host without port or trailing dot; `[::1]:80` becomes `[::1]`.
-pub fn normalize_host(authority: &str) -> String {
+pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
         match authority.find(']') {
             Some(end) => &authority[..=end],
@@ -78,7 +78,13 @@ pub fn normalize_host(authority: &str) -> String {
     } else {
         authority.split(':').next().unwrap_or(authority)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    // Most clients send it lower-case already: no copy then.
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Header rules of a reverse proxy: hop-by-hop stripping, forwarding headers,
 //! and moving headers across the plugin boundary.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -82,21 +83,36 @@ pub fn add_forwarding(
     scheme: &'static str,
     client_host: Option<&HeaderValue>,
 ) {
-    let ip = client_ip.to_string();
-    let mut forwarded_for = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(v) = value.to_str() {
-            if !v.trim().is_empty() {
-                forwarded_for.push_str(v.trim());
-                forwarded_for.push_str(", ");
-            }
+    // The address formatted on the stack: no heap string per request.
+    let mut ip_buf = [0u8; 48];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
+        let _ = write!(cursor, "{client_ip}");
+        cursor.position() as usize
+    };
+    let ip = &ip_buf[..ip_len];
+    let mut earlier = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .peekable();
+    let forwarded_for = if earlier.peek().is_none() {
+        HeaderValue::from_bytes(ip).ok()
+    } else {
+        let mut list = Vec::new();
+        for v in earlier {
+            list.extend_from_slice(v.as_bytes());
+            list.extend_from_slice(b", ");
         }
-    }
-    forwarded_for.push_str(&ip);
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        list.extend_from_slice(ip);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).ok()
+    };
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
+    if let Ok(v) = HeaderValue::from_bytes(ip) {
         headers.insert(X_REAL_IP.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
@@ -194,6 +210,32 @@ mod tests {
         assert_eq!(h.get("x-real-ip").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.com");
+    }
+
+    #[test]
+    fn forwarding_headers_for_a_first_hop_repeated_headers_and_the_longest_address() {
+        let mut h = map(&[]);
+        add_forwarding(&mut h, "10.1.2.3".parse().unwrap(), "https", None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(h.get("x-real-ip").unwrap(), "10.1.2.3");
+        assert!(h.get("x-forwarded-host").is_none());
+
+        let mut h = map(&[
+            ("x-forwarded-for", " 1.1.1.1 "),
+            ("x-forwarded-for", ""),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+        ]);
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
+        add_forwarding(&mut h, longest, "http", None);
+        let ip = longest.to_string();
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            format!("1.1.1.1, 2.2.2.2, 3.3.3.3, {ip}").as_str()
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h.get("x-real-ip").unwrap(), ip.as_str());
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl Proxy {
             .unwrap_or_default();
         let Some(route_index) = snapshot.router.lookup(&host, req.uri().path()) else {
             return Err(ProxyError::NoRoute {
-                host,
+                host: host.into_owned(),
                 path: req.uri().path().to_owned(),
             });
         };
@@ -370,7 +370,7 @@ impl Proxy {
         body: Incoming,
         key: Option<Vec<u8>>,
         exchange: &mut Exchange,
-    ) -> Result<(Response<ProxyBody>, String), ProxyError> {
+    ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
         upstream.budget.record_request();
         let body = RequestBody::prepare(body, upstream).await?;
         let idempotent = is_idempotent(&parts.method);
@@ -437,7 +437,7 @@ impl Proxy {
                 upstream.connector.send(&server.addr, request),
             )
             .await;
-            let server_name = server.addr.to_string();
+            let server_name = &server.addr;
             let failure = match sent {
                 Ok(Ok((response, lease))) => {
                     server.state.record_latency(started.elapsed());
@@ -452,12 +452,12 @@ impl Proxy {
                         upstream
                             .retries
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, server = server_name, "retrying on another server after status {status}");
+                        tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, server = %server_name, "retrying on another server after status {status}");
                         continue;
                     }
                     return Ok((
                         self.upstream_response(upstream, response, lease, in_flight),
-                        server_name,
+                        server_name.clone(),
                     ));
                 }
                 // The client's body broke (bad chunk framing, reset): the client's fault.
@@ -469,7 +469,7 @@ impl Proxy {
                 }
                 Ok(Err(e)) => {
                     let connect_failed = e.is_connect();
-                    let error = upstream_error(upstream, &server_name, e);
+                    let error = upstream_error(upstream, server_name.as_str(), e);
                     self.record_failure(upstream, index, &error.to_string());
                     if !(connect_failed || idempotent) {
                         return Err(error);
@@ -479,7 +479,7 @@ impl Proxy {
                 Err(_) => {
                     let error = ProxyError::UpstreamTimeout {
                         upstream: upstream.name.to_string(),
-                        server: server_name,
+                        server: server_name.to_string(),
                         timeout_ms: upstream.response_timeout.as_millis(),
                     };
                     self.record_failure(upstream, index, &error.to_string());
@@ -775,7 +775,7 @@ fn https_redirect(
 fn tunnel(
     client_upgrade: hyper::upgrade::OnUpgrade,
     mut response: Response<ProxyBody>,
-    server: String,
+    server: Authority,
     idle_timeout: std::time::Duration,
     counters: EdgeCounters,
 ) -> Response<ProxyBody> {
@@ -784,7 +784,7 @@ fn tunnel(
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(target: "sluice::proxy", server, "upgrade failed: {e}");
+                tracing::warn!(target: "sluice::proxy", server = %server, "upgrade failed: {e}");
                 return;
             }
         };
@@ -801,12 +801,12 @@ fn tunnel(
         tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
                 if let Err(e) = copied {
-                    tracing::debug!(target: "sluice::proxy", server, "tunnel closed: {e}");
+                    tracing::debug!(target: "sluice::proxy", server = %server, "tunnel closed: {e}");
                 }
             }
             _ = activity.expired(limits) => {
                 counters.timeout("tunnel_idle");
-                tracing::debug!(target: "sluice::proxy", server, "tunnel closed after {idle_timeout:?} idle");
+                tracing::debug!(target: "sluice::proxy", server = %server, "tunnel closed after {idle_timeout:?} idle");
             }
         }
     });

@@ -83,6 +83,17 @@ async fn serve_raw(
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
+        let mut parts = head.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        // Answers before reading the body, as a server refusing an upload does.
+        if path == "/early" {
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                .await?;
+        }
         while buf.len() < head_end + body_len {
             let mut chunk = [0u8; 4096];
             let read = stream.read(&mut chunk).await?;
@@ -93,9 +104,8 @@ async fn serve_raw(
         }
         buf.drain(..head_end + body_len);
         counts.requests.fetch_add(1, Ordering::SeqCst);
-        let mut parts = head.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        match (method, path) {
+        match (method.as_str(), path.as_str()) {
+            (_, "/early") => {}
             ("head", _) => {
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
@@ -282,6 +292,65 @@ async fn max_idle_per_server_zero_opens_a_connection_per_request() {
         })
         .await,
         "no connection is kept"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_handed_to_the_next_request() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "")).await;
+
+    // A 100 kB upload (too big to keep for retries: it streams) that stalls after 1 kB;
+    // the server answers at once, so the response ends while the upload goes on.
+    let mut uploader = TcpStream::connect(running.addr).await.unwrap();
+    uploader
+        .write_all(b"POST /early HTTP/1.1\r\nhost: app\r\ncontent-length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    uploader.write_all(&[b'u'; 1000]).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"early") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), uploader.read(&mut chunk))
+            .await
+            .expect("the early answer arrives")
+            .unwrap();
+        assert!(n > 0, "the early answer arrives");
+        got.extend_from_slice(&chunk[..n]);
+    }
+
+    // Another client meanwhile: it must not queue behind the stalled upload.
+    let started = std::time::Instant::now();
+    let client = h1_client();
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the request waited {:?} for another client's upload",
+        started.elapsed()
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+
+    // The upload completes; its connection then serves again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    uploader.write_all(&[b'u'; 99_000]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            counts.requests.load(Ordering::SeqCst) == 2
+        })
+        .await
+    );
+    drop(uploader);
+    for _ in 0..3 {
+        let reply = get(&client, running.addr, "/", &[]).await;
+        assert_eq!(reply.text(), "hello\n");
+    }
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        2,
+        "both connections are reused"
     );
     running.shutdown().await;
 }

@@ -77,8 +77,28 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Pools the connection once it can take the next request: at once in the usual
+    /// case, or after the request it carried has finished going out (a response that
+    /// ended before a slow upload) — never handed to a request that would wait on it.
     pub fn give_back(self) {
-        self.pools.put_h1(self.slot, self.server, self.sender);
+        if self.sender.is_ready() {
+            self.pools.put_h1(self.slot, self.server, self.sender);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Lease {
+            pools,
+            slot,
+            server,
+            mut sender,
+        } = self;
+        runtime.spawn(async move {
+            if sender.ready().await.is_ok() {
+                pools.put_h1(slot, server, sender);
+            }
+        });
     }
 }
 

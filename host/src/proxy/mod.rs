@@ -38,8 +38,9 @@ use crate::upstream::{NoServer, Upstream, UpstreamRequestBody};
 #[derive(Debug, Clone)]
 pub struct ClientConn {
     pub peer: SocketAddr,
-    /// Set when the connection is TLS (the TLS listener).
-    pub tls: Option<TlsInfo>,
+    /// Set when the connection is TLS (the TLS listener). Boxed: every plain connection
+    /// task would otherwise reserve its size.
+    pub tls: Option<Box<TlsInfo>>,
 }
 
 impl ClientConn {

@@ -128,7 +128,7 @@ pub async fn serve(
                             let h2 = info.alpn.as_deref().map(|alpn| alpn == "h2");
                             let conn = ClientConn {
                                 peer,
-                                tls: Some(info),
+                                tls: Some(Box::new(info)),
                             };
                             serve_connection(stream, h2, &protocols, proxy, conn, &activity, drain)
                                 .await

@@ -52,6 +52,11 @@ impl SendError {
     }
 }
 
+/// A connected socket, plain or TLS, as hyper reads and writes it.
+trait Transport: Read + Write + Unpin + Send {}
+
+impl<T: Read + Write + Unpin + Send> Transport for T {}
+
 /// Opens transport connections (TCP, then TLS when configured).
 enum Dialer {
     Plain(HttpConnector),
@@ -210,22 +215,7 @@ impl Connector {
     }
 
     async fn connect_h1(&self, server: &Authority) -> Result<H1Sender, SendError> {
-        match &self.dialer {
-            Dialer::Plain(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h1(io).await
-            }
-            Dialer::Tls(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h1(io).await
-            }
-        }
-    }
-
-    async fn handshake_h1<T>(&self, io: T) -> Result<H1Sender, SendError>
-    where
-        T: Read + Write + Unpin + Send + 'static,
-    {
+        let io = self.dial(server).await?;
         let (sender, connection) = self
             .h1
             .handshake(io)
@@ -279,22 +269,7 @@ impl Connector {
     }
 
     async fn connect_h2(&self, server: &Authority) -> Result<H2Sender, SendError> {
-        match &self.dialer {
-            Dialer::Plain(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h2(io).await
-            }
-            Dialer::Tls(dialer) => {
-                let io = dial(dialer, &self.scheme, server).await?;
-                self.handshake_h2(io).await
-            }
-        }
-    }
-
-    async fn handshake_h2<T>(&self, io: T) -> Result<H2Sender, SendError>
-    where
-        T: Read + Write + Unpin + Send + 'static,
-    {
+        let io = self.dial(server).await?;
         let (sender, connection) = self
             .h2
             .handshake(io)
@@ -308,14 +283,21 @@ impl Connector {
         Ok(sender)
     }
 
-    /// Idle connections this thread keeps (tests).
-    pub fn idle_connections(&self) -> usize {
-        self.pools.idle_count(pool_slot())
+    /// A transport connection to `server`: TCP, then TLS when configured.
+    async fn dial(&self, server: &Authority) -> Result<Box<dyn Transport>, SendError> {
+        Ok(match &self.dialer {
+            Dialer::Plain(dialer) => Box::new(open_with(dialer, &self.scheme, server).await?),
+            Dialer::Tls(dialer) => Box::new(open_with(dialer, &self.scheme, server).await?),
+        })
     }
 }
 
-/// A transport connection to `server`.
-async fn dial<D>(dialer: &D, scheme: &Scheme, server: &Authority) -> Result<D::Response, SendError>
+/// A transport connection to `server` through one of the dialers.
+async fn open_with<D>(
+    dialer: &D,
+    scheme: &Scheme,
+    server: &Authority,
+) -> Result<D::Response, SendError>
 where
     D: Service<Uri> + Clone,
     D::Error: Into<BoxError>,

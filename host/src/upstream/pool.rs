@@ -142,12 +142,6 @@ impl Pools {
         let every = (self.idle_timeout / 2).max(Duration::from_millis(50));
         runtime.spawn(sweep(Arc::downgrade(self), slot, every));
     }
-
-    /// Idle connections pooled on `slot` (HTTP/1.1 and HTTP/2), for tests.
-    pub fn idle_count(&self, slot: usize) -> usize {
-        let guard = self.slot(slot);
-        guard.h1.iter().map(|(_, idle)| idle.len()).sum::<usize>() + guard.h2.len()
-    }
 }
 
 async fn sweep(pools: Weak<Pools>, slot: usize, every: Duration) {

@@ -24,6 +24,16 @@ struct Counts {
     requests: AtomicU64,
 }
 
+impl Counts {
+    /// Whether every connection to the origin is closed within 5 s.
+    async fn all_closed(&self) -> bool {
+        eventually(Duration::from_secs(5), || async {
+            self.open.load(Ordering::SeqCst) == 0
+        })
+        .await
+    }
+}
+
 /// A hand-written HTTP/1.1 origin, so the test sees every connection: `/` (6 bytes,
 /// content-length), `/empty` (204), `/chunked`, `/big` (4 MiB) and HEAD. With
 /// `close_idle_after`, it closes a connection that has been idle that long, as a
@@ -179,10 +189,7 @@ async fn one_upstream_connection_carries_every_kind_of_response_then_closes_when
         "it stays open while idle"
     );
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            counts.open.load(Ordering::SeqCst) == 0
-        })
-        .await,
+        counts.all_closed().await,
         "the idle upstream connection is closed after idle_timeout_ms"
     );
     // The next request opens a new one.
@@ -218,10 +225,7 @@ async fn a_download_the_client_abandons_never_returns_its_connection_to_the_pool
         assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"));
     }
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            counts.open.load(Ordering::SeqCst) == 0
-        })
-        .await,
+        counts.all_closed().await,
         "the half-read upstream connection is closed, not pooled"
     );
     let client = h1_client();
@@ -257,12 +261,7 @@ async fn a_pooled_connection_the_server_closed_costs_no_request() {
             .unwrap();
         let reply = send(&client, req).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                counts.open.load(Ordering::SeqCst) == 0
-            })
-            .await
-        );
+        assert!(counts.all_closed().await);
         // Give the proxy's side of the connection time to see the close.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -286,13 +285,7 @@ async fn max_idle_per_server_zero_opens_a_connection_per_request() {
         assert_eq!(reply.text(), "hello\n");
     }
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 3);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            counts.open.load(Ordering::SeqCst) == 0
-        })
-        .await,
-        "no connection is kept"
-    );
+    assert!(counts.all_closed().await, "no connection is kept");
     running.shutdown().await;
 }
 

@@ -11,6 +11,7 @@ CONNS=${CONNS:-1000}; DURATION=${DURATION:-10}; SLOW_MS=${SLOW_MS:-100}; BASE_PO
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 "$root/scripts/build-guests.sh" plugins >/dev/null
 cargo build --release -q -p sluice -p echo-origin --manifest-path "$root/Cargo.toml"
+SLUICE=${SLUICE:-$root/target/release/sluice}
 ulimit -n 65536 2>/dev/null || true
 
 run=$(mktemp -d); trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$run"' EXIT
@@ -42,7 +43,7 @@ upstream = "app"
 TOML
     fi
   } > "$run/$name.toml"
-  "$root/target/release/sluice" run --config "$run/$name.toml" 2>"$run/$name.log" &
+  "$SLUICE" run --config "$run/$name.toml" 2>"$run/$name.log" &
   local pid=$!
   for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   local path="/slow?ms=$SLOW_MS"; [ "$4" = 1 ] && path="/api/slow?ms=$SLOW_MS"

@@ -112,17 +112,17 @@ impl UpstreamBody {
             counters,
             _in_flight: in_flight,
         };
-        body.give_back_if_done();
+        if body.inner.is_end_stream() {
+            body.give_back();
+        }
         body
     }
 
     /// Hands the connection back once the body is complete (a body cut short leaves
     /// the connection mid-message: dropping the lease closes it).
-    fn give_back_if_done(&mut self) {
-        if self.inner.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.give_back();
-            }
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
         }
     }
 }
@@ -139,12 +139,9 @@ impl Body for UpstreamBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
             match &frame {
-                Some(Ok(_)) => this.give_back_if_done(),
-                None => {
-                    if let Some(lease) = this.lease.take() {
-                        lease.give_back();
-                    }
-                }
+                None => this.give_back(),
+                Some(Ok(_)) if this.inner.is_end_stream() => this.give_back(),
+                Some(Ok(_)) => {}
                 Some(Err(_)) => this.lease = None,
             }
             return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::from)));

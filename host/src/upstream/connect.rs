@@ -65,7 +65,6 @@ enum Dialer {
 
 pub struct Connector {
     dialer: Dialer,
-    scheme: Scheme,
     http2: bool,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -122,10 +121,10 @@ impl Connector {
             config.max_idle_per_server,
         );
         let http2 = config.protocol != UpstreamProtocol::Http1;
-        let (dialer, scheme) = match &config.tls {
+        let dialer = match &config.tls {
             None => {
                 http.enforce_http(true);
-                (Dialer::Plain(http), Scheme::HTTP)
+                Dialer::Plain(http)
             }
             Some(tls) => {
                 http.enforce_http(false);
@@ -150,12 +149,11 @@ impl Connector {
                 } else {
                     https.enable_http1().wrap_connector(http)
                 };
-                (Dialer::Tls(https), Scheme::HTTPS)
+                Dialer::Tls(https)
             }
         };
         Ok(Self {
             dialer,
-            scheme,
             http2,
             h1,
             h2,
@@ -241,7 +239,7 @@ impl Connector {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
+        parts.scheme = Some(self.scheme());
         parts.authority = Some(server.clone());
         parts.path_and_query = Some(path);
         *req.uri_mut() = Uri::from_parts(parts)
@@ -283,11 +281,19 @@ impl Connector {
         Ok(sender)
     }
 
+    fn scheme(&self) -> Scheme {
+        match self.dialer {
+            Dialer::Plain(_) => Scheme::HTTP,
+            Dialer::Tls(_) => Scheme::HTTPS,
+        }
+    }
+
     /// A transport connection to `server`: TCP, then TLS when configured.
     async fn dial(&self, server: &Authority) -> Result<Box<dyn Transport>, SendError> {
+        let scheme = self.scheme();
         Ok(match &self.dialer {
-            Dialer::Plain(dialer) => Box::new(open_with(dialer, &self.scheme, server).await?),
-            Dialer::Tls(dialer) => Box::new(open_with(dialer, &self.scheme, server).await?),
+            Dialer::Plain(dialer) => Box::new(open_with(dialer, scheme, server).await?),
+            Dialer::Tls(dialer) => Box::new(open_with(dialer, scheme, server).await?),
         })
     }
 }
@@ -295,7 +301,7 @@ impl Connector {
 /// A transport connection to `server` through one of the dialers.
 async fn open_with<D>(
     dialer: &D,
-    scheme: &Scheme,
+    scheme: Scheme,
     server: &Authority,
 ) -> Result<D::Response, SendError>
 where
@@ -303,7 +309,7 @@ where
     D::Error: Into<BoxError>,
 {
     let uri = Uri::builder()
-        .scheme(scheme.clone())
+        .scheme(scheme)
         .authority(server.clone())
         .path_and_query("/")
         .build()

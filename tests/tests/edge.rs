@@ -530,6 +530,119 @@ async fn an_idle_connection_gives_back_its_buffers_and_keeps_serving() {
     assert_eq!(app.hits(), 4);
 }
 
+/// A gauge or counter's value in /metrics (0 when it has no line yet).
+async fn metric(admin: SocketAddr, name: &str) -> i64 {
+    let metrics = get(&h1_client(), admin, "/metrics", &[]).await.text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+const PARKED: &str = "sluice_idle_connections_parked";
+
+fn keep_alive_get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_each_get_their_own_next_response() {
+    let app = spawn_origin("app").await.unwrap();
+    let server = "idle_release_ms = 100
+max_connections = 1000
+[admin]
+listen = \"127.0.0.1:0\"\n";
+    let (_site, proxy) = open_site(app.addr, server, "").await;
+    let admin = proxy.admin_addr.unwrap();
+    let count = 200.min(open_file_limit().saturating_sub(100) / 2);
+    let mut clients = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&keep_alive_get(&format!("/first/{i}")))
+            .await
+            .unwrap();
+        read_response(&mut s).await;
+        clients.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(admin, PARKED).await == count as i64
+        })
+        .await,
+        "{} of {count} idle connections parked",
+        metric(admin, PARKED).await
+    );
+    // In reverse order, and half of them close instead: every socket wakes its own
+    // connection and no other.
+    for (i, s) in clients.iter_mut().enumerate().rev() {
+        if i % 2 == 1 {
+            s.shutdown().await.unwrap();
+            continue;
+        }
+        s.write_all(&keep_alive_get(&format!("/second/{i}")))
+            .await
+            .unwrap();
+    }
+    for (i, s) in clients.iter_mut().enumerate() {
+        if i % 2 == 1 {
+            assert!(read_until_closed(s, Duration::from_secs(5)).await.is_some());
+            continue;
+        }
+        let response = read_response(s).await;
+        let want = format!("/second/{i}");
+        assert_eq!(
+            origin_path(&response).as_deref(),
+            Some(want.as_str()),
+            "{response}"
+        );
+    }
+    assert_eq!(app.hits(), (count + count.div_ceil(2)) as u64);
+    // The ones still open park again.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(admin, PARKED).await == count.div_ceil(2) as i64
+        })
+        .await,
+        "{} parked after the second round",
+        metric(admin, PARKED).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_closed_at_its_idle_timeout() {
+    let app = spawn_origin("app").await.unwrap();
+    let server = "idle_release_ms = 100
+idle_timeout_ms = 1200
+[admin]
+listen = \"127.0.0.1:0\"\n";
+    let (_site, proxy) = open_site(app.addr, server, "").await;
+    let admin = proxy.admin_addr.unwrap();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&keep_alive_get("/x")).await.unwrap();
+    read_response(&mut s).await;
+    let answered = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            metric(admin, PARKED).await == 1
+        })
+        .await,
+        "the idle connection was not parked"
+    );
+    let closed = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "a parked connection was left open");
+    let after = answered.elapsed();
+    assert!(
+        after >= Duration::from_millis(1100),
+        "closed {after:?} after its last response, before the idle timeout"
+    );
+    assert_eq!(metric(admin, PARKED).await, 0);
+    assert_eq!(
+        metric(admin, "sluice_timeouts_total{kind=\"idle\"}").await,
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_waits_for_the_idle_timeout_not_the_header_timeout() {
     let app = spawn_origin("app").await.unwrap();

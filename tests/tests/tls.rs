@@ -635,6 +635,55 @@ async fn client_certificates_are_verified_and_shown_to_plugins() {
     running.shutdown().await;
 }
 
+/// A counter or gauge from /metrics (0 when it has no line yet).
+async fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let metrics = admin_get(admin, "/metrics").await.text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_idle_tls_connection_gives_back_its_buffers_and_keeps_serving() {
+    let t = TlsSite::new().await;
+    let running = t.site.start(&t.config("idle_release_ms = 100", "")).await;
+    let admin = running.admin_addr.unwrap();
+    let options = ClientOptions {
+        alpn: &[b"http/1.1"],
+        ..Default::default()
+    };
+    let stream = tls_connect(running.tls_addr.unwrap(), &t.ca, options)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for round in 0..3u64 {
+        let req = Request::get(format!("/round/{round}"))
+            .header("host", "a.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains(&format!("/round/{round}")), "{body}");
+        // A TLS session cannot leave its task: it waits there, not in the lot.
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                metric(admin, "sluice_idle_connection_releases_total").await == round + 1
+            })
+            .await,
+            "round {round}: the idle TLS connection was not released"
+        );
+        assert_eq!(metric(admin, "sluice_idle_connections_parked").await, 0);
+    }
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_closed() {
     let t = TlsSite::new().await;

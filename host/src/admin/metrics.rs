@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::plugin::PluginEngine;
@@ -42,6 +43,8 @@ pub struct EdgeCounters {
     pub access_log_dropped: Counter,
     /// Idle HTTP/1.1 connections that gave their buffers back (and stayed open).
     pub idle_releases: Counter,
+    /// Released HTTP/1.1 connections waiting for their next request, now.
+    pub idle_parked: Gauge,
     /// TLS handshakes that failed, by reason (incompatible, client_cert, no_certificate,
     /// protocol, io); timeouts are counted in `timeouts{kind="tls_handshake"}`.
     pub tls_handshake_failures: Family<KindLabels, Counter>,
@@ -115,6 +118,11 @@ impl Metrics {
             "idle_connection_releases",
             "Idle HTTP/1.1 keep-alive connections that gave their buffers back and stayed open",
             edge.idle_releases.clone(),
+        );
+        registry.register(
+            "idle_connections_parked",
+            "Released HTTP/1.1 keep-alive connections waiting, with no per-connection task, for their next request",
+            edge.idle_parked.clone(),
         );
         registry.register(
             "timeouts",

@@ -805,7 +805,7 @@ fn tunnel(
                     tracing::debug!(target: "sluice::proxy", server = %server, "tunnel closed: {e}");
                 }
             }
-            _ = activity.expired(limits) => {
+            _ = activity.expired(&limits) => {
                 counters.timeout("tunnel_idle");
                 tracing::debug!(target: "sluice::proxy", server = %server, "tunnel closed after {idle_timeout:?} idle");
             }

@@ -3,9 +3,9 @@
 //!
 //! An HTTP/1.1 connection that stays quiet for `idle_release_ms` gives its memory
 //! back: hyper's per-connection state (8 KiB read and 8 KiB write buffers, cached
-//! headers) is wound down without closing the socket, and only the socket waits. The
-//! next byte from the client starts a fresh hyper connection on it, with any bytes the
-//! old one had read ahead handed over first.
+//! headers) is wound down without closing the socket, and the socket is handed back to
+//! wait for the client's next byte (parked, see `parking`). That byte starts a fresh
+//! hyper connection on it, with any bytes the old one had read ahead handed over first.
 
 use std::io;
 use std::pin::Pin;
@@ -124,8 +124,17 @@ impl<T: ReadReady> ReadReady for tokio_rustls::server::TlsStream<T> {
     }
 }
 
-/// Serves `io` until the client leaves, the connection breaks a time bound (returned),
-/// or a drain starts (an HTTP/1.1 request in progress still completes).
+/// How serving a connection ended.
+pub(super) enum Served<I> {
+    /// Closed; with the time bound it broke, if that is why.
+    Closed(Option<Expired>),
+    /// HTTP/1.1 gone quiet: hyper's state is released and the socket is to wait parked.
+    Parked(I),
+}
+
+/// Serves `io` until the client leaves, the connection breaks a time bound, a drain
+/// starts (an HTTP/1.1 request in progress still completes), or an HTTP/1.1 connection
+/// goes quiet long enough to be parked.
 pub(super) async fn serve<I, S>(
     mut io: I,
     h2_by_alpn: Option<bool>,
@@ -133,7 +142,7 @@ pub(super) async fn serve<I, S>(
     service: S,
     activity: &Arc<Activity>,
     mut drain: watch::Receiver<bool>,
-) -> Option<Expired>
+) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: Handler,
@@ -146,16 +155,16 @@ where
                     Ok(found) => found,
                     Err(e) => {
                         tracing::debug!(target: "sluice::server", "connection closed before a request: {e}");
-                        return None;
+                        return Served::Closed(None);
                     }
                 },
-                why = activity.expired(protocols.timeouts) => return protocols.timed_out(why),
-                _ = drain.changed() => return None,
+                why = activity.expired(&protocols.timeouts) => return Served::Closed(protocols.timed_out(why)),
+                _ = drain.changed() => return Served::Closed(None),
             }
         }
     };
     if h2 {
-        serve_http2(io, prefix, protocols, service, activity, drain).await
+        Served::Closed(serve_http2(io, prefix, protocols, service, activity, drain).await)
     } else {
         serve_http1(io, prefix, protocols, service, activity, drain).await
     }
@@ -202,7 +211,7 @@ where
                 }
                 return None;
             }
-            why = activity.expired(protocols.timeouts) => return protocols.timed_out(why),
+            why = activity.expired(&protocols.timeouts) => return protocols.timed_out(why),
             // GOAWAY: streams in progress finish, new ones are refused.
             _ = drain.changed(), if !draining => {
                 draining = true;
@@ -219,87 +228,113 @@ async fn serve_http1<I, S>(
     service: S,
     activity: &Arc<Activity>,
     mut drain: watch::Receiver<bool>,
-) -> Option<Expired>
+) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: Handler,
 {
-    let mut released = false;
     loop {
-        // Released: only the socket is held until the client sends again.
-        if released && prefix.is_empty() {
-            tokio::select! {
-                ready = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => {
-                    if ready.is_err() {
-                        return None;
-                    }
-                }
-                why = activity.expired(protocols.timeouts) => return protocols.timed_out(why),
-                _ = drain.changed() => return None,
-            }
-        }
-        let client = ClientIo::new(io, prefix, Some(activity.clone()));
-        let mut conn = Box::new(
-            protocols
-                .http1
-                .serve_connection(TokioIo::new(client), service.clone())
-                .with_upgrades(),
-        );
-        let release = ReleaseWhen {
-            quiet_for: protocols.release_after,
-            requests_above: activity.requests(),
+        let served =
+            serve_http1_until_release(io, prefix, protocols, service.clone(), activity, &mut drain)
+                .await;
+        (io, prefix) = match served {
+            Http1End::Released { io, prefix } => (io, prefix),
+            Http1End::Closed(expired) => return Served::Closed(expired),
         };
-        let mut draining = *drain.borrow();
-        if draining {
-            Pin::new(&mut *conn).graceful_shutdown();
+        // With nothing read ahead, the socket waits parked; bytes already read are
+        // the next request, served at once.
+        if prefix.is_empty() {
+            return Served::Parked(io);
         }
-        loop {
-            let release = (!activity.is_releasing() && !draining).then_some(release);
-            tokio::select! {
-                biased;
-                done = Pin::new(&mut *conn) => {
-                    if let Err(e) = done {
-                        tracing::debug!(target: "sluice::server", "connection ended: {e}");
-                        return None;
-                    }
-                    break;
+    }
+}
+
+/// How one hyper HTTP/1.1 connection on the socket ended.
+enum Http1End<I> {
+    /// Wound down for idleness: the socket, and any bytes read ahead of the next request.
+    Released { io: I, prefix: Bytes },
+    /// The connection is closed (or upgraded); with the time bound it broke, if any.
+    Closed(Option<Expired>),
+}
+
+async fn serve_http1_until_release<I, S>(
+    io: I,
+    prefix: Bytes,
+    protocols: &Protocols,
+    service: S,
+    activity: &Arc<Activity>,
+    drain: &mut watch::Receiver<bool>,
+) -> Http1End<I>
+where
+    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+    S: Handler,
+{
+    let client = ClientIo::new(io, prefix, Some(activity.clone()));
+    // Boxed: a connection that never sends a byte holds only its sniffing task.
+    let mut conn = Box::new(
+        protocols
+            .http1
+            .serve_connection(TokioIo::new(client), service)
+            .with_upgrades(),
+    );
+    let release = ReleaseWhen {
+        quiet_for: protocols.release_after,
+        requests_above: activity.requests(),
+    };
+    let mut draining = *drain.borrow();
+    if draining {
+        Pin::new(&mut *conn).graceful_shutdown();
+    }
+    loop {
+        let release = (!activity.is_releasing() && !draining).then_some(release);
+        tokio::select! {
+            biased;
+            done = Pin::new(&mut *conn) => {
+                if let Err(e) = done {
+                    tracing::debug!(target: "sluice::server", "connection ended: {e}");
+                    return Http1End::Closed(None);
                 }
-                due = activity.due(protocols.timeouts, release) => match due {
-                    Due::Expired(why) => return protocols.timed_out(why),
-                    Due::Release => {
-                        // Idle (or half a head in): hyper closes its state without
-                        // answering, and `ClientIo` keeps the socket open.
-                        activity.set_releasing(true);
-                        Pin::new(&mut *conn).graceful_shutdown();
-                    }
-                },
-                _ = drain.changed(), if !draining => {
-                    draining = true;
-                    activity.set_releasing(false);
+                break;
+            }
+            due = activity.due(&protocols.timeouts, release) => match due {
+                Due::Expired(why) => return Http1End::Closed(protocols.timed_out(why)),
+                Due::Release => {
+                    // Idle (or half a head in): hyper closes its state without
+                    // answering, and `ClientIo` keeps the socket open.
+                    activity.set_releasing(true);
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
+            },
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                activity.set_releasing(false);
+                Pin::new(&mut *conn).graceful_shutdown();
             }
         }
-        // A drain clears the release flag: the connection closes instead.
-        if !activity.is_releasing() {
-            return None;
-        }
-        // `None`: the connection was upgraded and its socket now belongs to the tunnel.
-        let parts = conn.into_parts()?;
-        protocols.releases.inc();
-        activity.set_releasing(false);
-        released = true;
-        let client = parts.io.into_inner();
-        io = client.inner;
-        prefix = client.prefix;
-        // Bytes hyper read ahead go first; copied, so they do not keep its 8 KiB read
-        // buffer alive.
-        if !parts.read_buf.is_empty() {
-            let mut ahead = Vec::with_capacity(prefix.len() + parts.read_buf.len());
-            ahead.extend_from_slice(&parts.read_buf);
-            ahead.extend_from_slice(&prefix);
-            prefix = Bytes::from(ahead);
-        }
+    }
+    // A drain clears the release flag: the connection closes instead.
+    if !activity.is_releasing() {
+        return Http1End::Closed(None);
+    }
+    // `None`: the connection was upgraded and its socket now belongs to the tunnel.
+    let Some(parts) = conn.into_parts() else {
+        return Http1End::Closed(None);
+    };
+    protocols.releases.inc();
+    activity.set_releasing(false);
+    let client = parts.io.into_inner();
+    let mut prefix = client.prefix;
+    // Bytes hyper read ahead go first; copied, so they do not keep its 8 KiB read
+    // buffer alive.
+    if !parts.read_buf.is_empty() {
+        let mut ahead = Vec::with_capacity(prefix.len() + parts.read_buf.len());
+        ahead.extend_from_slice(&parts.read_buf);
+        ahead.extend_from_slice(&prefix);
+        prefix = Bytes::from(ahead);
+    }
+    Http1End::Released {
+        io: client.inner,
+        prefix,
     }
 }
 

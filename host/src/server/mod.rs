@@ -9,14 +9,15 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 mod connection;
+mod parking;
 mod trim;
 mod watchdog;
 pub mod workers;
 
-use connection::{Protocols, ReadReady};
+use connection::{Protocols, ReadReady, Served};
 
 pub use trim::release_free_memory;
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
@@ -75,6 +76,7 @@ pub async fn serve(
         limits.max_connections,
         protocols.releases(),
     ));
+    let shared = Shared::with_lot(&protocols, &proxy, &drain_rx);
     tokio::pin!(shutdown);
 
     loop {
@@ -100,51 +102,40 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let io = TrackedIo::new(stream, activity.clone());
-        let proxy = proxy.clone();
-        let protocols = protocols.clone();
-        let tls = tls.clone();
-        let drain = drain_rx.clone();
-        tokio::spawn(async move {
-            let timeouts = protocols.timeouts();
-            let expired = match tls {
-                None => {
-                    let conn = ClientConn::plain(peer);
-                    serve_connection(io, None, &protocols, proxy, conn, &activity, drain).await
-                }
-                // Boxed: a TLS session is kilobytes the plain connections need not reserve.
-                Some(tls) => Box::pin(async {
-                    let accept = tls.accept(io);
+        let shared = shared.clone();
+        match &tls {
+            None => {
+                let conn = Arc::new(ClientConn::plain(peer));
+                tokio::spawn(shared.run(io, None, conn, activity, permit));
+            }
+            Some(terminator) => {
+                let terminator = terminator.clone();
+                tokio::spawn(async move {
+                    let accept = terminator.accept(io);
                     tokio::pin!(accept);
+                    let timeouts = shared.protocols.timeouts();
                     let handshake = tokio::select! {
                         done = &mut accept => done.map_err(|e| {
                             tracing::debug!(target: "sluice::server", %peer, reason = e.reason(), "{e}");
-                            None
                         }),
                         // Counted while `accept` still holds the socket open.
-                        why = activity.expired(timeouts) => Err(protocols.timed_out(why)),
-                    };
-                    match handshake {
-                        Ok((stream, info)) => {
-                            let h2 = info.alpn.as_deref().map(|alpn| alpn == "h2");
-                            let conn = ClientConn {
-                                peer,
-                                tls: Some(Box::new(info)),
-                            };
-                            serve_connection(stream, h2, &protocols, proxy, conn, &activity, drain)
-                                .await
+                        why = activity.expired(&timeouts) => {
+                            shared.protocols.timed_out(why);
+                            tracing::debug!(target: "sluice::server", %peer, timeout = why.label(), "connection closed by timeout");
+                            Err(())
                         }
-                        Err(expired) => expired,
+                    };
+                    if let Ok((stream, info)) = handshake {
+                        let h2 = info.alpn.as_deref().map(|alpn| alpn == "h2");
+                        let conn = Arc::new(ClientConn {
+                            peer,
+                            tls: Some(Box::new(info)),
+                        });
+                        shared.run(stream, h2, conn, activity, permit).await;
                     }
-                })
-                .await,
-            };
-            // The connection is closed by now (an HTTP/2 peer sees the socket close); its
-            // timeout was counted before that.
-            if let Some(expired) = expired {
-                tracing::debug!(target: "sluice::server", %peer, timeout = expired.label(), "connection closed by timeout");
+                });
             }
-            drop(permit);
-        });
+        }
     }
 
     drop(listener);
@@ -166,34 +157,173 @@ pub async fn serve(
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on one established connection until it ends; returns the
-/// time bound it broke, if that is why it ended.
-async fn serve_connection<I>(
-    io: I,
-    h2_by_alpn: Option<bool>,
-    protocols: &Protocols,
+/// What the connections of one listener on one serving thread share, for one kind of
+/// stream (plain or TLS): settings, the proxy, the drain signal, and for plain sockets
+/// the parking lot where quiet connections wait.
+struct Shared {
+    protocols: Arc<Protocols>,
     proxy: Arc<Proxy>,
-    conn: ClientConn,
-    activity: &Arc<Activity>,
     drain: watch::Receiver<bool>,
-) -> Option<Expired>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
-{
-    let conn = Arc::new(conn);
-    let service = {
-        let activity = activity.clone();
-        service_fn(move |req| {
-            let proxy = proxy.clone();
-            let conn = conn.clone();
-            let request = activity.begin_request();
-            async move {
-                let (response, log) = proxy.handle(req, &conn).await;
-                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, request, log)))
+    lot: Option<parking::Lot>,
+}
+
+type PlainIo = TrackedIo<tokio::net::TcpStream>;
+
+impl Shared {
+    /// Shared state whose plain connections wait, when quiet, in a parking lot that
+    /// runs until the drain.
+    fn with_lot(
+        protocols: &Arc<Protocols>,
+        proxy: &Arc<Proxy>,
+        drain: &watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let Some((lot, task)) = parking::Lot::new() else {
+            return Self::without_lot(protocols, proxy, drain);
+        };
+        let shared = Arc::new(Self {
+            protocols: protocols.clone(),
+            proxy: proxy.clone(),
+            drain: drain.clone(),
+            lot: Some(lot),
+        });
+        let resume = {
+            let shared = shared.clone();
+            move |parked: parking::Parked| {
+                let parking::Parked {
+                    stream,
+                    conn,
+                    activity,
+                    permit,
+                } = parked;
+                let io = TrackedIo::new(stream, activity.clone());
+                tokio::spawn(shared.clone().run(io, Some(false), conn, activity, permit));
             }
+        };
+        tokio::spawn(task.run(
+            protocols.clone(),
+            proxy.counters().idle_parked.clone(),
+            drain.clone(),
+            resume,
+        ));
+        shared
+    }
+
+    /// Shared state whose quiet connections wait in their own tasks.
+    fn without_lot(
+        protocols: &Arc<Protocols>,
+        proxy: &Arc<Proxy>,
+        drain: &watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            protocols: protocols.clone(),
+            proxy: proxy.clone(),
+            drain: drain.clone(),
+            lot: None,
         })
-    };
-    connection::serve(io, h2_by_alpn, protocols, service, activity, drain).await
+    }
+
+    /// Serves one established connection (HTTP/2, or HTTP/1.1 from the start or after
+    /// waiting) until it closes or is parked. Its permit is given back when it closes.
+    async fn run<I>(
+        self: Arc<Self>,
+        mut io: I,
+        mut h2_by_alpn: Option<bool>,
+        conn: Arc<ClientConn>,
+        activity: Arc<Activity>,
+        permit: OwnedSemaphorePermit,
+    ) where
+        I: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + ReadReady
+            + Parkable
+            + Unpin
+            + Send
+            + 'static,
+    {
+        let mut drain = self.drain.clone();
+        let timeouts = self.protocols.timeouts();
+        let expired = loop {
+            let service = {
+                let activity = activity.clone();
+                let proxy = self.proxy.clone();
+                let conn = conn.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let conn = conn.clone();
+                    let request = activity.begin_request();
+                    async move {
+                        let (response, log) = proxy.handle(req, &conn).await;
+                        Ok::<_, Infallible>(
+                            response.map(|body| TrackedBody::new(body, request, log)),
+                        )
+                    }
+                })
+            };
+            let served = connection::serve(
+                io,
+                h2_by_alpn,
+                &self.protocols,
+                service,
+                &activity,
+                drain.clone(),
+            )
+            .await;
+            let mut quiet = match served {
+                Served::Closed(expired) => break expired,
+                Served::Parked(quiet) => quiet,
+            };
+            if let Some(lot) = &self.lot {
+                match quiet.into_socket() {
+                    Ok(stream) => {
+                        lot.park(parking::Parked {
+                            stream,
+                            conn,
+                            activity,
+                            permit,
+                        });
+                        return;
+                    }
+                    Err(not_plain) => quiet = not_plain,
+                }
+            }
+            // No lot for this stream: only the socket is held until the client sends.
+            tokio::select! {
+                ready = std::future::poll_fn(|cx| quiet.poll_read_ready(cx)) => {
+                    if ready.is_err() {
+                        break None;
+                    }
+                }
+                why = activity.expired(&timeouts) => break self.protocols.timed_out(why),
+                _ = drain.changed() => break None,
+            }
+            io = quiet;
+            h2_by_alpn = Some(false);
+        };
+        // The connection is closed by now (an HTTP/2 peer sees the socket close); its
+        // timeout was counted before that.
+        if let Some(expired) = expired {
+            tracing::debug!(target: "sluice::server", peer = %conn.peer, timeout = expired.label(), "connection closed by timeout");
+        }
+        drop(permit);
+    }
+}
+
+/// A client stream that can wait in a parking lot: a plain socket can; a TLS one keeps
+/// its session and waits in its own task.
+trait Parkable: Sized {
+    fn into_socket(self) -> Result<tokio::net::TcpStream, Self>;
+}
+
+impl Parkable for PlainIo {
+    fn into_socket(self) -> Result<tokio::net::TcpStream, Self> {
+        Ok(self.into_inner())
+    }
+}
+
+impl<T> Parkable for tokio_rustls::server::TlsStream<T> {
+    fn into_socket(self) -> Result<tokio::net::TcpStream, Self> {
+        Err(self)
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -135,6 +135,12 @@ impl Activity {
         }
     }
 
+    /// When a connection with nothing in flight since its last progress is due to
+    /// close for idleness.
+    pub fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.at(self.last_progress.load(Ordering::Relaxed)) + idle
+    }
+
     /// Request heads received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
@@ -152,7 +158,7 @@ impl Activity {
     /// quiet long enough is due for release.
     fn next_deadline(
         &self,
-        limits: ConnTimeouts,
+        limits: &ConnTimeouts,
         release: Option<ReleaseWhen>,
     ) -> (Instant, Option<Due>) {
         // Without a due deadline, look again after the shortest bound: state changes
@@ -206,19 +212,26 @@ impl Activity {
 
     /// Resolves when the connection breaks one of `limits`, or (with `release`) when
     /// it is due for release.
-    pub async fn due(&self, limits: ConnTimeouts, release: Option<ReleaseWhen>) -> Due {
+    pub async fn due(&self, limits: &ConnTimeouts, release: Option<ReleaseWhen>) -> Due {
+        // One timer, moved as the deadline moves, and the limits by reference: this
+        // future is part of every connection's task.
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
         loop {
             let (at, why) = self.next_deadline(limits, release);
             match why {
                 Some(why) if at <= Instant::now() => return why,
                 // Sleep, then look again: progress may have moved the deadline.
-                _ => tokio::time::sleep_until(at).await,
+                _ => {
+                    sleep.as_mut().reset(at);
+                    sleep.as_mut().await;
+                }
             }
         }
     }
 
     /// Resolves when the connection breaks one of `limits`.
-    pub async fn expired(&self, limits: ConnTimeouts) -> Expired {
+    pub async fn expired(&self, limits: &ConnTimeouts) -> Expired {
         loop {
             if let Due::Expired(why) = self.due(limits, None).await {
                 return why;
@@ -256,6 +269,10 @@ impl<T> TrackedIo<T> {
 
     pub fn get_ref(&self) -> &T {
         &self.inner
+    }
+
+    pub fn into_inner(self) -> T {
+        self.inner
     }
 
     fn wrote(&self, polled: &Poll<std::io::Result<usize>>) {

@@ -1,0 +1,282 @@
+//! Where released plain HTTP/1.1 connections wait for their client's next request.
+//!
+//! One task per listener and serving thread holds every such connection as a bare
+//! entry (the socket, who the client is, its permit, when it expires), the way nginx
+//! keeps an idle keep-alive connection as a struct on its event loop. The sockets leave
+//! the runtime's reactor for the lot's own poller, so a waiting connection has no task,
+//! timer or reactor registration of its own (`bench/idle.sh`). One sweep closes the
+//! entries past their idle timeout; a readable socket goes back to the runtime and is
+//! served by a new task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::gauge::Gauge;
+use slab::Slab;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::connection::Protocols;
+use super::watchdog::{Activity, Expired};
+use crate::proxy::ClientConn;
+
+/// A quiet plain HTTP/1.1 connection with no hyper state: what it takes to serve it
+/// again.
+pub(super) struct Parked {
+    pub stream: TcpStream,
+    pub conn: Arc<ClientConn>,
+    pub activity: Arc<Activity>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Hands connections to a lot's task.
+pub(super) struct Lot {
+    arrivals: mpsc::UnboundedSender<Waiting>,
+}
+
+/// The lot's task, to be run once with [`LotTask::run`].
+pub(super) struct LotTask {
+    arrivals: mpsc::UnboundedReceiver<Waiting>,
+    poller: Poller,
+}
+
+impl Lot {
+    /// A lot and the task that serves it; `None` when the poller cannot be made (the
+    /// connections then wait in their own tasks).
+    pub fn new() -> Option<(Self, LotTask)> {
+        let poller = match Poller::new() {
+            Ok(poller) => poller,
+            Err(e) => {
+                tracing::warn!(target: "sluice::server", "idle connections will wait in their own tasks: cannot make a poller: {e}");
+                return None;
+            }
+        };
+        let (arrivals, receiver) = mpsc::unbounded_channel();
+        Some((
+            Self { arrivals },
+            LotTask {
+                arrivals: receiver,
+                poller,
+            },
+        ))
+    }
+
+    /// Parks `parked`. A socket that cannot leave the reactor, or a lot that has
+    /// stopped (a drain), closes the connection.
+    pub fn park(&self, parked: Parked) {
+        let Parked {
+            stream,
+            conn,
+            activity,
+            permit,
+        } = parked;
+        match stream.into_std() {
+            Ok(socket) => {
+                let _ = self.arrivals.send(Waiting {
+                    socket,
+                    conn,
+                    activity,
+                    permit,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(target: "sluice::server", peer = %conn.peer, "cannot park an idle connection, closing it: {e}");
+            }
+        }
+    }
+}
+
+/// A parked connection on its way to (or in) the lot.
+struct Waiting {
+    socket: std::net::TcpStream,
+    conn: Arc<ClientConn>,
+    activity: Arc<Activity>,
+    permit: OwnedSemaphorePermit,
+}
+
+struct Entry {
+    waiting: Waiting,
+    idle_until: Instant,
+}
+
+impl LotTask {
+    /// Runs until a drain starts, closing the connections still in the lot then.
+    /// Connections whose socket turns readable (a request, or the client closing) go
+    /// to `resume`.
+    pub async fn run(
+        mut self,
+        protocols: Arc<Protocols>,
+        parked_gauge: Gauge,
+        mut drain: watch::Receiver<bool>,
+        resume: impl Fn(Parked),
+    ) {
+        let idle = protocols.timeouts().idle;
+        // Expiry is checked in sweeps: an idle connection closes within an eighth of
+        // its timeout (at most a second) after it is due.
+        let sweep_every = (idle / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut entries: Slab<Entry> = Slab::new();
+        let mut ready = Vec::new();
+        let sweep = tokio::time::sleep(sweep_every);
+        tokio::pin!(sweep);
+        let wake = |waiting: Waiting, resume: &dyn Fn(Parked)| match TcpStream::from_std(
+            waiting.socket,
+        ) {
+            Ok(stream) => resume(Parked {
+                stream,
+                conn: waiting.conn,
+                activity: waiting.activity,
+                permit: waiting.permit,
+            }),
+            Err(e) => {
+                tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot resume a parked connection, closing it: {e}");
+            }
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = drain.changed() => break,
+                arrived = self.arrivals.recv() => {
+                    let Some(waiting) = arrived else { break };
+                    if entries.is_empty() {
+                        sweep.as_mut().reset(Instant::now() + sweep_every);
+                    }
+                    let entry = entries.vacant_entry();
+                    // A socket that is already readable is reported at once.
+                    if let Err(e) = self.poller.add(&waiting.socket, entry.key()) {
+                        tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot park an idle connection, closing it: {e}");
+                        continue;
+                    }
+                    let idle_until = waiting.activity.idle_deadline(idle);
+                    entry.insert(Entry { waiting, idle_until });
+                    parked_gauge.inc();
+                }
+                polled = self.poller.ready(&mut ready) => {
+                    if let Err(e) = polled {
+                        // The poller is broken: nothing more can be waited on here.
+                        tracing::error!(target: "sluice::server", "idle connection poller failed, closing its connections: {e}");
+                        break;
+                    }
+                    for key in ready.drain(..) {
+                        let Some(entry) = entries.try_remove(key) else { continue };
+                        parked_gauge.dec();
+                        // Removed from the lot's poller before the runtime takes it.
+                        if self.poller.remove(&entry.waiting.socket).is_ok() {
+                            wake(entry.waiting, &resume);
+                        }
+                    }
+                }
+                () = &mut sweep, if !entries.is_empty() => {
+                    let now = Instant::now();
+                    entries.retain(|_, entry| {
+                        if entry.idle_until > now {
+                            return true;
+                        }
+                        // Counted while the socket is still open.
+                        protocols.timed_out(Expired::Idle);
+                        tracing::debug!(target: "sluice::server", peer = %entry.waiting.conn.peer, timeout = "idle", "connection closed by timeout");
+                        parked_gauge.dec();
+                        false
+                    });
+                    sweep.as_mut().reset(now + sweep_every);
+                }
+            }
+        }
+        // The connections still here close as the lot goes.
+        parked_gauge.dec_by(entries.len() as i64);
+    }
+}
+
+#[cfg(unix)]
+use poller::Poller;
+
+/// The lot's own readiness poller (epoll on Linux), itself registered with the runtime.
+#[cfg(unix)]
+mod poller {
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    use tokio::io::unix::AsyncFd;
+
+    /// Events taken per look; more wait for the next.
+    const BATCH: usize = 256;
+
+    pub(super) struct Poller {
+        poll: AsyncFd<Poll>,
+        registry: mio::Registry,
+        events: Events,
+    }
+
+    impl Poller {
+        pub fn new() -> io::Result<Self> {
+            let poll = Poll::new()?;
+            let registry = poll.registry().try_clone()?;
+            // SAFETY: the `Poll` owns its epoll descriptor, which stays open and the
+            // same for as long as the `AsyncFd` holds it.
+            let poll =
+                unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)?;
+            Ok(Self {
+                poll,
+                registry,
+                events: Events::with_capacity(BATCH),
+            })
+        }
+
+        pub fn add(&self, socket: &std::net::TcpStream, key: usize) -> io::Result<()> {
+            let fd = socket.as_raw_fd();
+            self.registry
+                .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
+        }
+
+        pub fn remove(&self, socket: &std::net::TcpStream) -> io::Result<()> {
+            self.registry.deregister(&mut SourceFd(&socket.as_raw_fd()))
+        }
+
+        /// Waits until some parked sockets are readable, and puts their keys in `ready`.
+        pub async fn ready(&mut self, ready: &mut Vec<usize>) -> io::Result<()> {
+            loop {
+                let mut guard = self.poll.readable_mut().await?;
+                guard
+                    .get_inner_mut()
+                    .poll(&mut self.events, Some(Duration::ZERO))?;
+                if self.events.is_empty() {
+                    // Drained: the runtime tells us when the next socket turns ready.
+                    guard.clear_ready();
+                    continue;
+                }
+                ready.extend(self.events.iter().map(|event| event.token().0));
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+use unsupported::Poller;
+
+#[cfg(not(unix))]
+mod unsupported {
+    use std::io;
+
+    /// No lot on this platform: idle connections wait in their own tasks.
+    pub(super) struct Poller;
+
+    impl Poller {
+        pub fn new() -> io::Result<Self> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub fn add(&self, _: &std::net::TcpStream, _: usize) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub fn remove(&self, _: &std::net::TcpStream) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub async fn ready(&mut self, _: &mut Vec<usize>) -> io::Result<()> {
+            std::future::pending().await
+        }
+    }
+}

@@ -95,6 +95,9 @@ struct Waiting {
     permit: OwnedSemaphorePermit,
 }
 
+/// Connections taken into the lot per turn of its loop.
+const ARRIVALS_PER_TURN: usize = 64;
+
 struct Entry {
     waiting: Waiting,
     idle_until: Instant,
@@ -132,40 +135,13 @@ impl LotTask {
                 tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot resume a parked connection, closing it: {e}");
             }
         };
+        let mut arrived = Vec::with_capacity(ARRIVALS_PER_TURN);
         loop {
+            // In this order: a drain, a due sweep (at most once per interval), clients
+            // waiting for an answer, then connections going quiet, taken in batches.
             tokio::select! {
                 biased;
                 _ = drain.changed() => break,
-                arrived = self.arrivals.recv() => {
-                    let Some(waiting) = arrived else { break };
-                    if entries.is_empty() {
-                        sweep.as_mut().reset(Instant::now() + sweep_every);
-                    }
-                    let entry = entries.vacant_entry();
-                    // A socket that is already readable is reported at once.
-                    if let Err(e) = self.poller.add(&waiting.socket, entry.key()) {
-                        tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot park an idle connection, closing it: {e}");
-                        continue;
-                    }
-                    let idle_until = waiting.activity.idle_deadline(idle);
-                    entry.insert(Entry { waiting, idle_until });
-                    parked_gauge.inc();
-                }
-                polled = self.poller.ready(&mut ready) => {
-                    if let Err(e) = polled {
-                        // The poller is broken: nothing more can be waited on here.
-                        tracing::error!(target: "sluice::server", "idle connection poller failed, closing its connections: {e}");
-                        break;
-                    }
-                    for key in ready.drain(..) {
-                        let Some(entry) = entries.try_remove(key) else { continue };
-                        parked_gauge.dec();
-                        // Removed from the lot's poller before the runtime takes it.
-                        if self.poller.remove(&entry.waiting.socket).is_ok() {
-                            wake(entry.waiting, &resume);
-                        }
-                    }
-                }
                 () = &mut sweep, if !entries.is_empty() => {
                     let now = Instant::now();
                     entries.retain(|_, entry| {
@@ -179,6 +155,41 @@ impl LotTask {
                         false
                     });
                     sweep.as_mut().reset(now + sweep_every);
+                }
+                polled = self.poller.ready(&mut ready) => {
+                    if let Err(e) = polled {
+                        // The poller is broken: nothing more can be waited on here.
+                        tracing::error!(target: "sluice::server", "idle connection poller failed, closing its connections: {e}");
+                        break;
+                    }
+                    for key in ready.drain(..) {
+                        let Some(entry) = entries.try_remove(key) else { continue };
+                        parked_gauge.dec();
+                        // Out of the lot's poller before the runtime takes it.
+                        match self.poller.remove(&entry.waiting.socket) {
+                            Ok(()) => wake(entry.waiting, &resume),
+                            Err(e) => tracing::debug!(target: "sluice::server", peer = %entry.waiting.conn.peer, "cannot resume a parked connection, closing it: {e}"),
+                        }
+                    }
+                }
+                count = self.arrivals.recv_many(&mut arrived, ARRIVALS_PER_TURN) => {
+                    if count == 0 {
+                        break;
+                    }
+                    if entries.is_empty() {
+                        sweep.as_mut().reset(Instant::now() + sweep_every);
+                    }
+                    for waiting in arrived.drain(..) {
+                        let entry = entries.vacant_entry();
+                        // A socket that is already readable is reported at once.
+                        if let Err(e) = self.poller.add(&waiting.socket, entry.key()) {
+                            tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot park an idle connection, closing it: {e}");
+                            continue;
+                        }
+                        let idle_until = waiting.activity.idle_deadline(idle);
+                        entry.insert(Entry { waiting, idle_until });
+                        parked_gauge.inc();
+                    }
                 }
             }
         }

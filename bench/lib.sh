@@ -17,3 +17,20 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 # median: of the numbers on standard input (space or newline separated).
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# start_sluice NAME BINARY PORT ORIGIN_PORT SERVER_LINES: $run/NAME.toml (one worker, one
+# route to the origin, SERVER_LINES added to `[server]`), run pinned to PROXY_CPU in the
+# background; `$!` is its PID.
+start_sluice() {
+  mkdir -p "$run/$1-plugins"
+  printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n%s\n[plugins]\ndir = "%s/%s-plugins"\n[upstreams.app]\nservers = ["127.0.0.1:%s"]\n[[routes]]\npath = "/"\nupstream = "app"\n' \
+    "$3" "$5" "$run" "$1" "$4" >"$run/$1.toml"
+  taskset -c "$PROXY_CPU" "$2" run --config "$run/$1.toml" 2>>"$run/$1.err" &
+}
+
+# wait_ports PORT...: until each answers `GET /`, at most 10 s each.
+wait_ports() {
+  for port in "$@"; do
+    for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  done
+}

@@ -31,17 +31,9 @@ nginx_conf proxy "upstream origin { server 127.0.0.1:$origin; keepalive 256; }
     proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c "$PROXY_CPU" nginx -c "$run/proxy.conf" & ngx_pid=$!
 
-start_sluice() { # name binary port
-  mkdir -p "$run/$1-plugins"
-  printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\naccess_log = false\nidle_release_ms = 20\n[plugins]\ndir = "%s/%s-plugins"\n[upstreams.app]\nservers = ["127.0.0.1:%s"]\n[[routes]]\npath = "/"\nupstream = "app"\n' \
-    "$3" "$run" "$1" "$origin" >"$run/$1.toml"
-  taskset -c "$PROXY_CPU" "$2" run --config "$run/$1.toml" 2>>"$run/$1.err" &
-}
-start_sluice a "$a" "$port_a"; pid_a=$!
-start_sluice b "$b" "$port_b"; pid_b=$!
-for port in $origin $ngx $port_a $port_b; do
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-done
+start_sluice a "$a" "$port_a" "$origin" $'access_log = false\nidle_release_ms = 20'; pid_a=$!
+start_sluice b "$b" "$port_b" "$origin" $'access_log = false\nidle_release_ms = 20'; pid_b=$!
+wait_ports "$origin" "$ngx" "$port_a" "$port_b"
 
 # clients PORT: CLIENTS keep-alive connections, each sending GET / then pausing
 # PAUSE_MS, for DURATION seconds; prints the number of responses read.

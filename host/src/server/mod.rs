@@ -157,9 +157,8 @@ pub async fn serve(
     }
 }
 
-/// What the connections of one listener on one serving thread share, for one kind of
-/// stream (plain or TLS): settings, the proxy, the drain signal, and for plain sockets
-/// the parking lot where quiet connections wait.
+/// What the connections of one listener on one serving thread share: settings, the
+/// proxy, the drain signal, and the parking lot where quiet plain connections wait.
 struct Shared {
     protocols: Arc<Protocols>,
     proxy: Arc<Proxy>,

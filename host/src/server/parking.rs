@@ -154,6 +154,11 @@ impl LotTask {
                         parked_gauge.dec();
                         false
                     });
+                    // After a burst, give back what the slots of gone connections
+                    // hold (only trailing free slots can go without moving keys).
+                    if entries.capacity() > 1024 && entries.len() < entries.capacity() / 4 {
+                        entries.shrink_to_fit();
+                    }
                     sweep.as_mut().reset(now + sweep_every);
                 }
                 polled = self.poller.ready(&mut ready) => {

@@ -610,6 +610,79 @@ listen = \"127.0.0.1:0\"\n";
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    let app = spawn_origin("app").await.unwrap();
+    // One serving thread: each thread reclaims from its own lot.
+    let server = "workers = 1\nidle_release_ms = 100\nmax_connections = 6\n\
+                  [admin]\nlisten = \"127.0.0.1:0\"\n";
+    let (_site, proxy) = open_site(app.addr, server, "").await;
+    let admin = proxy.admin_addr.unwrap();
+    // A client that hogs every connection with idle keep-alives, one at a time.
+    let mut hogs = Vec::new();
+    for i in 0..6 {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&keep_alive_get(&format!("/hog/{i}")))
+            .await
+            .unwrap();
+        read_response(&mut s).await;
+        hogs.push(s);
+        let parked = i + 1;
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                metric(admin, PARKED).await == parked
+            })
+            .await,
+            "hog {i} was not parked"
+        );
+    }
+    // New clients are served at once, long before the 60 s idle timeout, each in place
+    // of the hog that has been quiet longest. They stay connected.
+    let mut newcomers = Vec::new();
+    for i in 0..2 {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&keep_alive_get(&format!("/new/{i}")))
+            .await
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
+            .await
+            .expect("a new client was not served at the connection limit");
+        let want = format!("/new/{i}");
+        assert_eq!(
+            origin_path(&response).as_deref(),
+            Some(want.as_str()),
+            "{response}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        let oldest = &mut hogs[i];
+        assert!(
+            read_until_closed(oldest, Duration::from_secs(2))
+                .await
+                .is_some(),
+            "hog {i}, the longest quiet, is still open"
+        );
+        newcomers.push(s);
+    }
+    assert_eq!(
+        metric(admin, "sluice_idle_connections_reclaimed_total").await,
+        2
+    );
+    // The younger hogs are untouched and still served.
+    let last = &mut hogs[5];
+    last.write_all(&keep_alive_get("/hog/again")).await.unwrap();
+    let response = read_response(last).await;
+    assert_eq!(
+        origin_path(&response).as_deref(),
+        Some("/hog/again"),
+        "{response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_connection_is_closed_at_its_idle_timeout() {
     let app = spawn_origin("app").await.unwrap();
     let server = "idle_release_ms = 100

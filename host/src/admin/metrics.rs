@@ -45,6 +45,8 @@ pub struct EdgeCounters {
     pub idle_releases: Counter,
     /// Released HTTP/1.1 connections waiting for their next request, now.
     pub idle_parked: Gauge,
+    /// Parked connections closed to make room for a new client at `max_connections`.
+    pub idle_reclaimed: Counter,
     /// TLS handshakes that failed, by reason (incompatible, client_cert, no_certificate,
     /// protocol, io); timeouts are counted in `timeouts{kind="tls_handshake"}`.
     pub tls_handshake_failures: Family<KindLabels, Counter>,
@@ -123,6 +125,11 @@ impl Metrics {
             "idle_connections_parked",
             "Released HTTP/1.1 keep-alive connections waiting, with no per-connection task, for their next request",
             edge.idle_parked.clone(),
+        );
+        registry.register(
+            "idle_connections_reclaimed",
+            "Parked idle connections closed, longest quiet first, so that a new client could be served at max_connections",
+            edge.idle_reclaimed.clone(),
         );
         registry.register(
             "timeouts",

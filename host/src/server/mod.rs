@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 mod connection;
 mod parking;
@@ -80,13 +80,6 @@ pub async fn serve(
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -98,6 +91,24 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => break,
+            // At the limit, a new client is worth more than the connection that has been
+            // quiet longest: the lot closes that one, and its permit serves this client.
+            Err(TryAcquireError::NoPermits) => {
+                if let Some(lot) = &shared.lot {
+                    lot.reclaim();
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
@@ -201,6 +212,7 @@ impl Shared {
         tokio::spawn(task.run(
             protocols.clone(),
             proxy.counters().idle_parked.clone(),
+            proxy.counters().idle_reclaimed.clone(),
             drain.clone(),
             resume,
         ));

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use slab::Slab;
 use tokio::net::TcpStream;
@@ -32,12 +33,20 @@ pub(super) struct Parked {
 
 /// Hands connections to a lot's task.
 pub(super) struct Lot {
-    arrivals: mpsc::UnboundedSender<Waiting>,
+    arrivals: mpsc::UnboundedSender<Arrival>,
+}
+
+/// What the lot's task is asked to do.
+enum Arrival {
+    Park(Waiting),
+    /// The connection limit is reached and a new client waits: close the connection
+    /// that has waited longest.
+    Reclaim,
 }
 
 /// The lot's task, to be run once with [`LotTask::run`].
 pub(super) struct LotTask {
-    arrivals: mpsc::UnboundedReceiver<Waiting>,
+    arrivals: mpsc::UnboundedReceiver<Arrival>,
     poller: Poller,
 }
 
@@ -62,6 +71,13 @@ impl Lot {
         ))
     }
 
+    /// Asks the lot to close the connection that has waited longest, if any, so that its
+    /// permit serves a new client (nginx does the same with idle keep-alive
+    /// connections when it runs out of connections).
+    pub fn reclaim(&self) {
+        let _ = self.arrivals.send(Arrival::Reclaim);
+    }
+
     /// Parks `parked`. A socket that cannot leave the reactor, or a lot that has
     /// stopped (a drain), closes the connection.
     pub fn park(&self, parked: Parked) {
@@ -73,12 +89,12 @@ impl Lot {
         } = parked;
         match stream.into_std() {
             Ok(socket) => {
-                let _ = self.arrivals.send(Waiting {
+                let _ = self.arrivals.send(Arrival::Park(Waiting {
                     socket,
                     conn,
                     activity,
                     permit,
-                });
+                }));
             }
             Err(e) => {
                 tracing::debug!(target: "sluice::server", peer = %conn.peer, "cannot park an idle connection, closing it: {e}");
@@ -111,6 +127,7 @@ impl LotTask {
         mut self,
         protocols: Arc<Protocols>,
         parked_gauge: Gauge,
+        reclaimed: Counter,
         mut drain: watch::Receiver<bool>,
         resume: impl Fn(Parked),
     ) {
@@ -184,7 +201,21 @@ impl LotTask {
                     if entries.is_empty() {
                         sweep.as_mut().reset(Instant::now() + sweep_every);
                     }
-                    for waiting in arrived.drain(..) {
+                    for arrival in arrived.drain(..) {
+                        let waiting = match arrival {
+                            Arrival::Park(waiting) => waiting,
+                            Arrival::Reclaim => {
+                                // The earliest deadline: the longest quiet.
+                                let oldest = entries.iter().min_by_key(|(_, entry)| entry.idle_until);
+                                if let Some((key, _)) = oldest {
+                                    let entry = entries.remove(key);
+                                    parked_gauge.dec();
+                                    reclaimed.inc();
+                                    tracing::debug!(target: "sluice::server", peer = %entry.waiting.conn.peer, "idle connection closed to serve a new client at the connection limit");
+                                }
+                                continue;
+                            }
+                        };
                         let entry = entries.vacant_entry();
                         // A socket that is already readable is reported at once.
                         if let Err(e) = self.poller.add(&waiting.socket, entry.key()) {

@@ -638,7 +638,7 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     // New clients are served at once, long before the 60 s idle timeout, each in place
     // of the hog that has been quiet longest. They stay connected.
     let mut newcomers = Vec::new();
-    for i in 0..2 {
+    for (i, oldest) in hogs.iter_mut().take(2).enumerate() {
         let started = Instant::now();
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         s.write_all(&keep_alive_get(&format!("/new/{i}")))
@@ -658,7 +658,6 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
             "{:?}",
             started.elapsed()
         );
-        let oldest = &mut hogs[i];
         assert!(
             read_until_closed(oldest, Duration::from_secs(2))
                 .await

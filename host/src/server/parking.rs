@@ -6,7 +6,8 @@
 //! the runtime's reactor for the lot's own poller, so a waiting connection has no task,
 //! timer or reactor registration of its own (`bench/idle.sh`). One sweep closes the
 //! entries past their idle timeout; a readable socket goes back to the runtime and is
-//! served by a new task.
+//! served by a new task. At the connection limit, the entry quiet longest is closed to
+//! make room for a new client.
 
 use std::sync::Arc;
 use std::time::Duration;

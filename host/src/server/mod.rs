@@ -76,7 +76,7 @@ pub async fn serve(
         limits.max_connections,
         protocols.releases(),
     ));
-    let shared = Shared::with_lot(&protocols, &proxy, &drain_rx);
+    let shared = Shared::new(&protocols, &proxy, &drain_rx);
     tokio::pin!(shutdown);
 
     loop {
@@ -180,57 +180,43 @@ struct Shared {
 type PlainIo = TrackedIo<tokio::net::TcpStream>;
 
 impl Shared {
-    /// Shared state whose plain connections wait, when quiet, in a parking lot that
-    /// runs until the drain.
-    fn with_lot(
+    /// Shared state; when its parking lot can be made, the lot's task runs until the
+    /// drain, and otherwise quiet connections wait in their own tasks.
+    fn new(
         protocols: &Arc<Protocols>,
         proxy: &Arc<Proxy>,
         drain: &watch::Receiver<bool>,
     ) -> Arc<Self> {
-        let Some((lot, task)) = parking::Lot::new() else {
-            return Self::without_lot(protocols, proxy, drain);
-        };
+        let (lot, task) = parking::Lot::new().unzip();
         let shared = Arc::new(Self {
             protocols: protocols.clone(),
             proxy: proxy.clone(),
             drain: drain.clone(),
-            lot: Some(lot),
+            lot,
         });
-        let resume = {
-            let shared = shared.clone();
-            move |parked: parking::Parked| {
-                let parking::Parked {
-                    stream,
-                    conn,
-                    activity,
-                    permit,
-                } = parked;
-                let io = TrackedIo::new(stream, activity.clone());
-                tokio::spawn(shared.clone().run(io, Some(false), conn, activity, permit));
-            }
-        };
-        tokio::spawn(task.run(
-            protocols.clone(),
-            proxy.counters().idle_parked.clone(),
-            proxy.counters().idle_reclaimed.clone(),
-            drain.clone(),
-            resume,
-        ));
+        if let Some(task) = task {
+            let resume = {
+                let shared = shared.clone();
+                move |parked: parking::Parked| {
+                    let parking::Parked {
+                        stream,
+                        conn,
+                        activity,
+                        permit,
+                    } = parked;
+                    let io = TrackedIo::new(stream, activity.clone());
+                    tokio::spawn(shared.clone().run(io, Some(false), conn, activity, permit));
+                }
+            };
+            tokio::spawn(task.run(
+                protocols.clone(),
+                proxy.counters().idle_parked.clone(),
+                proxy.counters().idle_reclaimed.clone(),
+                drain.clone(),
+                resume,
+            ));
+        }
         shared
-    }
-
-    /// Shared state whose quiet connections wait in their own tasks.
-    fn without_lot(
-        protocols: &Arc<Protocols>,
-        proxy: &Arc<Proxy>,
-        drain: &watch::Receiver<bool>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            protocols: protocols.clone(),
-            proxy: proxy.clone(),
-            drain: drain.clone(),
-            lot: None,
-        })
     }
 
     /// Serves one established connection (HTTP/2, or HTTP/1.1 from the start or after

@@ -24,9 +24,9 @@ use super::watchdog::{Activity, Expired};
 use crate::proxy::ClientConn;
 
 /// A quiet plain HTTP/1.1 connection with no hyper state: what it takes to serve it
-/// again.
-pub(super) struct Parked {
-    pub stream: TcpStream,
+/// again. In the lot its socket is a plain `std` one, out of the runtime's reactor.
+pub(super) struct Parked<S = TcpStream> {
+    pub stream: S,
     pub conn: Arc<ClientConn>,
     pub activity: Arc<Activity>,
     pub permit: OwnedSemaphorePermit,
@@ -39,7 +39,7 @@ pub(super) struct Lot {
 
 /// What the lot's task is asked to do.
 enum Arrival {
-    Park(Waiting),
+    Park(Parked<std::net::TcpStream>),
     /// The connection limit is reached and a new client waits: close the connection
     /// that has waited longest.
     Reclaim,
@@ -82,41 +82,27 @@ impl Lot {
     /// Parks `parked`. A socket that cannot leave the reactor, or a lot that has
     /// stopped (a drain), closes the connection.
     pub fn park(&self, parked: Parked) {
-        let Parked {
-            stream,
-            conn,
-            activity,
-            permit,
-        } = parked;
-        match stream.into_std() {
+        match parked.stream.into_std() {
             Ok(socket) => {
-                let _ = self.arrivals.send(Arrival::Park(Waiting {
-                    socket,
-                    conn,
-                    activity,
-                    permit,
+                let _ = self.arrivals.send(Arrival::Park(Parked {
+                    stream: socket,
+                    conn: parked.conn,
+                    activity: parked.activity,
+                    permit: parked.permit,
                 }));
             }
             Err(e) => {
-                tracing::debug!(target: "sluice::server", peer = %conn.peer, "cannot park an idle connection, closing it: {e}");
+                tracing::debug!(target: "sluice::server", peer = %parked.conn.peer, "cannot park an idle connection, closing it: {e}");
             }
         }
     }
-}
-
-/// A parked connection on its way to (or in) the lot.
-struct Waiting {
-    socket: std::net::TcpStream,
-    conn: Arc<ClientConn>,
-    activity: Arc<Activity>,
-    permit: OwnedSemaphorePermit,
 }
 
 /// Connections taken into the lot per turn of its loop.
 const ARRIVALS_PER_TURN: usize = 64;
 
 struct Entry {
-    waiting: Waiting,
+    waiting: Parked<std::net::TcpStream>,
     idle_until: Instant,
 }
 
@@ -140,19 +126,6 @@ impl LotTask {
         let mut ready = Vec::new();
         let sweep = tokio::time::sleep(sweep_every);
         tokio::pin!(sweep);
-        let wake = |waiting: Waiting, resume: &dyn Fn(Parked)| match TcpStream::from_std(
-            waiting.socket,
-        ) {
-            Ok(stream) => resume(Parked {
-                stream,
-                conn: waiting.conn,
-                activity: waiting.activity,
-                permit: waiting.permit,
-            }),
-            Err(e) => {
-                tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot resume a parked connection, closing it: {e}");
-            }
-        };
         let mut arrived = Vec::with_capacity(ARRIVALS_PER_TURN);
         loop {
             // In this order: a drain, a due sweep (at most once per interval), clients
@@ -189,9 +162,19 @@ impl LotTask {
                         let Some(entry) = entries.try_remove(key) else { continue };
                         parked_gauge.dec();
                         // Out of the lot's poller before the runtime takes it.
-                        match self.poller.remove(&entry.waiting.socket) {
-                            Ok(()) => wake(entry.waiting, &resume),
-                            Err(e) => tracing::debug!(target: "sluice::server", peer = %entry.waiting.conn.peer, "cannot resume a parked connection, closing it: {e}"),
+                        let waiting = entry.waiting;
+                        let stream = self
+                            .poller
+                            .remove(&waiting.stream)
+                            .and_then(|()| TcpStream::from_std(waiting.stream));
+                        match stream {
+                            Ok(stream) => resume(Parked {
+                                stream,
+                                conn: waiting.conn,
+                                activity: waiting.activity,
+                                permit: waiting.permit,
+                            }),
+                            Err(e) => tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot resume a parked connection, closing it: {e}"),
                         }
                     }
                 }
@@ -219,7 +202,7 @@ impl LotTask {
                         };
                         let entry = entries.vacant_entry();
                         // A socket that is already readable is reported at once.
-                        if let Err(e) = self.poller.add(&waiting.socket, entry.key()) {
+                        if let Err(e) = self.poller.add(&waiting.stream, entry.key()) {
                             tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot park an idle connection, closing it: {e}");
                             continue;
                         }

@@ -3,7 +3,9 @@
 //! watched plugins directory: precompiled code is trusted, wasm is not).
 
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -79,10 +81,22 @@ impl CompileCache {
         unsafe { Component::deserialize(engine, &artifact) }
     }
 
+    /// Writes a fresh file and renames it over the entry. The temp name is unique per
+    /// write and created exclusively: two loads of the same plugin may compile at once,
+    /// and a shared temp file would let one truncate the file the other has already
+    /// renamed into place and mapped (the mapping then faults with SIGBUS).
     fn store(&self, key: &str, artifact: &[u8]) -> Result<PathBuf, String> {
+        static WRITES: AtomicU64 = AtomicU64::new(0);
         let path = self.entry(key);
-        let tmp = self.dir.join(format!(".{key}.{}.tmp", std::process::id()));
-        let written = std::fs::write(&tmp, artifact)
+        let write = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{key}.{}.{write}.tmp", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut file| file.write_all(artifact))
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| e.to_string());
         if written.is_err() {
@@ -184,5 +198,44 @@ pub mod child {
             .map_err(anyhow::Error::from)?;
         std::io::stdout().write_all(&artifact)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads of the same plugin compile concurrently; every entry any of them sees
+    /// must be one whole artifact, never a file another writer is still filling.
+    #[test]
+    fn concurrent_stores_of_one_key_each_leave_a_whole_artifact() {
+        let dir = std::env::temp_dir().join(format!("sluice-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = CompileCache::new(dir.clone(), &Engine::default()).unwrap();
+        let writers: Vec<_> = (0u8..4)
+            .map(|writer| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let artifact = vec![writer; 256 * 1024 + usize::from(writer) * 4096];
+                    for _ in 0..25 {
+                        let path = cache.store("same-key", &artifact).unwrap();
+                        let seen = std::fs::read(&path).unwrap();
+                        let byte = seen[0];
+                        assert!(byte < 4, "unknown writer byte {byte}");
+                        assert_eq!(seen.len(), 256 * 1024 + usize::from(byte) * 4096);
+                        assert!(seen.iter().all(|&b| b == byte), "a mixed or torn entry");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "only the entry, no temp files: {left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -607,6 +607,22 @@ listen = \"127.0.0.1:0\"\n";
         "{} parked after the second round",
         metric(admin, PARKED).await
     );
+    // Parked a second time, each wakes again for its own request.
+    for (i, s) in clients.iter_mut().enumerate().step_by(2) {
+        s.write_all(&keep_alive_get(&format!("/third/{i}")))
+            .await
+            .unwrap();
+    }
+    for (i, s) in clients.iter_mut().enumerate().step_by(2) {
+        let response = read_response(s).await;
+        let want = format!("/third/{i}");
+        assert_eq!(
+            origin_path(&response).as_deref(),
+            Some(want.as_str()),
+            "{response}"
+        );
+    }
+    assert_eq!(app.hits(), (count + 2 * count.div_ceil(2)) as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

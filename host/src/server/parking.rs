@@ -161,13 +161,9 @@ impl LotTask {
                     for key in ready.drain(..) {
                         let Some(entry) = entries.try_remove(key) else { continue };
                         parked_gauge.dec();
-                        // Out of the lot's poller before the runtime takes it.
+                        // Disarmed in the lot's poller: the runtime takes it as it is.
                         let waiting = entry.waiting;
-                        let stream = self
-                            .poller
-                            .remove(&waiting.stream)
-                            .and_then(|()| TcpStream::from_std(waiting.stream));
-                        match stream {
+                        match TcpStream::from_std(waiting.stream) {
                             Ok(stream) => resume(Parked {
                                 stream,
                                 conn: waiting.conn,
@@ -202,7 +198,7 @@ impl LotTask {
                         };
                         let entry = entries.vacant_entry();
                         // A socket that is already readable is reported at once.
-                        if let Err(e) = self.poller.add(&waiting.stream, entry.key()) {
+                        if let Err(e) = self.poller.arm(&waiting.stream, entry.key()) {
                             tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot park an idle connection, closing it: {e}");
                             continue;
                         }
@@ -218,78 +214,84 @@ impl LotTask {
     }
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 use poller::Poller;
 
-/// The lot's own readiness poller (epoll on Linux), itself registered with the runtime.
-#[cfg(unix)]
+/// The lot's own readiness poller, an epoll set itself registered with the runtime.
+///
+/// Sockets are armed one-shot: a readable socket is reported once and then stays in
+/// the set, disarmed, while the runtime serves it. Parking it again re-arms it with one
+/// `epoll_ctl`, and waking it takes none; closing the socket takes it out of the set.
+#[cfg(target_os = "linux")]
 mod poller {
     use std::io;
-    use std::os::fd::AsRawFd;
-    use std::time::Duration;
+    use std::mem::MaybeUninit;
+    use std::os::fd::OwnedFd;
 
-    use mio::unix::SourceFd;
-    use mio::{Events, Interest, Poll, Token};
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    use rustix::event::Timespec;
+    use rustix::io::Errno;
     use tokio::io::unix::AsyncFd;
 
     /// Events taken per look; more wait for the next.
     const BATCH: usize = 256;
 
+    /// Readable (a request, or the client closing), reported once per arming.
+    const ARMED: EventFlags = EventFlags::IN.union(EventFlags::ONESHOT);
+
     pub(super) struct Poller {
-        poll: AsyncFd<Poll>,
-        registry: mio::Registry,
-        events: Events,
+        epoll: AsyncFd<OwnedFd>,
     }
 
     impl Poller {
         pub fn new() -> io::Result<Self> {
-            let poll = Poll::new()?;
-            let registry = poll.registry().try_clone()?;
-            // SAFETY: the `Poll` owns its epoll descriptor, which stays open and the
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+            // SAFETY: the `OwnedFd` is the epoll set's only handle; it stays open and the
             // same for as long as the `AsyncFd` holds it.
-            let poll =
-                unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+            let epoll =
+                unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }
                     .map_err(|e| e.into_parts().1)?;
-            Ok(Self {
-                poll,
-                registry,
-                events: Events::with_capacity(BATCH),
-            })
+            Ok(Self { epoll })
         }
 
-        pub fn add(&self, socket: &std::net::TcpStream, key: usize) -> io::Result<()> {
-            let fd = socket.as_raw_fd();
-            self.registry
-                .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
-        }
-
-        pub fn remove(&self, socket: &std::net::TcpStream) -> io::Result<()> {
-            self.registry.deregister(&mut SourceFd(&socket.as_raw_fd()))
+        /// Arms `socket` under `key`; a socket that is readable already is reported at
+        /// once. A socket parked before is still in the set and is only re-armed.
+        pub fn arm(&self, socket: &std::net::TcpStream, key: usize) -> io::Result<()> {
+            let data = EventData::new_u64(key as u64);
+            match epoll::modify(self.epoll.get_ref(), socket, data, ARMED) {
+                Err(Errno::NOENT) => Ok(epoll::add(self.epoll.get_ref(), socket, data, ARMED)?),
+                armed => Ok(armed?),
+            }
         }
 
         /// Waits until some parked sockets are readable, and puts their keys in `ready`.
+        /// Each is disarmed by then, so the runtime can take it as it is.
         pub async fn ready(&mut self, ready: &mut Vec<usize>) -> io::Result<()> {
+            const NOW: Timespec = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             loop {
-                let mut guard = self.poll.readable_mut().await?;
-                guard
-                    .get_inner_mut()
-                    .poll(&mut self.events, Some(Duration::ZERO))?;
-                if self.events.is_empty() {
+                let mut guard = self.epoll.readable().await?;
+                // Events are not `Send`: they live on the stack between awaits only.
+                let mut events = [MaybeUninit::<epoll::Event>::uninit(); BATCH];
+                let (found, _) = epoll::wait(self.epoll.get_ref(), &mut events, Some(&NOW))?;
+                if found.is_empty() {
                     // Drained: the runtime tells us when the next socket turns ready.
                     guard.clear_ready();
                     continue;
                 }
-                ready.extend(self.events.iter().map(|event| event.token().0));
+                ready.extend(found.iter().map(|event| event.data.u64() as usize));
                 return Ok(());
             }
         }
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 use unsupported::Poller;
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 mod unsupported {
     use std::io;
 
@@ -300,10 +302,7 @@ mod unsupported {
         pub fn new() -> io::Result<Self> {
             Err(io::ErrorKind::Unsupported.into())
         }
-        pub fn add(&self, _: &std::net::TcpStream, _: usize) -> io::Result<()> {
-            Err(io::ErrorKind::Unsupported.into())
-        }
-        pub fn remove(&self, _: &std::net::TcpStream) -> io::Result<()> {
+        pub fn arm(&self, _: &std::net::TcpStream, _: usize) -> io::Result<()> {
             Err(io::ErrorKind::Unsupported.into())
         }
         pub async fn ready(&mut self, _: &mut Vec<usize>) -> io::Result<()> {

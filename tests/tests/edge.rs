@@ -69,6 +69,12 @@ fn origin_path(response: &str) -> Option<String> {
     json["path"].as_str().map(str::to_owned)
 }
 
+/// Asserts that `response` is the origin's answer to `path`.
+#[track_caller]
+fn assert_answers(response: &str, path: &str) {
+    assert_eq!(origin_path(response).as_deref(), Some(path), "{response}");
+}
+
 async fn guarded_site(extra_server: &str) -> (Site, Running, Origin) {
     let app = spawn_origin("app").await.unwrap();
     let site = Site::new();
@@ -590,12 +596,7 @@ listen = \"127.0.0.1:0\"\n";
             continue;
         }
         let response = read_response(s).await;
-        let want = format!("/second/{i}");
-        assert_eq!(
-            origin_path(&response).as_deref(),
-            Some(want.as_str()),
-            "{response}"
-        );
+        assert_answers(&response, &format!("/second/{i}"));
     }
     assert_eq!(app.hits(), (count + count.div_ceil(2)) as u64);
     // The ones still open park again.
@@ -615,12 +616,7 @@ listen = \"127.0.0.1:0\"\n";
     }
     for (i, s) in clients.iter_mut().enumerate().step_by(2) {
         let response = read_response(s).await;
-        let want = format!("/third/{i}");
-        assert_eq!(
-            origin_path(&response).as_deref(),
-            Some(want.as_str()),
-            "{response}"
-        );
+        assert_answers(&response, &format!("/third/{i}"));
     }
     assert_eq!(app.hits(), (count + 2 * count.div_ceil(2)) as u64);
 }
@@ -663,12 +659,7 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
         let response = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
             .await
             .expect("a new client was not served at the connection limit");
-        let want = format!("/new/{i}");
-        assert_eq!(
-            origin_path(&response).as_deref(),
-            Some(want.as_str()),
-            "{response}"
-        );
+        assert_answers(&response, &format!("/new/{i}"));
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
@@ -690,11 +681,7 @@ async fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
     let last = &mut hogs[5];
     last.write_all(&keep_alive_get("/hog/again")).await.unwrap();
     let response = read_response(last).await;
-    assert_eq!(
-        origin_path(&response).as_deref(),
-        Some("/hog/again"),
-        "{response}"
-    );
+    assert_answers(&response, "/hog/again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -741,7 +728,7 @@ async fn keep_alive_waits_for_the_idle_timeout_not_the_header_timeout() {
         let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
         s.write_all(request.as_bytes()).await.unwrap();
         let response = read_response(&mut s).await;
-        assert_eq!(origin_path(&response).as_deref(), Some(path), "{response}");
+        assert_answers(&response, path);
         // Idle three times the header timeout: the next request head has not begun.
         tokio::time::sleep(Duration::from_millis(900)).await;
     }

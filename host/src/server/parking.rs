@@ -32,6 +32,25 @@ pub(super) struct Parked<S = TcpStream> {
     pub permit: OwnedSemaphorePermit,
 }
 
+impl<S> Parked<S> {
+    /// The same connection with its socket converted, into or out of the runtime's
+    /// reactor; on failure, the error and who the client was (the socket is closed).
+    fn try_map<T>(
+        self,
+        convert: impl FnOnce(S) -> std::io::Result<T>,
+    ) -> Result<Parked<T>, (std::io::Error, Arc<ClientConn>)> {
+        match convert(self.stream) {
+            Ok(stream) => Ok(Parked {
+                stream,
+                conn: self.conn,
+                activity: self.activity,
+                permit: self.permit,
+            }),
+            Err(e) => Err((e, self.conn)),
+        }
+    }
+}
+
 /// Hands connections to a lot's task.
 pub(super) struct Lot {
     arrivals: mpsc::UnboundedSender<Arrival>,
@@ -82,17 +101,12 @@ impl Lot {
     /// Parks `parked`. A socket that cannot leave the reactor, or a lot that has
     /// stopped (a drain), closes the connection.
     pub fn park(&self, parked: Parked) {
-        match parked.stream.into_std() {
-            Ok(socket) => {
-                let _ = self.arrivals.send(Arrival::Park(Parked {
-                    stream: socket,
-                    conn: parked.conn,
-                    activity: parked.activity,
-                    permit: parked.permit,
-                }));
+        match parked.try_map(TcpStream::into_std) {
+            Ok(parked) => {
+                let _ = self.arrivals.send(Arrival::Park(parked));
             }
-            Err(e) => {
-                tracing::debug!(target: "sluice::server", peer = %parked.conn.peer, "cannot park an idle connection, closing it: {e}");
+            Err((e, conn)) => {
+                tracing::debug!(target: "sluice::server", peer = %conn.peer, "cannot park an idle connection, closing it: {e}");
             }
         }
     }
@@ -162,15 +176,9 @@ impl LotTask {
                         let Some(entry) = entries.try_remove(key) else { continue };
                         parked_gauge.dec();
                         // Disarmed in the lot's poller: the runtime takes it as it is.
-                        let waiting = entry.waiting;
-                        match TcpStream::from_std(waiting.stream) {
-                            Ok(stream) => resume(Parked {
-                                stream,
-                                conn: waiting.conn,
-                                activity: waiting.activity,
-                                permit: waiting.permit,
-                            }),
-                            Err(e) => tracing::debug!(target: "sluice::server", peer = %waiting.conn.peer, "cannot resume a parked connection, closing it: {e}"),
+                        match entry.waiting.try_map(TcpStream::from_std) {
+                            Ok(parked) => resume(parked),
+                            Err((e, conn)) => tracing::debug!(target: "sluice::server", peer = %conn.peer, "cannot resume a parked connection, closing it: {e}"),
                         }
                     }
                 }

@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod ip_text;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+use crate::ip_text::IpText;
+
 /// Line format of the access log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,7 +48,8 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, record: &Record<'_>, now: S
         .unwrap_or(0);
     match format {
         Format::Common | Format::Combined => {
-            let _ = write!(out, "{} - - [", record.client);
+            out.extend_from_slice(IpText::new(record.client).as_bytes());
+            out.extend_from_slice(b" - - [");
             with_time(secs, |t| out.extend_from_slice(t.clf.as_bytes()));
             out.extend_from_slice(b"] \"");
             escape_text(out, record.method.as_bytes());
@@ -54,18 +57,25 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, record: &Record<'_>, now: S
             escape_text(out, record.target.as_bytes());
             out.push(b' ');
             out.extend_from_slice(record.version.as_bytes());
-            let _ = write!(out, "\" {} {}", record.status, record.body_bytes);
+            out.extend_from_slice(b"\" ");
+            write_number(out, u64::from(record.status));
+            out.push(b' ');
+            write_number(out, record.body_bytes);
             if format == Format::Combined {
                 out.extend_from_slice(b" \"");
                 escape_text(out, record.referer.unwrap_or(b"-"));
                 out.extend_from_slice(b"\" \"");
                 escape_text(out, record.user_agent.unwrap_or(b"-"));
-                let _ = write!(
-                    out,
-                    "\" {}.{:03} ",
-                    record.duration.as_secs(),
-                    record.duration.subsec_millis(),
-                );
+                out.extend_from_slice(b"\" ");
+                write_number(out, record.duration.as_secs());
+                let millis = record.duration.subsec_millis();
+                out.extend_from_slice(&[
+                    b'.',
+                    b'0' + (millis / 100) as u8,
+                    b'0' + (millis / 10 % 10) as u8,
+                    b'0' + (millis % 10) as u8,
+                    b' ',
+                ]);
                 write_upstream(out, record.upstream);
                 out.extend_from_slice(b" \"");
                 escape_text(out, record.plugins.as_bytes());
@@ -75,7 +85,9 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, record: &Record<'_>, now: S
         Format::Json => {
             out.extend_from_slice(b"{\"time\":\"");
             with_time(secs, |t| out.extend_from_slice(t.iso.as_bytes()));
-            let _ = write!(out, "\",\"client\":\"{}\",\"method\":", record.client);
+            out.extend_from_slice(b"\",\"client\":\"");
+            out.extend_from_slice(IpText::new(record.client).as_bytes());
+            out.extend_from_slice(b"\",\"method\":");
             escape_json(out, record.method.as_bytes());
             out.extend_from_slice(b",\"target\":");
             escape_json(out, record.target.as_bytes());
@@ -105,6 +117,10 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, record: &Record<'_>, now: S
         }
     }
     out.push(b'\n');
+}
+
+fn write_number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `name/server` (both from the config, never from the client), or `-`.

@@ -1,10 +1,11 @@
 //! Header rules of a reverse proxy: hop-by-hop stripping, forwarding headers,
 //! and moving headers across the plugin boundary.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::ip_text::IpText;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -84,13 +85,8 @@ pub fn add_forwarding(
     client_host: Option<&HeaderValue>,
 ) {
     // The address formatted on the stack: no heap string per request.
-    let mut ip_buf = [0u8; 48];
-    let ip_len = {
-        let mut cursor = std::io::Cursor::new(&mut ip_buf[..]);
-        let _ = write!(cursor, "{client_ip}");
-        cursor.position() as usize
-    };
-    let ip = &ip_buf[..ip_len];
+    let ip_text = IpText::new(client_ip);
+    let ip = ip_text.as_bytes();
     let mut earlier = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()

@@ -286,15 +286,18 @@ impl Proxy {
             let client = conn.client_info(&route.name);
             let head = request_head(&parts);
             // Plugin calls are boxed: their large futures would otherwise size (and be
-            // copied with) every request's pipeline, plugins or not.
-            let (decision, response_stage) = Box::pin(chain::run_on_request(
+            // copied with) every request's pipeline, plugins or not. Each is boxed in a
+            // statement of its own: a temporary lives to the end of its statement, so
+            // in `Box::pin(f()).await` the unboxed future would still take its full
+            // size in this one.
+            let on_request = Box::pin(chain::run_on_request(
                 &self.engine,
                 &route.chain,
                 &client,
                 head,
                 &mut exchange.trail,
-            ))
-            .await;
+            ));
+            let (decision, response_stage) = on_request.await;
             match decision {
                 RequestDecision::Forward {
                     head,
@@ -317,13 +320,13 @@ impl Proxy {
                         headers: response.headers,
                     };
                     let plugin_response = complete_response(head, response.body)?;
-                    return Box::pin(self.respond_through_chain(
+                    let on_response = Box::pin(self.respond_through_chain(
                         response_stage,
                         &client,
                         plugin_response,
                         exchange,
-                    ))
-                    .await;
+                    ));
+                    return on_response.await;
                 }
                 RequestDecision::Fail(failure) => return Err(failure.into()),
             }
@@ -341,7 +344,9 @@ impl Proxy {
 
         let response = match stage {
             Some((stage, client)) if !stage.is_empty() => {
-                Box::pin(self.respond_through_chain(stage, &client, response, exchange)).await?
+                let on_response =
+                    Box::pin(self.respond_through_chain(stage, &client, response, exchange));
+                on_response.await?
             }
             _ => response,
         };
@@ -623,8 +628,10 @@ impl RequestBody {
         if upstream.config.retries == 0 || !small {
             return Ok(RequestBody::Streamed(body));
         }
-        // Boxed: rare, and it would otherwise size every request's future.
-        Box::pin(Self::keep(body, upstream)).await
+        // Boxed (in a statement of its own): rare, and it would otherwise size every
+        // request's future.
+        let keep = Box::pin(Self::keep(body, upstream));
+        keep.await
     }
 
     async fn keep(body: Incoming, upstream: &Upstream) -> Result<Self, ProxyError> {

@@ -196,9 +196,11 @@ impl Connector {
                 },
             }
         }
-        // Boxed: connecting is rare, and its large future would otherwise size
-        // (and be copied with) every request.
-        let mut sender = Box::pin(self.connect_h1(server)).await?;
+        // Boxed, in a statement of its own (a temporary would keep its size here):
+        // connecting is rare, and its large future would otherwise size (and be
+        // copied with) every request.
+        let connect = Box::pin(self.connect_h1(server));
+        let mut sender = connect.await?;
         let response = sender.send_request(req).await.map_err(SendError::Request)?;
         Ok((response, Some(self.lease(slot, server, sender))))
     }
@@ -258,9 +260,11 @@ impl Connector {
                 }
             }
         }
-        // Boxed: connecting is rare, and its large future would otherwise size
-        // (and be copied with) every request.
-        let mut sender = Box::pin(self.connect_h2(server)).await?;
+        // Boxed, in a statement of its own (a temporary would keep its size here):
+        // connecting is rare, and its large future would otherwise size (and be
+        // copied with) every request.
+        let connect = Box::pin(self.connect_h2(server));
+        let mut sender = connect.await?;
         self.pools.put_h2(slot, server.clone(), sender.clone());
         sender.ready().await.map_err(SendError::Request)?;
         sender.send_request(req).await.map_err(SendError::Request)

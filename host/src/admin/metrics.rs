@@ -1,5 +1,7 @@
 //! Counters exposed on the admin endpoint in the Prometheus text format.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,8 +36,21 @@ pub struct KindLabels {
 }
 
 /// Counters of the client and upstream edges, shared by the server and the proxy.
+/// A handle to one shared set: request bodies clone it, and cloning the counters
+/// themselves would take an atomic increment for each of them.
 #[derive(Clone, Default)]
-pub struct EdgeCounters {
+pub struct EdgeCounters(Arc<EdgeCounterSet>);
+
+impl std::ops::Deref for EdgeCounters {
+    type Target = EdgeCounterSet;
+
+    fn deref(&self) -> &EdgeCounterSet {
+        &self.0
+    }
+}
+
+#[derive(Default)]
+pub struct EdgeCounterSet {
     /// Connections closed and bodies aborted by a timeout, by kind (header, idle, send,
     /// upstream_read).
     pub timeouts: Family<KindLabels, Counter>,

@@ -30,30 +30,26 @@ pub fn is_host_owned(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// With `upgrade` set, `Upgrade` survives and `Connection: upgrade` is restored.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    let proxy_headers: Vec<HeaderName> = headers
+    let kept = |name: &HeaderName| upgrade && name == header::UPGRADE;
+    // One pass over the names finds what is there; most messages carry nothing to
+    // remove, or only `Connection`, and each removal by name costs a hash lookup.
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_proxy_header(name))
+        .filter(|name| (HOP_BY_HOP.contains(name) || is_proxy_header(name)) && !kept(name))
         .cloned()
         .collect();
-    for name in proxy_headers {
-        headers.remove(&name);
+    if doomed.contains(&header::CONNECTION) {
+        let named = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| !kept(name));
+        doomed.extend(named);
+    }
+    for name in &doomed {
+        headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

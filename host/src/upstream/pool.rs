@@ -22,7 +22,9 @@ struct Idle<S> {
 }
 
 /// One serving thread's idle connections, by server. Upstreams have a handful of
-/// servers, so lists beat maps here.
+/// servers, so lists beat maps here. Servers are matched by their exact text (`same`):
+/// they come from the config, and `Authority`'s own comparison ignores case byte by
+/// byte, which cost more than the rest of a checkout.
 #[derive(Default)]
 struct Slot {
     h1: Vec<(Authority, Vec<Idle<H1Sender>>)>,
@@ -59,7 +61,7 @@ impl Pools {
     /// The most recently returned live HTTP/1.1 connection to `server`, if any.
     pub fn take_h1(&self, slot: usize, server: &Authority) -> Option<H1Sender> {
         let mut guard = self.slot(slot);
-        let (_, idle) = guard.h1.iter_mut().find(|(a, _)| a == server)?;
+        let (_, idle) = guard.h1.iter_mut().find(|(a, _)| same(a, server))?;
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
             if now.duration_since(conn.since) >= self.idle_timeout {
@@ -80,7 +82,7 @@ impl Pools {
             return;
         }
         let mut guard = self.slot(slot);
-        let index = match guard.h1.iter().position(|(a, _)| *a == server) {
+        let index = match guard.h1.iter().position(|(a, _)| same(a, &server)) {
             Some(index) => index,
             None => {
                 guard.h1.push((server, Vec::new()));
@@ -101,7 +103,7 @@ impl Pools {
     /// The live HTTP/2 connection to `server`, if any (a handle; it stays pooled).
     pub fn take_h2(&self, slot: usize, server: &Authority) -> Option<H2Sender> {
         let mut guard = self.slot(slot);
-        let index = guard.h2.iter().position(|(a, _)| a == server)?;
+        let index = guard.h2.iter().position(|(a, _)| same(a, server))?;
         let conn = &mut guard.h2[index].1;
         let now = Instant::now();
         if conn.sender.is_closed() || now.duration_since(conn.since) >= self.idle_timeout {
@@ -122,7 +124,7 @@ impl Pools {
             sender,
             since: Instant::now(),
         };
-        match guard.h2.iter_mut().find(|(a, _)| *a == server) {
+        match guard.h2.iter_mut().find(|(a, _)| same(a, &server)) {
             Some((_, existing)) => *existing = conn,
             None => guard.h2.push((server, conn)),
         }
@@ -142,6 +144,10 @@ impl Pools {
         let every = (self.idle_timeout / 2).max(Duration::from_millis(50));
         runtime.spawn(sweep(Arc::downgrade(self), slot, every));
     }
+}
+
+fn same(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str()
 }
 
 async fn sweep(pools: Weak<Pools>, slot: usize, every: Duration) {

@@ -105,7 +105,8 @@ pub struct LogEntry {
     log: AccessLog,
     client: IpAddr,
     status: u16,
-    exchange: Exchange,
+    /// Boxed: the response and its body carry the entry through several moves.
+    exchange: Box<Exchange>,
 }
 
 impl LogEntry {
@@ -189,7 +190,9 @@ impl Proxy {
     ) -> (Response<ProxyBody>, Option<LogEntry>) {
         let snapshot = self.snapshot.load_full();
         let headers = req.headers();
-        let mut exchange = Exchange {
+        // Boxed from the start: it outlives the pipeline in the log entry, and this
+        // future and the response body would otherwise carry (and copy) it inline.
+        let mut exchange = Box::new(Exchange {
             started: Instant::now(),
             method: req.method().clone(),
             target: req.uri().path_and_query().cloned(),
@@ -198,7 +201,7 @@ impl Proxy {
             user_agent: headers.get(header::USER_AGENT).cloned(),
             upstream: None,
             trail: String::new(),
-        };
+        });
         // Boxed: hyper keeps a slot of the service future's size for every connection,
         // idle or not, so the large pipeline state lives on the heap only while it runs.
         let pipeline = Box::pin(self.pipeline(&snapshot, req, conn, &mut exchange));

@@ -25,12 +25,7 @@ origin=$BASE_PORT; ngx=$((BASE_PORT+1)); port_a=$((BASE_PORT+2)); port_b=$((BASE
 head -c 16384 /dev/zero | tr '\0' x >"$run/16k"
 nginx_conf origin "server { listen 127.0.0.1:$origin; location = / { return 200 \"hello\\n\"; } location = /16k { root $run; } }"
 taskset -c "$LOAD_CPU" nginx -c "$run/origin.conf" &
-nginx_conf proxy "log_format p '\$remote_addr - - [\$time_local] \"\$request\" \$status \$body_bytes_sent \"\$http_referer\" \"\$http_user_agent\" \$request_time';
-  upstream origin { server 127.0.0.1:$origin; keepalive 256; }
-  server { listen 127.0.0.1:$ngx; access_log $run/nginx-access.log p buffer=64k flush=1s; location / {
-    proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\";
-    proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
-    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; } }"
+nginx_proxy_conf "$ngx" "$origin"
 taskset -c "$PROXY_CPU" nginx -c "$run/proxy.conf" & ngx_pid=$!
 
 start_sluice a "$a" "$port_a" "$origin" "access_log_path = \"$run/a-access.log\""; pid_a=$!

@@ -50,12 +50,7 @@ count() {
   awk -v r="$reqs" -v n="$name" '/^summary:/ {printf "%-14s %10d requests %12.0f instructions per request\n", n, r, $2 / r; exit}' "$run/$name.cg.1"
 }
 
-nginx_conf proxy "log_format p '\$remote_addr - - [\$time_local] \"\$request\" \$status \$body_bytes_sent \"\$http_referer\" \"\$http_user_agent\" \$request_time';
-  upstream origin { server 127.0.0.1:$origin; keepalive 256; }
-  server { listen 127.0.0.1:$proxy_port; access_log $run/nginx-access.log p buffer=64k flush=1s; location / {
-    proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\";
-    proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
-    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; } }"
+nginx_proxy_conf "$proxy_port" "$origin"
 count nginx nginx -c "$run/proxy.conf"
 
 i=0

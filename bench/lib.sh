@@ -12,6 +12,18 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
 CONF
 }
 
+# nginx_proxy_conf PORT ORIGIN_PORT: $run/proxy.conf, nginx as the reference proxy: the
+# forwarding headers an app expects, a keep-alive upstream pool and a buffered access log
+# in the combined format plus the request time (what Sluice's default line carries).
+nginx_proxy_conf() {
+  nginx_conf proxy "log_format p '\$remote_addr - - [\$time_local] \"\$request\" \$status \$body_bytes_sent \"\$http_referer\" \"\$http_user_agent\" \$request_time';
+  upstream origin { server 127.0.0.1:$2; keepalive 256; }
+  server { listen 127.0.0.1:$1; access_log $run/nginx-access.log p buffer=64k flush=1s; location / {
+    proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\";
+    proxy_set_header Host \$host; proxy_set_header X-Real-IP \$remote_addr;
+    proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme; } }"
+}
+
 # cpu_ticks PID: user + system CPU of a process, in clock ticks (10 ms).
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 

@@ -111,14 +111,13 @@ fn log_line(ip: &str, path: &[u8], status: u16, bytes: usize) {
     });
 }
 
-/// Reads one request head; returns its length and the range of its path, or None at
-/// the end of the connection. `to_origin` gets the upstream request head.
-async fn read_request(
+/// Reads one request head into `request` and hands it, parsed, to `take`; returns
+/// the range of its path and what `take` made, or None at the end of the connection.
+async fn read_head<T>(
     client: &mut TcpStream,
     request: &mut Vec<u8>,
-    ip: &str,
-    to_origin: &mut Vec<u8>,
-) -> anyhow::Result<Option<std::ops::Range<usize>>> {
+    take: impl FnOnce(&str, &[httparse::Header<'_>]) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<(std::ops::Range<usize>, T)>> {
     request.clear();
     loop {
         if request.len() >= MAX_HEAD {
@@ -132,11 +131,9 @@ async fn read_request(
         let mut parsed = httparse::Request::new(&mut headers);
         if let httparse::Status::Complete(_) = parsed.parse(request)? {
             let path = parsed.path.unwrap_or("/");
-            let raw: Vec<(&str, &[u8])> =
-                parsed.headers.iter().map(|h| (h.name, h.value)).collect();
-            origin_head(to_origin, path, raw.into_iter(), ip);
+            let made = take(path, parsed.headers)?;
             let start = path.as_ptr() as usize - request.as_ptr() as usize;
-            return Ok(Some(start..start + path.len()));
+            return Ok(Some((start..start + path.len(), made)));
         }
     }
 }
@@ -216,7 +213,13 @@ async fn raw(mut client: TcpStream, peer: SocketAddr, origin: SocketAddr) -> any
     let mut upstream = None;
     let (mut request, mut to_origin, mut response) = (Vec::new(), Vec::new(), Vec::new());
     let ip = peer.ip().to_string();
-    while let Some(path) = read_request(&mut client, &mut request, &ip, &mut to_origin).await? {
+    while let Some((path, ())) = read_head(&mut client, &mut request, |path, headers| {
+        let headers = headers.iter().map(|h| (h.name, h.value));
+        origin_head(&mut to_origin, path, headers, &ip);
+        Ok(())
+    })
+    .await?
+    {
         let (status, _) = exchange(&mut upstream, origin, &to_origin, &mut response).await?;
         client.write_all(&response).await?;
         log_line(&ip, &request[path], status, response.len());
@@ -241,34 +244,24 @@ async fn hyper_client(
     let (mut request, mut out) = (Vec::new(), Vec::new());
     let ip = peer.ip().to_string();
     loop {
-        request.clear();
-        let (path, req) = loop {
-            if request.len() >= MAX_HEAD {
-                anyhow::bail!("request head too large");
-            }
-            request.reserve(4096);
-            if client.read_buf(&mut request).await? == 0 {
-                return Ok(());
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut parsed = httparse::Request::new(&mut headers);
-            if let httparse::Status::Complete(_) = parsed.parse(&request)? {
-                let path = parsed.path.unwrap_or("/");
-                let mut req = Request::builder().uri(path).body(Empty::<Bytes>::new())?;
-                let map = req.headers_mut();
-                for h in parsed.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("connection") {
-                        continue;
-                    }
-                    map.append(
-                        HeaderName::from_bytes(h.name.as_bytes())?,
-                        HeaderValue::from_bytes(h.value)?,
-                    );
+        let head = read_head(&mut client, &mut request, |path, headers| {
+            let mut req = Request::builder().uri(path).body(Empty::<Bytes>::new())?;
+            let map = req.headers_mut();
+            for h in headers {
+                if h.name.eq_ignore_ascii_case("connection") {
+                    continue;
                 }
-                forwarding(map, &ip)?;
-                let start = path.as_ptr() as usize - request.as_ptr() as usize;
-                break (start..start + path.len(), req);
+                map.append(
+                    HeaderName::from_bytes(h.name.as_bytes())?,
+                    HeaderValue::from_bytes(h.value)?,
+                );
             }
+            forwarding(map, &ip)?;
+            Ok(req)
+        })
+        .await?;
+        let Some((path, req)) = head else {
+            return Ok(());
         };
         sender.ready().await?;
         let response = sender.send_request(req).await?;

@@ -11,6 +11,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod ip_text;
 pub mod plugin;

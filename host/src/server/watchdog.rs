@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::clock::Stamp;
 use crate::proxy::LogEntry;
 
 /// Timeouts a connection is held to.
@@ -69,9 +70,12 @@ pub struct ReleaseWhen {
 
 const NEVER: u64 = u64::MAX;
 
-/// Progress of one connection, in nanoseconds since it opened.
+/// Progress of one connection, in nanoseconds since it opened. Stamps come from the
+/// coarse clock (a few reads per request; a few milliseconds of error is nothing
+/// against these timeouts), deadlines go to the timer as precise instants.
 pub struct Activity {
     opened: Instant,
+    opened_stamp: Stamp,
     /// When the first byte of a request head not yet complete arrived (NEVER when no
     /// head is awaited; 0 for the first request, which counts from the open).
     head_started: AtomicU64,
@@ -91,6 +95,7 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             opened: Instant::now(),
+            opened_stamp: Stamp::now(),
             head_started: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -103,7 +108,7 @@ impl Activity {
     }
 
     fn now(&self) -> u64 {
-        self.opened.elapsed().as_nanos() as u64
+        self.opened_stamp.elapsed().as_nanos() as u64
     }
 
     fn at(&self, nanos: u64) -> Instant {

@@ -4,8 +4,8 @@
 //! bucket reused for a new second may lose a few counts in a race; the budget is a
 //! bound, not an account).
 
+use crate::clock::Stamp;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 /// Width of the sliding window, in one-second buckets.
 const WINDOW_SECS: usize = 10;
@@ -22,7 +22,7 @@ struct Bucket {
 
 pub struct RetryBudget {
     percent: u64,
-    started: Instant,
+    started: Stamp,
     buckets: [Bucket; WINDOW_SECS],
 }
 
@@ -30,7 +30,7 @@ impl RetryBudget {
     pub fn new(percent: u32) -> Self {
         Self {
             percent: u64::from(percent),
-            started: Instant::now(),
+            started: Stamp::now(),
             buckets: Default::default(),
         }
     }

@@ -5,20 +5,22 @@
 //! the pool and is shared by every request of its thread.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::client::conn::{http1, http2};
 
 use super::connect::UpstreamRequestBody;
+use crate::clock::Stamp;
 
 pub type H1Sender = http1::SendRequest<UpstreamRequestBody>;
 pub type H2Sender = http2::SendRequest<UpstreamRequestBody>;
 
 struct Idle<S> {
     sender: S,
-    /// When it was last put back (HTTP/1.1) or last used (HTTP/2).
-    since: Instant,
+    /// When it was last put back (HTTP/1.1) or last used (HTTP/2); coarse, as an
+    /// idle timeout needs no more.
+    since: Stamp,
 }
 
 /// One serving thread's idle connections, by server. Upstreams have a handful of
@@ -62,7 +64,7 @@ impl Pools {
     pub fn take_h1(&self, slot: usize, server: &Authority) -> Option<H1Sender> {
         let mut guard = self.slot(slot);
         let (_, idle) = guard.h1.iter_mut().find(|(a, _)| same(a, server))?;
-        let now = Instant::now();
+        let now = Stamp::now();
         while let Some(conn) = idle.pop() {
             if now.duration_since(conn.since) >= self.idle_timeout {
                 // Returned in time order: everything below is older still.
@@ -95,7 +97,7 @@ impl Pools {
         }
         idle.push(Idle {
             sender,
-            since: Instant::now(),
+            since: Stamp::now(),
         });
         self.ensure_sweeper(&mut guard, slot);
     }
@@ -105,7 +107,7 @@ impl Pools {
         let mut guard = self.slot(slot);
         let index = guard.h2.iter().position(|(a, _)| same(a, server))?;
         let conn = &mut guard.h2[index].1;
-        let now = Instant::now();
+        let now = Stamp::now();
         if conn.sender.is_closed() || now.duration_since(conn.since) >= self.idle_timeout {
             guard.h2.swap_remove(index);
             return None;
@@ -122,7 +124,7 @@ impl Pools {
         let mut guard = self.slot(slot);
         let conn = Idle {
             sender,
-            since: Instant::now(),
+            since: Stamp::now(),
         };
         match guard.h2.iter_mut().find(|(a, _)| same(a, &server)) {
             Some((_, existing)) => *existing = conn,
@@ -158,8 +160,8 @@ async fn sweep(pools: Weak<Pools>, slot: usize, every: Duration) {
         };
         let timeout = pools.idle_timeout;
         let mut guard = pools.slot(slot);
-        let now = Instant::now();
-        let live = |since: Instant, closed: bool| !closed && now.duration_since(since) < timeout;
+        let now = Stamp::now();
+        let live = |since: Stamp, closed: bool| !closed && now.duration_since(since) < timeout;
         for (_, idle) in &mut guard.h1 {
             idle.retain(|c| live(c.since, c.sender.is_closed()));
         }

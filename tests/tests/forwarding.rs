@@ -50,6 +50,23 @@ async fn upstream_sees_forwarding_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sees_one_host_header_however_many_the_client_sent() {
+    let app = spawn_origin("app").await.unwrap();
+    let (_site, proxy) = proxy_to(&app.addr.to_string(), "").await;
+    let r = get(
+        &h1_client(),
+        proxy.addr,
+        "/p",
+        &[("host", "first.example"), ("host", "second.example")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let h = &r.json()["headers"];
+    assert_eq!(h["host"], "first.example", "{h}");
+    assert_eq!(h["x-forwarded-host"], "first.example", "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_stripped_both_ways() {
     let app = spawn_origin("app").await.unwrap();
     let (_site, proxy) = proxy_to(&app.addr.to_string(), "").await;

@@ -3,12 +3,13 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::ip_text::IpText;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). A static,
+/// not a const: a const array would be built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -16,6 +17,27 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+/// `HOP_BY_HOP` as text, in the same order.
+const HOP_BY_HOP_TEXT: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+/// Bit of `header::CONNECTION` in the set of present `HOP_BY_HOP` names.
+const CONNECTION_BIT: u8 = 1;
+
+/// Where `name` is in `HOP_BY_HOP`. Runs for every header of every message: most
+/// names are none of these, and their length says so before any comparison.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let text = name.as_str();
+    match text.len() {
+        2 | 7 | 10 | 17 => HOP_BY_HOP_TEXT.iter().position(|h| *h == text),
+        _ => None,
+    }
+}
 
 fn is_proxy_header(name: &HeaderName) -> bool {
     let name = name.as_str();
@@ -24,31 +46,51 @@ fn is_proxy_header(name: &HeaderName) -> bool {
 
 /// True for headers the host owns: plugins cannot set or remove them.
 pub fn is_host_owned(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::CONTENT_LENGTH || is_proxy_header(name)
+    hop_by_hop_index(name).is_some() || name == header::CONTENT_LENGTH || is_proxy_header(name)
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// With `upgrade` set, `Upgrade` survives and `Connection: upgrade` is restored.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let kept = |name: &HeaderName| upgrade && name == header::UPGRADE;
-    // One pass over the names finds what is there; most messages carry nothing to
-    // remove, or only `Connection`, and each removal by name costs a hash lookup.
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| (HOP_BY_HOP.contains(name) || is_proxy_header(name)) && !kept(name))
-        .cloned()
-        .collect();
-    if doomed.contains(&header::CONNECTION) {
-        let named = headers
+    // One pass over the names notes which are there: most messages carry nothing to
+    // remove, or only `Connection: keep-alive`, and each removal costs a hash lookup.
+    let mut present = 0u8;
+    // Names outside the fixed list (`Proxy-*`, or named by `Connection`): rare, so
+    // the list allocates only when there are some.
+    let mut others: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        match hop_by_hop_index(name) {
+            Some(i) => present |= 1 << i,
+            None if is_proxy_header(name) => others.push(name.clone()),
+            None => {}
+        }
+    }
+    if present & CONNECTION_BIT != 0 {
+        let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| !kept(name));
-        doomed.extend(named);
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii);
+        for token in tokens {
+            // Fixed-list names (the usual `keep-alive`, `upgrade`) are handled above.
+            let listed = HOP_BY_HOP_TEXT
+                .iter()
+                .any(|h| h.as_bytes().eq_ignore_ascii_case(token));
+            if token.is_empty() || listed {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                others.push(name);
+            }
+        }
     }
-    for name in &doomed {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let kept = upgrade && name == header::UPGRADE;
+        if present & (1 << i) != 0 && !kept {
+            headers.remove(name);
+        }
+    }
+    for name in &others {
         headers.remove(name);
     }
     if upgrade {
@@ -83,26 +125,31 @@ pub fn add_forwarding(
     // The address formatted on the stack: no heap string per request.
     let ip_text = IpText::new(client_ip);
     let ip = ip_text.as_bytes();
-    let mut earlier = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .peekable();
-    let forwarded_for = if earlier.peek().is_none() {
-        HeaderValue::from_bytes(ip).ok()
-    } else {
-        let mut list = Vec::new();
-        for v in earlier {
-            list.extend_from_slice(v.as_bytes());
-            list.extend_from_slice(b", ");
+    // Room for all four at once: the map grows (and rehashes) at most once.
+    let _ = headers.try_reserve(4);
+    // One lookup for X-Forwarded-For, whether it is new or appended to.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            if let Ok(v) = HeaderValue::from_bytes(ip) {
+                entry.insert(v);
+            }
         }
-        list.extend_from_slice(ip);
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).ok()
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Occupied(mut entry) => {
+            let mut list = Vec::new();
+            let earlier = entry
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            for v in earlier {
+                list.extend_from_slice(v.as_bytes());
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(ip);
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
+                entry.insert(v);
+            }
+        }
     }
     if let Ok(v) = HeaderValue::from_bytes(ip) {
         headers.insert(X_REAL_IP.clone(), v);
@@ -176,6 +223,33 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_without_regard_to_case_or_spacing() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive ,X-Secret,,close"),
+            ("connection", "TE"),
+            ("x-secret", "1"),
+            ("close", "1"),
+            ("te", "trailers"),
+            ("proxy", "x"),
+            ("x-keep", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+
+        // With an upgrade, only `Upgrade` survives of what `Connection` names.
+        let mut h = map(&[
+            ("connection", "upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
     }
 
     #[test]

@@ -251,9 +251,13 @@ impl Proxy {
             }
         }
         // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
-        let client_host: Option<HeaderValue> = match req.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => req.headers().get(header::HOST).cloned(),
+        // It replaces the Host header(s) upstream unless it is the one Host header itself.
+        let (client_host, replace_host): (Option<HeaderValue>, bool) = match req.uri().authority() {
+            Some(authority) => (HeaderValue::from_str(authority.as_str()).ok(), true),
+            None => {
+                let mut hosts = req.headers().get_all(header::HOST).iter();
+                (hosts.next().cloned(), hosts.next().is_some())
+            }
         };
         let host = client_host
             .as_ref()
@@ -276,7 +280,7 @@ impl Proxy {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-        if let Some(host) = &client_host {
+        if let (true, Some(host)) = (replace_host, &client_host) {
             req.headers_mut().insert(header::HOST, host.clone());
         }
 

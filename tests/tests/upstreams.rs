@@ -326,6 +326,41 @@ async fn a_post_to_a_dead_server_is_retried_once_and_arrives_once() {
 }
 
 #[tokio::test]
+async fn retry_on_status_passes_the_last_answer_through_when_no_other_server_is_left() {
+    let (a, b) = (
+        spawn_origin("a").await.unwrap(),
+        spawn_origin("b").await.unwrap(),
+    );
+    let site = Site::new();
+    // One server: nothing to retry on, so its own 503 reaches the client.
+    let running = site
+        .start(&config(&format!(
+            "servers = [\"{}\"]\nretry_on_status = [503]\n",
+            a.addr
+        )))
+        .await;
+    let reply = get(&h1_client(), running.addr, "/status?code=503", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.text(), "a answered 503\n");
+    assert_eq!(a.hits(), 1);
+    running.shutdown().await;
+
+    // Two servers: the retry goes to the other one, whose answer is the last.
+    let running = site
+        .start(&config(&format!(
+            "servers = [\"{}\", \"{}\"]\nretry_on_status = [503]\n",
+            a.addr, b.addr
+        )))
+        .await;
+    let reply = get(&h1_client(), running.addr, "/status?code=503", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.hits() + b.hits(), 3, "one try on each server");
+    assert_eq!(a.hits(), 2);
+    assert_eq!(b.hits(), 1);
+    running.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_server_that_never_answers_times_out_and_the_retry_budget_caps_retries() {
     let live = spawn_origin("live").await.unwrap();
     let hole = black_hole().await;

@@ -5,6 +5,7 @@
 //! Special paths for trying failure modes:
 //! - `/download?bytes=N` streams N bytes (`x` repeated).
 //! - `/slow?ms=N` waits N ms before answering.
+//! - `/status?code=N` answers status N with the text `<name> answered N`.
 //! - `/hop` answers with hop-by-hop headers a proxy must strip
 //!   (`connection: x-hop`, `x-hop`, `keep-alive`, `proxy-authenticate`).
 
@@ -121,6 +122,16 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respons
                 http::HeaderValue::from_static("Basic"),
             );
             h.insert("x-end-to-end", http::HeaderValue::from_static("1"));
+            return response;
+        }
+        "/status" => {
+            let code = query_param(&query, "code")
+                .and_then(|v| v.parse::<u16>().ok())
+                .and_then(|v| StatusCode::from_u16(v).ok())
+                .unwrap_or(StatusCode::OK);
+            let text = format!("{name} answered {}\n", code.as_u16());
+            let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
+            *response.status_mut() = code;
             return response;
         }
         "/slow" => {

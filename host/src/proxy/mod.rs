@@ -414,8 +414,12 @@ impl Proxy {
                 *slot = index;
             }
             tries += 1;
-            let last_try =
-                !can_retry || tries > upstream.config.retries as usize || tries >= MAX_TRIES;
+            // Every server tried is the end too: a retry never goes to the same server,
+            // so a one-server pool needs no copy of the request for one.
+            let last_try = !can_retry
+                || tries > upstream.config.retries as usize
+                || tries >= upstream.servers.len()
+                || tries >= MAX_TRIES;
             let server = &upstream.servers[index];
             exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
             // Origin-form; the connector adds scheme and authority for HTTP/2.

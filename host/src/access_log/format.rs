@@ -3,12 +3,9 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-
-use crate::ip_text::IpText;
 
 /// Line format of the access log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -25,7 +22,9 @@ pub enum Format {
 
 /// What a finished request leaves in the log.
 pub struct Record<'a> {
-    pub client: IpAddr,
+    /// The client's address as text (formatted once per request, for the
+    /// forwarding headers too).
+    pub client: &'a [u8],
     pub method: &'a str,
     /// The request target as the client sent it (path and query).
     pub target: &'a str,
@@ -48,7 +47,7 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, record: &Record<'_>, now: S
         .unwrap_or(0);
     match format {
         Format::Common | Format::Combined => {
-            out.extend_from_slice(IpText::new(record.client).as_bytes());
+            out.extend_from_slice(record.client);
             out.extend_from_slice(b" - - [");
             with_time(secs, |t| out.extend_from_slice(t.clf.as_bytes()));
             out.extend_from_slice(b"] \"");
@@ -86,7 +85,7 @@ pub fn write_line(out: &mut Vec<u8>, format: Format, record: &Record<'_>, now: S
             out.extend_from_slice(b"{\"time\":\"");
             with_time(secs, |t| out.extend_from_slice(t.iso.as_bytes()));
             out.extend_from_slice(b"\",\"client\":\"");
-            out.extend_from_slice(IpText::new(record.client).as_bytes());
+            out.extend_from_slice(record.client);
             out.extend_from_slice(b"\",\"method\":");
             escape_json(out, record.method.as_bytes());
             out.extend_from_slice(b",\"target\":");
@@ -231,7 +230,7 @@ mod tests {
 
     fn record<'a>(target: &'a str, ua: Option<&'a [u8]>) -> Record<'a> {
         Record {
-            client: "203.0.113.7".parse().unwrap(),
+            client: b"203.0.113.7",
             method: "GET",
             target,
             version: "HTTP/1.1",

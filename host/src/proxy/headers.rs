@@ -1,8 +1,6 @@
 //! Header rules of a reverse proxy: hop-by-hop stripping, forwarding headers,
 //! and moving headers across the plugin boundary.
 
-use std::net::IpAddr;
-
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::ip_text::IpText;
@@ -26,8 +24,8 @@ const HOP_BY_HOP_TEXT: [&str; 6] = [
     "transfer-encoding",
     "upgrade",
 ];
-/// Bit of `header::CONNECTION` in the set of present `HOP_BY_HOP` names.
-const CONNECTION_BIT: u8 = 1;
+/// Where `header::CONNECTION` is in `HOP_BY_HOP`.
+const CONNECTION_INDEX: usize = 0;
 
 /// Where `name` is in `HOP_BY_HOP`. Runs for every header of every message: most
 /// names are none of these, and their length says so before any comparison.
@@ -52,36 +50,22 @@ pub fn is_host_owned(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// With `upgrade` set, `Upgrade` survives and `Connection: upgrade` is restored.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names notes which are there: most messages carry nothing to
+    // One pass over the headers notes which are there: most messages carry nothing to
     // remove, or only `Connection: keep-alive`, and each removal costs a hash lookup.
     let mut present = 0u8;
     // Names outside the fixed list (`Proxy-*`, or named by `Connection`): rare, so
     // the list allocates only when there are some.
     let mut others: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
+    for (name, value) in headers.iter() {
         match hop_by_hop_index(name) {
-            Some(i) => present |= 1 << i,
+            Some(i) => {
+                present |= 1 << i;
+                if i == CONNECTION_INDEX {
+                    connection_names(value, &mut others);
+                }
+            }
             None if is_proxy_header(name) => others.push(name.clone()),
             None => {}
-        }
-    }
-    if present & CONNECTION_BIT != 0 {
-        let tokens = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii);
-        for token in tokens {
-            // Fixed-list names (the usual `keep-alive`, `upgrade`) are handled above.
-            let listed = HOP_BY_HOP_TEXT
-                .iter()
-                .any(|h| h.as_bytes().eq_ignore_ascii_case(token));
-            if token.is_empty() || listed {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                others.push(name);
-            }
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
@@ -95,6 +79,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Adds the header names a `Connection` value lists, other than fixed-list ones
+/// (the usual `keep-alive`, `upgrade`), which are dealt with by name.
+fn connection_names(value: &HeaderValue, names: &mut Vec<HeaderName>) {
+    for token in value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+    {
+        let listed = HOP_BY_HOP_TEXT
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(token));
+        if token.is_empty() || listed {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            names.push(name);
+        }
     }
 }
 
@@ -118,13 +122,11 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// X-Forwarded-Proto, X-Forwarded-Host.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: &IpText,
     scheme: &'static str,
     client_host: Option<&HeaderValue>,
 ) {
-    // The address formatted on the stack: no heap string per request.
-    let ip_text = IpText::new(client_ip);
-    let ip = ip_text.as_bytes();
+    let ip = client_ip.as_bytes();
     // Room for all four at once: the map grows (and rehashes) at most once.
     let _ = headers.try_reserve(4);
     // One lookup for X-Forwarded-For, whether it is new or appended to.
@@ -198,6 +200,7 @@ pub fn apply_wit(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
@@ -268,7 +271,7 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-real-ip", "6.6.6.6")]);
         add_forwarding(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &IpText::new("127.0.0.1".parse().unwrap()),
             "http",
             Some(&HeaderValue::from_static("a.com")),
         );
@@ -281,7 +284,12 @@ mod tests {
     #[test]
     fn forwarding_headers_for_a_first_hop_repeated_headers_and_the_longest_address() {
         let mut h = map(&[]);
-        add_forwarding(&mut h, "10.1.2.3".parse().unwrap(), "https", None);
+        add_forwarding(
+            &mut h,
+            &IpText::new("10.1.2.3".parse().unwrap()),
+            "https",
+            None,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
         assert_eq!(h.get("x-real-ip").unwrap(), "10.1.2.3");
         assert!(h.get("x-forwarded-host").is_none());
@@ -294,7 +302,7 @@ mod tests {
         let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
             .parse()
             .unwrap();
-        add_forwarding(&mut h, longest, "http", None);
+        add_forwarding(&mut h, &IpText::new(longest), "http", None);
         let ip = longest.to_string();
         assert_eq!(
             h.get("x-forwarded-for").unwrap(),

@@ -6,7 +6,7 @@ mod error;
 pub mod headers;
 pub mod path;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +23,7 @@ pub use error::{plain_response, ProxyError};
 
 use crate::access_log::{AccessLog, Record};
 use crate::admin::metrics::EdgeCounters;
+use crate::ip_text::IpText;
 use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
 use crate::plugin::PluginEngine;
@@ -89,6 +90,8 @@ pub struct Proxy {
 /// Per-request facts kept for the access log (cheap clones: `Bytes`-backed).
 struct Exchange {
     started: Instant,
+    /// The client's address as text, for the forwarding headers and the log line.
+    client: IpText,
     method: Method,
     /// The request target as the client sent it.
     target: Option<PathAndQuery>,
@@ -103,7 +106,6 @@ struct Exchange {
 /// the bytes sent and the whole duration, as nginx does).
 pub struct LogEntry {
     log: AccessLog,
-    client: IpAddr,
     status: u16,
     /// Boxed: the response and its body carry the entry through several moves.
     exchange: Box<Exchange>,
@@ -114,7 +116,7 @@ impl LogEntry {
         let e = &self.exchange;
         let upstream = e.upstream.as_ref();
         self.log.log(&Record {
-            client: self.client,
+            client: e.client.as_bytes(),
             method: e.method.as_str(),
             target: e.target.as_ref().map_or("/", |t| t.as_str()),
             version: version_str(e.version),
@@ -194,6 +196,7 @@ impl Proxy {
         // future and the response body would otherwise carry (and copy) it inline.
         let mut exchange = Box::new(Exchange {
             started: Instant::now(),
+            client: IpText::new(conn.peer.ip()),
             method: req.method().clone(),
             target: req.uri().path_and_query().cloned(),
             version: req.version(),
@@ -211,7 +214,6 @@ impl Proxy {
         };
         let entry = snapshot.access_log.then(|| LogEntry {
             log: self.access_log.clone(),
-            client: conn.peer.ip(),
             status: response.status().as_u16(),
             exchange,
         });
@@ -342,7 +344,7 @@ impl Proxy {
 
         headers::add_forwarding(
             &mut parts.headers,
-            conn.peer.ip(),
+            &exchange.client,
             conn.scheme(),
             client_host.as_ref(),
         );

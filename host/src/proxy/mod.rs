@@ -381,7 +381,7 @@ impl Proxy {
     async fn forward(
         &self,
         upstream: &Upstream,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: Incoming,
         key: Option<Vec<u8>>,
         exchange: &mut Exchange,
@@ -395,8 +395,6 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let can_retry = upstream.config.retries > 0 && body.is_replayable();
-        let (method, headers) = (parts.method, parts.headers);
-        let mut headers = Some(headers);
         let mut body = Some(body);
         // At most `retries + 1` (<= 11, validated) entries: kept inline, no allocation.
         let mut tried = [usize::MAX; MAX_TRIES];
@@ -424,37 +422,42 @@ impl Proxy {
                 || tries >= MAX_TRIES;
             let server = &upstream.servers[index];
             exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
-            // Origin-form; the connector adds scheme and authority for HTTP/2.
-            let uri = Uri::from(path_and_query.clone());
-            // The last possible try takes the originals; earlier ones send copies.
-            let (attempt_headers, attempt_body) = if last_try {
-                (
-                    headers.take().unwrap_or_default(),
-                    body.take().map(RequestBody::into_body),
-                )
-            } else {
-                (
-                    headers.clone().unwrap_or_default(),
-                    body.as_ref().and_then(RequestBody::replay),
-                )
-            };
-            let Some((attempt_body, client_body_failed)) = attempt_body else {
-                return Err(ProxyError::InvalidPluginOutput(
-                    "request body already sent".into(),
-                ));
-            };
-            let mut request = Request::new(attempt_body);
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = uri;
-            *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = attempt_headers;
-
             let in_flight = server.state.begin();
             let started = Instant::now();
-            let sent = tokio::time::timeout(
-                upstream.response_timeout,
-                upstream.connector.send(&server.addr, request),
-            )
+            let client_body_failed;
+            // The request is built in this block so that its locals end before the
+            // await: a moved-from local still holds its room in the future otherwise.
+            let sent = {
+                // The last possible try takes the originals; earlier ones send copies.
+                // (Used in place, not moved to locals: each would take room of its own.)
+                let (attempt_headers, attempt_body) = if last_try {
+                    (
+                        std::mem::take(&mut parts.headers),
+                        body.take().map(RequestBody::into_body),
+                    )
+                } else {
+                    (
+                        parts.headers.clone(),
+                        body.as_ref().and_then(RequestBody::replay),
+                    )
+                };
+                let Some((attempt_body, failed)) = attempt_body else {
+                    return Err(ProxyError::InvalidPluginOutput(
+                        "request body already sent".into(),
+                    ));
+                };
+                client_body_failed = failed;
+                let mut request = Request::new(attempt_body);
+                *request.method_mut() = parts.method.clone();
+                // Origin-form; the connector adds scheme and authority for HTTP/2.
+                *request.uri_mut() = Uri::from(path_and_query.clone());
+                *request.version_mut() = Version::HTTP_11;
+                *request.headers_mut() = attempt_headers;
+                tokio::time::timeout(
+                    upstream.response_timeout,
+                    upstream.connector.send(&server.addr, request),
+                )
+            }
             .await;
             let server_name = &server.addr;
             let failure = match sent {

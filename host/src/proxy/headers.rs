@@ -214,6 +214,15 @@ mod tests {
     }
 
     #[test]
+    fn the_hop_by_hop_lists_agree() {
+        for (name, text) in HOP_BY_HOP.iter().zip(HOP_BY_HOP_TEXT) {
+            assert_eq!(name.as_str(), text);
+            assert!(is_host_owned(name), "{text}");
+        }
+        assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], header::CONNECTION);
+    }
+
+    #[test]
     fn connection_named_headers_are_stripped() {
         let mut h = map(&[
             ("connection", "close, x-secret"),

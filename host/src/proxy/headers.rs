@@ -5,17 +5,7 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::ip_text::IpText;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). A static,
-/// not a const: a const array would be built and dropped again at every use.
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-/// `HOP_BY_HOP` as text, in the same order.
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP_TEXT: [&str; 6] = [
     "connection",
     "keep-alive",
@@ -24,17 +14,38 @@ const HOP_BY_HOP_TEXT: [&str; 6] = [
     "transfer-encoding",
     "upgrade",
 ];
+/// The same, as names. A static, not a const: a const array would be built and
+/// dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static(HOP_BY_HOP_TEXT[0]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[1]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[2]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[3]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[4]),
+    HeaderName::from_static(HOP_BY_HOP_TEXT[5]),
+];
 /// Where `header::CONNECTION` is in `HOP_BY_HOP`.
 const CONNECTION_INDEX: usize = 0;
+/// Bit `n` is set when some hop-by-hop name is `n` bytes long.
+const HOP_BY_HOP_LENGTHS: u32 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < HOP_BY_HOP_TEXT.len() {
+        bits |= 1 << HOP_BY_HOP_TEXT[i].len();
+        i += 1;
+    }
+    bits
+};
 
 /// Where `name` is in `HOP_BY_HOP`. Runs for every header of every message: most
 /// names are none of these, and their length says so before any comparison.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let text = name.as_str();
-    match text.len() {
-        2 | 7 | 10 | 17 => HOP_BY_HOP_TEXT.iter().position(|h| *h == text),
-        _ => None,
+    let length_matches = text.len() < 32 && HOP_BY_HOP_LENGTHS & (1 << text.len()) != 0;
+    if !length_matches {
+        return None;
     }
+    HOP_BY_HOP_TEXT.iter().position(|h| *h == text)
 }
 
 fn is_proxy_header(name: &HeaderName) -> bool {

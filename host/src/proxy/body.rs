@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::metrics::EdgeCounters;
+use crate::upstream::body::{BodyError, IncomingBody};
 use crate::upstream::connect::Lease;
 use crate::upstream::servers::InFlight;
 
@@ -70,14 +71,14 @@ pub enum UpstreamBodyError {
     #[error("upstream sent nothing for {0:?} mid-body (upstream read_timeout_ms)")]
     Stalled(Duration),
     #[error("upstream body failed: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] BodyError),
 }
 
 /// The upstream's response body, aborted when no frame arrives for `read_timeout`
 /// (the client then sees a reset, not a hang). Its HTTP/1.1 connection goes back to
 /// the pool as soon as the last frame is read.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: IncomingBody,
     lease: Option<Lease>,
     read_timeout: Duration,
     /// Created the first time a poll has to wait (most small bodies never do), so the
@@ -95,7 +96,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: IncomingBody,
         lease: Option<Lease>,
         read_timeout: Duration,
         upstream: Arc<str>,

@@ -31,9 +31,10 @@ use crate::router::normalize_host;
 use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
+use crate::upstream::body::IncomingBody;
 use crate::upstream::connect::{Lease, SendError};
 use crate::upstream::servers::InFlight;
-use crate::upstream::{NoServer, Upstream, UpstreamRequestBody};
+use crate::upstream::{NoServer, SendBody, Upstream};
 
 /// The client connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -533,7 +534,7 @@ impl Proxy {
     fn upstream_response(
         &self,
         upstream: &Upstream,
-        mut response: Response<Incoming>,
+        mut response: Response<IncomingBody>,
         lease: Option<Lease>,
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
@@ -667,21 +668,21 @@ impl RequestBody {
     }
 
     /// A copy for one more try (kept bodies only); a kept body cannot fail mid-send.
-    fn replay(&self) -> Option<(UpstreamRequestBody, Option<Arc<AtomicBool>>)> {
+    fn replay(&self) -> Option<(SendBody, Option<Arc<AtomicBool>>)> {
         match self {
-            RequestBody::Kept(bytes) => Some((Either::Right(Full::new(bytes.clone())), None)),
+            RequestBody::Kept(bytes) => Some((SendBody::Kept(bytes.clone()), None)),
             RequestBody::Streamed(_) => None,
         }
     }
 
     /// The body for the last try, with the flag a streamed body sets when the client
     /// breaks it.
-    fn into_body(self) -> (UpstreamRequestBody, Option<Arc<AtomicBool>>) {
+    fn into_body(self) -> (SendBody, Option<Arc<AtomicBool>>) {
         match self {
-            RequestBody::Kept(bytes) => (Either::Right(Full::new(bytes)), None),
+            RequestBody::Kept(bytes) => (SendBody::Kept(bytes), None),
             RequestBody::Streamed(body) => {
                 let (body, failed) = ClientBody::new(body);
-                (Either::Left(body), Some(failed))
+                (SendBody::Streamed(body), Some(failed))
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Connections to an upstream's servers: HTTP/1.1 or HTTP/2 (h2c), in clear or over
 //! rustls (server name, CA bundle, verification on by default, optional client
 //! certificate; HTTP/2 by ALPN), reused through a pool per serving thread (`pool`).
+//! HTTP/1.1 requests whose body is in memory go through Sluice's own client (`h1`);
+//! streamed uploads, upgrades and HTTP/2 through hyper's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 use tower_service::Service;
 
-use super::pool::{H1Sender, H2Sender, Pools};
+use super::body::IncomingBody;
+use super::h1;
+use super::pool::{H1Sender, H2Sender, Home, Pools};
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 use crate::proxy::body::ClientBody;
 use crate::server::workers::{pool_slot, pool_slots};
@@ -26,7 +30,22 @@ use crate::tls::certs::read_chain;
 
 /// A request body towards an upstream: the client's, streamed once, or kept in memory
 /// so that a retry can send it again.
+pub enum SendBody {
+    Kept(Bytes),
+    Streamed(ClientBody),
+}
+
+/// The request body as hyper's client takes it.
 pub type UpstreamRequestBody = Either<ClientBody, Full<Bytes>>;
+
+impl From<SendBody> for UpstreamRequestBody {
+    fn from(body: SendBody) -> Self {
+        match body {
+            SendBody::Kept(bytes) => Either::Right(Full::new(bytes)),
+            SendBody::Streamed(body) => Either::Left(body),
+        }
+    }
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,7 +62,7 @@ pub enum SendError {
     Connect(#[source] BoxError),
     /// The connection broke or the server answered with something that is not HTTP.
     #[error("request failed")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
 }
 
 impl SendError {
@@ -53,7 +72,7 @@ impl SendError {
 }
 
 /// A connected socket, plain or TLS, as hyper reads and writes it.
-trait Transport: Read + Write + Unpin + Send {}
+pub trait Transport: Read + Write + Unpin + Send {}
 
 impl<T: Read + Write + Unpin + Send> Transport for T {}
 
@@ -162,18 +181,62 @@ impl Connector {
     }
 
     /// Sends `req` (whose URI is the origin-form target) to `server` on a pooled
-    /// connection or a new one. With HTTP/1.1 the lease must be given back once the
-    /// response body is complete for the connection to be reused.
+    /// connection or a new one. With hyper's HTTP/1.1 client the lease must be given
+    /// back once the response body is complete for the connection to be reused (Sluice's
+    /// own client does that itself).
     pub async fn send(
         &self,
         server: &Authority,
-        req: Request<UpstreamRequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        req: Request<SendBody>,
+    ) -> Result<(Response<IncomingBody>, Option<Lease>), SendError> {
         if self.http2 {
-            self.send_h2(server, req).await.map(|r| (r, None))
-        } else {
-            self.send_h1(server, req).await
+            let response = self.send_h2(server, req.map(Into::into)).await?;
+            return Ok((response.map(IncomingBody::Hyper), None));
         }
+        // Upgrades need hyper's upgrade machinery; streamed uploads its concurrent
+        // reading and writing.
+        let (parts, body) = req.into_parts();
+        match body {
+            SendBody::Kept(bytes) if !parts.headers.contains_key(http::header::UPGRADE) => {
+                // Boxed in a statement of its own: the common path's future stays small.
+                let own = Box::pin(self.send_own(server, Request::from_parts(parts, bytes)));
+                let response = own.await?;
+                Ok((response.map(IncomingBody::Own), None))
+            }
+            body => {
+                let req = Request::from_parts(parts, body.into());
+                let (response, lease) = self.send_h1(server, req).await?;
+                Ok((response.map(IncomingBody::Hyper), lease))
+            }
+        }
+    }
+
+    async fn send_own(
+        &self,
+        server: &Authority,
+        req: Request<Bytes>,
+    ) -> Result<Response<h1::ResponseBody>, SendError> {
+        let slot = pool_slot();
+        // Each pass takes one pooled connection out, so this ends.
+        while let Some(mut conn) = self.pools.take_own(slot, server) {
+            match h1::round_trip(&mut conn, &req).await {
+                Ok(head) => return Ok(head.into_response(conn, Some(self.home(slot, server)))),
+                Err(e) if h1::may_retry_on_new_connection(&conn, &e, req.method()) => {
+                    tracing::debug!(target: "sluice::upstream", server = %server, "pooled connection was dead ({e}); trying a new one");
+                }
+                Err(e) => return Err(SendError::Request(e.into())),
+            }
+        }
+        let connect = Box::pin(self.dial(server));
+        let mut conn = h1::Conn::new(connect.await?);
+        match h1::round_trip(&mut conn, &req).await {
+            Ok(head) => Ok(head.into_response(conn, Some(self.home(slot, server)))),
+            Err(e) => Err(SendError::Request(e.into())),
+        }
+    }
+
+    fn home(&self, slot: usize, server: &Authority) -> Home {
+        Home::new(&self.pools, slot, server)
     }
 
     async fn send_h1(
@@ -192,7 +255,7 @@ impl Connector {
                 // Closed before the request left: it is still ours to send elsewhere.
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(SendError::Request(e.into_error())),
+                    None => return Err(SendError::Request(e.into_error().into())),
                 },
             }
         }
@@ -201,7 +264,10 @@ impl Connector {
         // copied with) every request.
         let connect = Box::pin(self.connect_h1(server));
         let mut sender = connect.await?;
-        let response = sender.send_request(req).await.map_err(SendError::Request)?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))?;
         Ok((response, Some(self.lease(slot, server, sender))))
     }
 
@@ -255,7 +321,7 @@ impl Connector {
                     // Closed before the request left: send it on a new connection.
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
-                        None => return Err(SendError::Request(e.into_error())),
+                        None => return Err(SendError::Request(e.into_error().into())),
                     },
                 }
             }
@@ -266,8 +332,14 @@ impl Connector {
         let connect = Box::pin(self.connect_h2(server));
         let mut sender = connect.await?;
         self.pools.put_h2(slot, server.clone(), sender.clone());
-        sender.ready().await.map_err(SendError::Request)?;
-        sender.send_request(req).await.map_err(SendError::Request)
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Request(e.into()))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))
     }
 
     async fn connect_h2(&self, server: &Authority) -> Result<H2Sender, SendError> {

@@ -5,13 +5,11 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request};
-use http_body_util::{Either, Full};
-
-use super::connect::Connector;
+use super::connect::{Connector, SendBody};
 use super::Upstream;
 use crate::config::HealthConfig;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request};
 
 pub fn spawn(upstream: &Arc<Upstream>, health: HealthConfig) -> anyhow::Result<()> {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -80,10 +78,10 @@ fn passes(status: u16, expected: &[u16]) -> bool {
 fn check_request(
     addr: &http::uri::Authority,
     health: &HealthConfig,
-) -> Result<Request<super::connect::UpstreamRequestBody>, String> {
+) -> Result<Request<SendBody>, String> {
     let host = health.host.clone().unwrap_or_else(|| addr.to_string());
     let mut req = Request::get(health.path.as_str())
-        .body(Either::Right(Full::new(Bytes::new())))
+        .body(SendBody::Kept(Bytes::new()))
         .map_err(|e| format!("health check request: {e}"))?;
     let host = HeaderValue::from_str(&host).map_err(|e| format!("health check host: {e}"))?;
     req.headers_mut().insert(header::HOST, host);

@@ -1,9 +1,12 @@
 //! Upstream pools: the server list (`servers`), the balancer (`select`), health
 //! tracking (passive in `servers`, active in `health`), the retry budget (`budget`)
-//! and the connections (`connect`).
+//! and the connections (`connect`, with Sluice's own HTTP/1.1 client in `h1` and its
+//! bodies in `body`).
 
+pub mod body;
 mod budget;
 pub mod connect;
+pub mod h1;
 mod health;
 mod pool;
 pub mod select;
@@ -19,7 +22,7 @@ use http::{header, HeaderMap, HeaderName};
 
 use crate::config::{Balance, UpstreamConfig};
 pub use budget::RetryBudget;
-pub use connect::{Connector, UpstreamRequestBody};
+pub use connect::{Connector, SendBody};
 use select::Selector;
 use servers::Server;
 

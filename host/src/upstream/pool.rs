@@ -1,8 +1,9 @@
 //! Idle upstream connections, one pool per serving thread (`server::workers`), so a
 //! checkout never contends with another thread and a connection's task runs where its
-//! requests do. HTTP/1.1 connections are taken out while they carry a request and come
-//! back when the response body has been read to its end; an HTTP/2 connection stays in
-//! the pool and is shared by every request of its thread.
+//! requests do. HTTP/1.1 connections (Sluice's own, `h1`, and hyper's) are taken out
+//! while they carry a request and come back when the response body has been read to
+//! its end; an HTTP/2 connection stays in the pool and is shared by every request of
+//! its thread.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -11,10 +12,31 @@ use http::uri::Authority;
 use hyper::client::conn::{http1, http2};
 
 use super::connect::UpstreamRequestBody;
+use super::h1;
 use crate::clock::Stamp;
 
 pub type H1Sender = http1::SendRequest<UpstreamRequestBody>;
 pub type H2Sender = http2::SendRequest<UpstreamRequestBody>;
+
+/// An idle connection that can tell whether it is still usable.
+trait Reusable {
+    fn is_closed(&mut self) -> bool;
+}
+
+impl Reusable for H1Sender {
+    fn is_closed(&mut self) -> bool {
+        http1::SendRequest::is_closed(self)
+    }
+}
+
+impl Reusable for Box<h1::Conn> {
+    fn is_closed(&mut self) -> bool {
+        h1::Conn::is_closed(self)
+    }
+}
+
+/// Idle HTTP/1.1 connections by server.
+type H1Lists<S> = Vec<(Authority, Vec<Idle<S>>)>;
 
 struct Idle<S> {
     sender: S,
@@ -29,7 +51,8 @@ struct Idle<S> {
 /// byte, which cost more than the rest of a checkout.
 #[derive(Default)]
 struct Slot {
-    h1: Vec<(Authority, Vec<Idle<H1Sender>>)>,
+    own: H1Lists<Box<h1::Conn>>,
+    h1: H1Lists<H1Sender>,
     h2: Vec<(Authority, Idle<H2Sender>)>,
     /// A sweeper task is closing this slot's expired connections.
     sweeping: bool,
@@ -62,20 +85,7 @@ impl Pools {
 
     /// The most recently returned live HTTP/1.1 connection to `server`, if any.
     pub fn take_h1(&self, slot: usize, server: &Authority) -> Option<H1Sender> {
-        let mut guard = self.slot(slot);
-        let (_, idle) = guard.h1.iter_mut().find(|(a, _)| same(a, server))?;
-        let now = Stamp::now();
-        while let Some(conn) = idle.pop() {
-            if now.duration_since(conn.since) >= self.idle_timeout {
-                // Returned in time order: everything below is older still.
-                idle.clear();
-                return None;
-            }
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
-            }
-        }
-        None
+        take_latest(&mut self.slot(slot).h1, server, self.idle_timeout)
     }
 
     /// Puts a connection whose response is complete back for the next request.
@@ -84,22 +94,24 @@ impl Pools {
             return;
         }
         let mut guard = self.slot(slot);
-        let index = match guard.h1.iter().position(|(a, _)| same(a, &server)) {
-            Some(index) => index,
-            None => {
-                guard.h1.push((server, Vec::new()));
-                guard.h1.len() - 1
-            }
-        };
-        let idle = &mut guard.h1[index].1;
-        if idle.len() >= self.max_idle {
+        if put_latest(&mut guard.h1, server, sender, self.max_idle) {
+            self.ensure_sweeper(&mut guard, slot);
+        }
+    }
+
+    /// The most recently returned live connection of Sluice's own client, if any.
+    pub fn take_own(&self, slot: usize, server: &Authority) -> Option<Box<h1::Conn>> {
+        take_latest(&mut self.slot(slot).own, server, self.idle_timeout)
+    }
+
+    fn put_own(self: &Arc<Self>, slot: usize, server: Authority, conn: Box<h1::Conn>) {
+        if self.max_idle == 0 {
             return;
         }
-        idle.push(Idle {
-            sender,
-            since: Stamp::now(),
-        });
-        self.ensure_sweeper(&mut guard, slot);
+        let mut guard = self.slot(slot);
+        if put_latest(&mut guard.own, server, conn, self.max_idle) {
+            self.ensure_sweeper(&mut guard, slot);
+        }
     }
 
     /// The live HTTP/2 connection to `server`, if any (a handle; it stays pooled).
@@ -148,8 +160,78 @@ impl Pools {
     }
 }
 
+/// Where a connection of Sluice's own client goes back when its response is complete.
+pub struct Home {
+    pools: Arc<Pools>,
+    slot: usize,
+    server: Authority,
+}
+
+impl Home {
+    pub fn new(pools: &Arc<Pools>, slot: usize, server: &Authority) -> Self {
+        Self {
+            pools: pools.clone(),
+            slot,
+            server: server.clone(),
+        }
+    }
+
+    pub fn put(self, conn: Box<h1::Conn>) {
+        self.pools.put_own(self.slot, self.server, conn);
+    }
+}
+
 fn same(a: &Authority, b: &Authority) -> bool {
     a.as_str() == b.as_str()
+}
+
+/// Takes the most recently returned live connection to `server` from `lists`.
+fn take_latest<S: Reusable>(
+    lists: &mut H1Lists<S>,
+    server: &Authority,
+    idle_timeout: Duration,
+) -> Option<S> {
+    let (_, idle) = lists.iter_mut().find(|(a, _)| same(a, server))?;
+    let now = Stamp::now();
+    while let Some(mut conn) = idle.pop() {
+        if now.duration_since(conn.since) >= idle_timeout {
+            // Returned in time order: everything below is older still.
+            idle.clear();
+            return None;
+        }
+        if !conn.sender.is_closed() {
+            return Some(conn.sender);
+        }
+    }
+    None
+}
+
+/// Adds `conn` to `server`'s idle list unless the list is full; true when kept.
+fn put_latest<S>(lists: &mut H1Lists<S>, server: Authority, conn: S, max_idle: usize) -> bool {
+    let index = match lists.iter().position(|(a, _)| same(a, &server)) {
+        Some(index) => index,
+        None => {
+            lists.push((server, Vec::new()));
+            lists.len() - 1
+        }
+    };
+    let idle = &mut lists[index].1;
+    if idle.len() >= max_idle {
+        return false;
+    }
+    idle.push(Idle {
+        sender: conn,
+        since: Stamp::now(),
+    });
+    true
+}
+
+/// Drops `lists`' expired and closed connections.
+fn sweep_lists<S: Reusable>(lists: &mut H1Lists<S>, now: Stamp, timeout: Duration) {
+    for (_, idle) in lists.iter_mut() {
+        idle.retain_mut(|c| now.duration_since(c.since) < timeout && !c.sender.is_closed());
+    }
+    lists.retain(|(_, idle)| !idle.is_empty());
 }
 
 async fn sweep(pools: Weak<Pools>, slot: usize, every: Duration) {
@@ -161,15 +243,12 @@ async fn sweep(pools: Weak<Pools>, slot: usize, every: Duration) {
         let timeout = pools.idle_timeout;
         let mut guard = pools.slot(slot);
         let now = Stamp::now();
-        let live = |since: Stamp, closed: bool| !closed && now.duration_since(since) < timeout;
-        for (_, idle) in &mut guard.h1 {
-            idle.retain(|c| live(c.since, c.sender.is_closed()));
-        }
-        guard.h1.retain(|(_, idle)| !idle.is_empty());
+        sweep_lists(&mut guard.own, now, timeout);
+        sweep_lists(&mut guard.h1, now, timeout);
         guard
             .h2
-            .retain(|(_, c)| live(c.since, c.sender.is_closed()));
-        if guard.h1.is_empty() && guard.h2.is_empty() {
+            .retain(|(_, c)| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
+        if guard.own.is_empty() && guard.h1.is_empty() && guard.h2.is_empty() {
             guard.sweeping = false;
             return;
         }

@@ -1,0 +1,835 @@
+//! Sluice's own HTTP/1.1 client connection, for the common exchange: a request whose
+//! body is in memory (none, or kept for retries) and that asks for no upgrade. It
+//! writes the request in one go and reads the response on the request's own task,
+//! with no connection task, channel or wake-up in between (what hyper's client costs).
+//! Streamed uploads and upgrades go through hyper's client (`connect`).
+//!
+//! The response body reads from the connection itself and hands it back to the pool
+//! the moment the message is complete; a body dropped early closes it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use super::connect::Transport;
+use super::pool::Home;
+
+/// Longest response head (status line and headers), as hyper's client allowed.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields in a response head (hyper's client default).
+const MAX_HEADERS: usize = 100;
+/// Interim (1xx) responses skipped before the final one, at most.
+const MAX_INTERIM: usize = 16;
+/// Longest chunk-size line (size, extensions) of a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Largest trailer section of a chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Room made for each read: a whole small response in one read, and no more than
+/// that kept per pooled connection.
+const READ_CHUNK: usize = 16 * 1024;
+/// A pooled connection keeps a request buffer up to this size; larger ones are freed.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+
+/// What went wrong on the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection failed")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection before answering")]
+    ClosedBeforeResponse,
+    #[error("upstream closed the connection mid-response")]
+    ClosedMidResponse,
+    #[error("invalid response head")]
+    Parse(#[from] httparse::Error),
+    #[error("response head over {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("{0}")]
+    Framing(&'static str),
+}
+
+impl Error {
+    /// The server closed or reset the connection before a byte of the response: a
+    /// pooled connection that died in the pool, so a new one may carry the request.
+    fn is_stale_connection(&self) -> bool {
+        match self {
+            Error::ClosedBeforeResponse => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// One connection to an upstream server.
+pub struct Conn {
+    io: TokioIo<Box<dyn Transport>>,
+    read: BytesMut,
+    write: Vec<u8>,
+    /// It carried a request before: a failure with no answer may mean it died idle.
+    reused: bool,
+}
+
+/// How the end of a response body is found.
+enum Framing {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    Close,
+    /// Read to its end (the connection went back to the pool or was closed).
+    Done,
+}
+
+/// Where a chunked body's decoder stands.
+enum Chunk {
+    SizeLine,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl Conn {
+    pub fn new(io: Box<dyn Transport>) -> Box<Self> {
+        Box::new(Self {
+            io: TokioIo::new(io),
+            read: BytesMut::new(),
+            write: Vec::new(),
+            reused: false,
+        })
+    }
+
+    pub fn was_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// True when the idle connection is unusable: the server closed it, reset it or
+    /// sent bytes no request asked for. Costs no system call while the socket has had
+    /// nothing to read since its last response (the runtime tracks its readiness).
+    pub fn is_closed(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Sends `req` on `conn` and reads the response head. The body is read later, from
+/// the connection, by the `ResponseBody` built with `into_response`.
+pub async fn round_trip(conn: &mut Conn, req: &Request<Bytes>) -> Result<Head, Error> {
+    encode_request(&mut conn.write, req)?;
+    conn.io.write_all(&conn.write).await?;
+    conn.io.flush().await?;
+    if conn.write.capacity() > KEEP_WRITE_BUFFER {
+        conn.write = Vec::new();
+    }
+    let is_head = req.method() == Method::HEAD;
+    let mut interim = 0;
+    let mut received = false;
+    loop {
+        if !conn.read.is_empty() {
+            received = true;
+            match parse_head(&mut conn.read, is_head)? {
+                Parsed::Partial if conn.read.len() >= MAX_HEAD_BYTES => {
+                    return Err(Error::HeadTooLarge)
+                }
+                Parsed::Partial => {}
+                Parsed::Interim => {
+                    interim += 1;
+                    if interim > MAX_INTERIM {
+                        return Err(Error::Framing("too many interim (1xx) responses"));
+                    }
+                    continue;
+                }
+                Parsed::Final(head) => return Ok(head),
+            }
+        }
+        if conn.fill().await? == 0 {
+            return Err(if received {
+                Error::ClosedMidResponse
+            } else {
+                Error::ClosedBeforeResponse
+            });
+        }
+    }
+}
+
+/// Whether a failed `round_trip` on a pooled connection may be repeated on a new one:
+/// the connection had died while idle (nothing came back) and the method is one the
+/// server would not mind seeing twice.
+pub fn may_retry_on_new_connection(conn: &Conn, error: &Error, method: &Method) -> bool {
+    conn.reused
+        && error.is_stale_connection()
+        && matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        )
+}
+
+/// A response head and how its body is framed.
+pub struct Head {
+    response: Response<()>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Head {
+    /// The response with a body that reads from `conn`; the connection goes `home`
+    /// when the body has been read to its end and it can carry the next request.
+    pub fn into_response(self, conn: Box<Conn>, home: Option<Home>) -> Response<ResponseBody> {
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            home,
+        };
+        if matches!(body.framing, Framing::Length(0)) {
+            body.finish();
+        }
+        self.response.map(|()| body)
+    }
+}
+
+/// Writes the request head (and the body, which is in memory) into `out`.
+fn encode_request(out: &mut Vec<u8>, req: &Request<Bytes>) -> Result<(), Error> {
+    out.clear();
+    let body = req.body();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
+    for (name, value) in req.headers() {
+        if name == CONTENT_LENGTH {
+            if parse_length(req.headers())? != Some(body.len() as u64) {
+                return Err(Error::Framing(
+                    "request Content-Length does not match its body",
+                ));
+            }
+            if has_length {
+                continue;
+            }
+            has_length = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // As hyper's client: a length for any body, and a zero length for an empty body of
+    // a method whose body has a meaning.
+    let payload_method = !matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    );
+    if !has_length && (!body.is_empty() || payload_method) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+enum Parsed {
+    Partial,
+    /// A 1xx response, consumed; the final one follows.
+    Interim,
+    Final(Head),
+}
+
+/// Parses a response head at the start of `buf`, taking it out of `buf` when whole.
+fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
+    // Where each field's name and value lie in the head, so that values can share the
+    // head's bytes instead of being copied.
+    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let len = match parsed.parse(buf)? {
+            httparse::Status::Partial => return Ok(Parsed::Partial),
+            httparse::Status::Complete(len) => len,
+        };
+        let base = buf.as_ptr() as usize;
+        let mut count = 0;
+        for (field, header) in fields.iter_mut().zip(parsed.headers.iter()) {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            *field = (
+                name as u32,
+                (name + header.name.len()) as u32,
+                value as u32,
+                (value + header.value.len()) as u32,
+            );
+            count += 1;
+        }
+        (
+            len,
+            parsed.code.unwrap_or(0),
+            parsed.version.unwrap_or(1),
+            count,
+        )
+    };
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("invalid status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::Framing(
+                "101 Switching Protocols to a request that asked for no upgrade",
+            ));
+        }
+        return Ok(Parsed::Interim);
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_start, name_end, value_start, value_end) in &fields[..count] {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+            .map_err(|_| Error::Framing("invalid header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+                .map_err(|_| Error::Framing("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let (framing, framing_allows_reuse) = framing_of(&mut headers, status, is_head)?;
+    let keep_alive = framing_allows_reuse && keeps_alive(&headers, version);
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Parsed::Final(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The body's framing (RFC 9112, section 6.3) and whether the connection can carry
+/// another message after it.
+fn framing_of(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    is_head: bool,
+) -> Result<(Framing, bool), Error> {
+    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), true));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // Both framings at once smell of smuggling: the length goes (the client must
+        // not see it beside a re-framed body) and so does the connection.
+        let had_length = headers.remove(CONTENT_LENGTH).is_some();
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::SizeLine), !had_length)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    match parse_length(headers)? {
+        Some(length) => Ok((Framing::Length(length), true)),
+        None => Ok((Framing::Close, false)),
+    }
+}
+
+/// The Content-Length of `headers`: repeated fields and lists must all agree.
+fn parse_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let invalid = Error::Framing("invalid Content-Length");
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let digits = part.trim_ascii();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(invalid);
+            }
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            match length {
+                Some(seen) if seen != n => return Err(invalid),
+                _ => length = Some(n),
+            }
+        }
+    }
+    Ok(length)
+}
+
+fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+    let has_token = |token: &[u8]| {
+        headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if version == Version::HTTP_11 {
+        !has_token(b"close")
+    } else {
+        has_token(b"keep-alive")
+    }
+}
+
+/// A response body read straight from its connection.
+pub struct ResponseBody {
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    keep_alive: bool,
+    home: Option<Home>,
+}
+
+impl ResponseBody {
+    /// The message is complete: the connection goes back for reuse when it can.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        // Bytes past the message were never asked for: such a connection is not reused.
+        if self.keep_alive && conn.read.is_empty() {
+            if let Some(home) = self.home.take() {
+                conn.reused = true;
+                home.put(conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, error: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.framing = Framing::Done;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buffered = conn.read.len();
+            // Reads more when what is buffered is not enough to go on.
+            let mut need_more = buffered == 0;
+            match &mut this.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(remaining) if buffered > 0 => {
+                    let take = (*remaining).min(buffered as u64) as usize;
+                    let data = conn.read.split_to(take).freeze();
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Length(_) => {}
+                Framing::Close if buffered > 0 => {
+                    let data = conn.read.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {}
+                Framing::Chunked(chunk) => match decode_chunk(&mut conn.read, chunk) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End(trailers)) => {
+                        this.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::Again) => continue,
+                    Ok(Decoded::NeedMore) => need_more = true,
+                    Err(e) => return this.fail(e),
+                },
+            }
+            if !need_more {
+                continue;
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(this.framing, Framing::Close) => {
+                    // The end of a close-delimited body: the connection is spent.
+                    this.keep_alive = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(Error::ClosedMidResponse),
+                Ok(_) => {}
+                Err(e) => return this.fail(Error::Io(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum Decoded {
+    Data(Bytes),
+    /// The last chunk and the trailer section (if any) were read.
+    End(Option<HeaderMap>),
+    /// A piece of framing was consumed; decode on.
+    Again,
+    NeedMore,
+}
+
+/// Decodes what `buf` holds of a chunked body from state `chunk`.
+fn decode_chunk(buf: &mut BytesMut, chunk: &mut Chunk) -> Result<Decoded, Error> {
+    match chunk {
+        Chunk::SizeLine => {
+            let Some(end) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
+                return if buf.len() >= MAX_CHUNK_LINE {
+                    Err(Error::Framing("chunk size line too long"))
+                } else {
+                    Ok(Decoded::NeedMore)
+                };
+            };
+            let size = parse_chunk_size(&buf[..end])?;
+            let _ = buf.split_to(end + 1);
+            *chunk = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Decoded::Again)
+        }
+        Chunk::Data(remaining) => {
+            if buf.is_empty() {
+                return Ok(Decoded::NeedMore);
+            }
+            let take = (*remaining).min(buf.len() as u64) as usize;
+            let data = buf.split_to(take).freeze();
+            *remaining -= take as u64;
+            if *remaining == 0 {
+                *chunk = Chunk::DataEnd;
+            }
+            Ok(Decoded::Data(data))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Decoded::NeedMore);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(Error::Framing("chunk data not followed by CRLF"));
+            }
+            let _ = buf.split_to(2);
+            *chunk = Chunk::SizeLine;
+            Ok(Decoded::Again)
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                let _ = buf.split_to(2);
+                return Ok(Decoded::End(None));
+            }
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            match httparse::parse_headers(buf, &mut fields)? {
+                httparse::Status::Partial if buf.len() >= MAX_TRAILERS => {
+                    Err(Error::Framing("trailer section too large"))
+                }
+                httparse::Status::Partial => Ok(Decoded::NeedMore),
+                httparse::Status::Complete((len, fields)) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for field in fields.iter() {
+                        let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(field.name.as_bytes()),
+                            HeaderValue::from_bytes(field.value),
+                        ) else {
+                            return Err(Error::Framing("invalid trailer field"));
+                        };
+                        trailers.append(name, value);
+                    }
+                    let _ = buf.split_to(len);
+                    Ok(Decoded::End(Some(trailers)))
+                }
+            }
+        }
+    }
+}
+
+/// The size in a chunk-size line (without its LF): hex digits, then optional
+/// whitespace and extensions, then CR.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let invalid = Error::Framing("invalid chunk size line");
+    let Some(line) = line.strip_suffix(b"\r") else {
+        return Err(invalid);
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(invalid);
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest.starts_with(b";")) {
+        return Err(invalid);
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &d| {
+        let value = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        (n << 4) | u64::from(value)
+    });
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &[u8], is_head: bool) -> Result<Parsed, Error> {
+        parse_head(&mut BytesMut::from(text), is_head)
+    }
+
+    fn final_head(text: &[u8]) -> Head {
+        match parse(text, false) {
+            Ok(Parsed::Final(head)) => head,
+            Ok(Parsed::Partial) => panic!("partial"),
+            Ok(Parsed::Interim) => panic!("interim"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_head_is_parsed_with_its_fields_and_the_rest_left_for_the_body() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\nabc"[..],
+        );
+        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false) else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.response.status(), StatusCode::CREATED);
+        let values: Vec<_> = head.response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert!(matches!(head.framing, Framing::Length(3)));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"abc");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_an_interim_one_is_consumed() {
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nx: y\r\n", false),
+            Ok(Parsed::Partial)
+        ));
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"[..],
+        );
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Interim)));
+        assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");
+        assert!(matches!(
+            parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            Err(Error::Framing(_))
+        ));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        // No body whatever the headers say: HEAD, 204, 304.
+        let head = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", true);
+        assert!(matches!(
+            head,
+            Ok(Parsed::Final(Head {
+                framing: Framing::Length(0),
+                ..
+            }))
+        ));
+        let head = final_head(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Length(0)));
+        // Chunked wins over a length, which is removed, and the connection is not reused.
+        let head = final_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        );
+        assert!(matches!(head.framing, Framing::Chunked(_)));
+        assert!(!head.response.headers().contains_key(CONTENT_LENGTH));
+        assert!(!head.keep_alive);
+        // A transfer coding that does not end in chunked: read until close.
+        let head = final_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Close));
+        // Neither: read until close.
+        let head = final_head(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Close));
+        assert!(!head.keep_alive);
+        // Repeated lengths must agree.
+        let head =
+            final_head(b"HTTP/1.1 200 OK\r\ncontent-length: 4, 4\r\ncontent-length: 4\r\n\r\n");
+        assert!(matches!(head.framing, Framing::Length(4)));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: +4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0x10\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad, false), Err(Error::Framing(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_tokens() {
+        assert!(
+            !final_head(b"HTTP/1.1 200 OK\r\nconnection: foo, Close\r\ncontent-length: 0\r\n\r\n")
+                .keep_alive
+        );
+        assert!(!final_head(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n").keep_alive);
+        assert!(
+            final_head(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn malformed_heads_are_errors() {
+        for bad in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\rb\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                parse(bad, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&many, false), Err(Error::Parse(_))));
+    }
+
+    /// Decodes `wire` fed in pieces of `step` bytes; the data and the trailers.
+    fn decode_all(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        let mut buf = BytesMut::new();
+        let mut chunk = Chunk::SizeLine;
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decode_chunk(&mut buf, &mut chunk)? {
+                Decoded::Data(d) => data.extend_from_slice(&d),
+                Decoded::End(trailers) => {
+                    assert!(buf.is_empty(), "nothing after the body is consumed");
+                    return Ok((data, trailers));
+                }
+                Decoded::Again => {}
+                Decoded::NeedMore => {
+                    assert!(fed < wire.len(), "decoder wants more than the body");
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5\r\nhello\r\nA;name=value\r\n0123456789\r\n0\r\nx-sum: 42\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (data, trailers) = decode_all(wire, step).unwrap();
+            assert_eq!(data, b"hello0123456789");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers.get("x-sum").unwrap(), "42");
+        }
+        let (data, trailers) = decode_all(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!((data.as_slice(), trailers), (&b"abc"[..], None));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"-5\r\nhello\r\n",
+            b"5 x\r\nhello\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 4).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = vec![b'0'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(&long, 1024).is_err());
+    }
+
+    #[test]
+    fn a_request_is_written_with_one_length_that_matches_its_body() {
+        let mut out = Vec::new();
+        let req = Request::post("/a?b=c")
+            .header("host", "app")
+            .body(Bytes::from_static(b"abc"))
+            .unwrap();
+        encode_request(&mut out, &req).unwrap();
+        assert_eq!(
+            out,
+            b"POST /a?b=c HTTP/1.1\r\nhost: app\r\ncontent-length: 3\r\n\r\nabc"
+        );
+        let req = Request::post("/").body(Bytes::new()).unwrap();
+        encode_request(&mut out, &req).unwrap();
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let req = Request::get("/").body(Bytes::new()).unwrap();
+        encode_request(&mut out, &req).unwrap();
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let req = Request::put("/")
+            .header("content-length", "5")
+            .body(Bytes::from_static(b"abc"))
+            .unwrap();
+        assert!(encode_request(&mut out, &req).is_err());
+    }
+}

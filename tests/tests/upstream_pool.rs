@@ -1,7 +1,8 @@
 //! Upstream connection reuse, seen from the server's side: one connection carries a
 //! run of requests whatever their response framing, idle ones are closed after
 //! `idle_timeout_ms`, a body the client abandons never leaves its connection in the
-//! pool, and a pooled connection the server closed costs no request.
+//! pool, a pooled connection the server closed costs no request, and a response that
+//! ends its connection or breaks the rules is never pooled.
 
 mod common;
 
@@ -35,7 +36,11 @@ impl Counts {
 }
 
 /// A hand-written HTTP/1.1 origin, so the test sees every connection: `/` (6 bytes,
-/// content-length), `/empty` (204), `/chunked`, `/big` (4 MiB) and HEAD. With
+/// content-length), `/empty` (204), `/chunked`, `/big` (4 MiB), HEAD, `/interim` (two
+/// 1xx answers first), and answers that end or break the connection: `/until-close`
+/// (no length), `/both-framings` (length and chunked), `/short` (fewer bytes than its
+/// length), `/huge-head` (over 64 KiB of head), `/two-lengths` (lengths that differ),
+/// `/vanish` (closed unanswered on a connection that carried a request before). With
 /// `close_idle_after`, it closes a connection that has been idle that long, as a
 /// server's keep-alive timeout does.
 async fn raw_origin(close_idle_after: Option<Duration>) -> (SocketAddr, Arc<Counts>) {
@@ -63,6 +68,7 @@ async fn serve_raw(
     close_idle_after: Option<Duration>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
+    let mut served = 0;
     loop {
         // A request head (and its body, by content-length), at most 64 KiB.
         let head_end = loop {
@@ -114,14 +120,49 @@ async fn serve_raw(
         }
         buf.drain(..head_end + body_len);
         counts.requests.fetch_add(1, Ordering::SeqCst);
+        served += 1;
         match (method.as_str(), path.as_str()) {
             (_, "/early") => {}
+            // Closes unanswered when the connection carried a request before: the race
+            // of a keep-alive timeout with a request already on its way.
+            (_, "/vanish") if served > 1 => return Ok(()),
             ("head", _) => {
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
                     .await?
             }
             (_, "/empty") => stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?,
+            (_, "/interim") => stream
+                .write_all(
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                )
+                .await?,
+            (_, "/until-close") => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
+                    .await?;
+                return Ok(());
+            }
+            (_, "/both-framings") => stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                )
+                .await?,
+            (_, "/short") => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
+                    .await?;
+                return Ok(());
+            }
+            (_, "/huge-head") => {
+                let filler = "x".repeat(70 * 1024);
+                stream
+                    .write_all(format!("HTTP/1.1 200 OK\r\nx-filler: {filler}\r\ncontent-length: 2\r\n\r\nok").as_bytes())
+                    .await?
+            }
+            (_, "/two-lengths") => stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok")
+                .await?,
             (_, "/chunked") => stream
                 .write_all(
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -174,14 +215,19 @@ async fn one_upstream_connection_carries_every_kind_of_response_then_closes_when
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let reply = get(&client, running.addr, "/chunked", &[]).await;
     assert_eq!(reply.text(), "hello");
+    let reply = get(&client, running.addr, "/interim", &[]).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "ok")
+    );
     let reply = get(&client, running.addr, "/", &[]).await;
     assert_eq!(reply.text(), "hello\n");
 
-    assert_eq!(counts.requests.load(Ordering::SeqCst), 9);
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 10);
     assert_eq!(
         counts.accepted.load(Ordering::SeqCst),
         1,
-        "all nine requests went over one upstream connection"
+        "all ten requests went over one upstream connection"
     );
     assert_eq!(
         counts.open.load(Ordering::SeqCst),
@@ -249,28 +295,137 @@ async fn a_download_the_client_abandons_never_returns_its_connection_to_the_pool
 
 #[tokio::test]
 async fn a_pooled_connection_the_server_closed_costs_no_request() {
-    // The server closes connections idle for 50 ms; the proxy keeps them for a minute.
-    let (origin, counts) = raw_origin(Some(Duration::from_millis(50))).await;
-    let site = Site::new();
-    // No retries: a request that failed would show as a 502.
-    let running = site.start(&config(origin, "retries = 0")).await;
-    let client = h1_client();
-    for i in 0..5 {
-        let req = Request::post(format!("http://{}/orders", running.addr))
-            .body(Full::new(Bytes::from(format!("order {i}"))))
-            .unwrap();
-        let reply = send(&client, req).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        assert!(counts.all_closed().await);
-        // Give the proxy's side of the connection time to see the close.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // `retries = 0`: a POST body streams (hyper's client) and a failure would show as a
+    // 502. `retries = 1`: it is kept in memory (Sluice's own client), and with one
+    // server a retry has nowhere else to go, so a failure would show too.
+    for retries in [0, 1] {
+        // The server closes connections idle for 50 ms; the proxy keeps them a minute.
+        let (origin, counts) = raw_origin(Some(Duration::from_millis(50))).await;
+        let site = Site::new();
+        let running = site
+            .start(&config(origin, &format!("retries = {retries}")))
+            .await;
+        let client = h1_client();
+        for i in 0..5 {
+            let req = Request::post(format!("http://{}/orders", running.addr))
+                .body(Full::new(Bytes::from(format!("order {i}"))))
+                .unwrap();
+            let reply = send(&client, req).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            assert!(counts.all_closed().await);
+            // Give the proxy's side of the connection time to see the close.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let reply = get(&client, running.addr, "/", &[]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            assert!(counts.all_closed().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            counts.requests.load(Ordering::SeqCst),
+            10,
+            "each request arrived once (retries = {retries})"
+        );
+        assert_eq!(counts.accepted.load(Ordering::SeqCst), 10);
+        running.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_request_lost_to_a_closing_pooled_connection_is_sent_again_only_when_idempotent() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    // One server and a kept body: the pipeline's own retry has nowhere else to go.
+    let running = site.start(&config(origin, "retries = 1")).await;
+    let client = h1_client();
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+    let reply = get(&client, running.addr, "/vanish", &[]).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "hello\n"),
+        "the GET went again on a new connection"
+    );
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    // The new connection is pooled now; a POST lost on it is not sent twice.
+    let req = Request::post(format!("http://{}/vanish", running.addr))
+        .body(Full::new(Bytes::from_static(b"order")))
+        .unwrap();
+    let reply = send(&client, req).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     assert_eq!(
         counts.requests.load(Ordering::SeqCst),
-        5,
-        "each POST arrived once"
+        4,
+        "the POST arrived once"
     );
-    assert_eq!(counts.accepted.load(Ordering::SeqCst), 5);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_that_ends_its_connection_is_relayed_and_the_connection_not_pooled() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "")).await;
+    let client = h1_client();
+    let reply = get(&client, running.addr, "/until-close", &[]).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "until close")
+    );
+    // Both framings at once (a smuggling attempt): the chunked body, without the length.
+    let reply = get(&client, running.addr, "/both-framings", &[]).await;
+    assert_eq!(reply.text(), "hello");
+    assert_eq!(
+        reply.header("content-length"),
+        None,
+        "the conflicting length is dropped"
+    );
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        3,
+        "neither the close-delimited nor the doubly framed response left its connection"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_upstream_response_is_a_502_or_a_cut_body_never_a_hang() {
+    let (origin, counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "")).await;
+    let client = h1_client();
+    for path in ["/huge-head", "/two-lengths"] {
+        let reply = get(&client, running.addr, path, &[]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_GATEWAY,
+            "{path}: {}",
+            reply.text()
+        );
+    }
+    // A body shorter than its length: the client's connection ends before the response
+    // is complete (it cannot be told otherwise once the head is out).
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /short HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("the proxy ends the connection")
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+        assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(body.len() < 100, "never a complete body: {text}");
+    }
+    // None of those connections is reused: each next request opened its own.
+    let reply = get(&client, running.addr, "/", &[]).await;
+    assert_eq!(reply.text(), "hello\n");
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 4);
     running.shutdown().await;
 }
 

@@ -4,6 +4,8 @@
 //! HTTP/1.1 requests whose body is in memory go through Sluice's own client (`h1`);
 //! streamed uploads, upgrades and HTTP/2 through hyper's.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,29 +186,49 @@ impl Connector {
     /// connection or a new one. With hyper's HTTP/1.1 client the lease must be given
     /// back once the response body is complete for the connection to be reused (Sluice's
     /// own client does that itself).
-    pub async fn send(
-        &self,
-        server: &Authority,
+    ///
+    /// The path is chosen before the returned future exists, so that the future holds
+    /// the request once (an async fn would keep its argument's room beside the moved
+    /// copy), and hyper's large futures are boxed: unboxed they would size (and be
+    /// copied with) every request's future, which mostly takes the own path.
+    pub fn send<'a>(
+        &'a self,
+        server: &'a Authority,
         req: Request<SendBody>,
-    ) -> Result<(Response<IncomingBody>, Option<Lease>), SendError> {
+    ) -> impl Future<Output = Result<(Response<IncomingBody>, Option<Lease>), SendError>> + Send + 'a
+    {
+        use futures_util::future::{Either as Path, FutureExt};
+        type Boxed<'a> = Pin<
+            Box<
+                dyn Future<Output = Result<(Response<IncomingBody>, Option<Lease>), SendError>>
+                    + Send
+                    + 'a,
+            >,
+        >;
         if self.http2 {
-            let response = self.send_h2(server, req.map(Into::into)).await?;
-            return Ok((response.map(IncomingBody::Hyper), None));
+            let h2: Boxed<'a> = Box::pin(async move {
+                let response = self.send_h2(server, req.map(Into::into)).await?;
+                Ok((response.map(IncomingBody::Hyper), None))
+            });
+            return Path::Left(h2);
         }
         // Upgrades need hyper's upgrade machinery; streamed uploads its concurrent
         // reading and writing.
         let (parts, body) = req.into_parts();
         match body {
             SendBody::Kept(bytes) if !parts.headers.contains_key(http::header::UPGRADE) => {
-                // Boxed in a statement of its own: the common path's future stays small.
-                let own = Box::pin(self.send_own(server, Request::from_parts(parts, bytes)));
-                let response = own.await?;
-                Ok((response.map(IncomingBody::Own), None))
+                Path::Right(
+                    self.send_own(server, Request::from_parts(parts, bytes))
+                        .map(|sent| sent.map(|response| (response.map(IncomingBody::Own), None))),
+                )
             }
             body => {
                 let req = Request::from_parts(parts, body.into());
-                let (response, lease) = self.send_h1(server, req).await?;
-                Ok((response.map(IncomingBody::Hyper), lease))
+                let h1: Boxed<'a> = Box::pin(async move {
+                    let (response, lease) = self.send_h1(server, req).await?;
+                    Ok((response.map(IncomingBody::Hyper), lease))
+                });
+                Path::Left(h1)
             }
         }
     }
@@ -217,21 +239,25 @@ impl Connector {
         req: Request<Bytes>,
     ) -> Result<Response<h1::ResponseBody>, SendError> {
         let slot = pool_slot();
-        // Each pass takes one pooled connection out, so this ends.
-        while let Some(mut conn) = self.pools.take_own(slot, server) {
+        // Pooled connections first, then a new one; each pass takes one pooled
+        // connection out, and a new connection's failure is final, so this ends.
+        // (One call site: each `round_trip` future would take room of its own.)
+        loop {
+            let mut conn = match self.pools.take_own(slot, server) {
+                Some(conn) => conn,
+                None => {
+                    // Boxed: connecting is rare, and its future is large.
+                    let dial = Box::pin(self.dial(server));
+                    h1::Conn::new(dial.await?)
+                }
+            };
             match h1::round_trip(&mut conn, &req).await {
                 Ok(head) => return Ok(head.into_response(conn, Some(self.home(slot, server)))),
                 Err(e) if h1::may_retry_on_new_connection(&conn, &e, req.method()) => {
-                    tracing::debug!(target: "sluice::upstream", server = %server, "pooled connection was dead ({e}); trying a new one");
+                    tracing::debug!(target: "sluice::upstream", server = %server, "pooled connection was dead ({e}); trying another");
                 }
                 Err(e) => return Err(SendError::Request(e.into())),
             }
-        }
-        let connect = Box::pin(self.dial(server));
-        let mut conn = h1::Conn::new(connect.await?);
-        match h1::round_trip(&mut conn, &req).await {
-            Ok(head) => Ok(head.into_response(conn, Some(self.home(slot, server)))),
-            Err(e) => Err(SendError::Request(e.into())),
         }
     }
 

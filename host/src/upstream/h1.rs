@@ -8,6 +8,7 @@
 //! the moment the message is complete; a body dropped early closes it.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -231,7 +232,7 @@ fn encode_request(out: &mut Vec<u8>, req: &Request<Bytes>) -> Result<(), Error> 
     let mut has_length = false;
     for (name, value) in req.headers() {
         if name == CONTENT_LENGTH {
-            if parse_length(req.headers())? != Some(body.len() as u64) {
+            if request_length(req.headers())? != Some(body.len() as u64) {
                 return Err(Error::Framing(
                     "request Content-Length does not match its body",
                 ));
@@ -275,9 +276,14 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
     // head's bytes instead of being copied.
     let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, code, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(buf)? {
+        // Uninitialized: filling a hundred empty fields would cost more than the parse.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut headers,
+        )? {
             httparse::Status::Partial => return Ok(Parsed::Partial),
             httparse::Status::Complete(len) => len,
         };
@@ -312,12 +318,14 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
         return Ok(Parsed::Interim);
     }
     let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = FramingFields::default();
     for &(name_start, name_end, value_start, value_end) in &fields[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Error::Framing("invalid header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                 .map_err(|_| Error::Framing("invalid header value"))?;
+        framing.note(&name, value.as_bytes())?;
         headers.append(name, value);
     }
     let version = if minor == 0 {
@@ -325,86 +333,108 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
     } else {
         Version::HTTP_11
     };
-    let (framing, framing_allows_reuse) = framing_of(&mut headers, status, is_head)?;
-    let keep_alive = framing_allows_reuse && keeps_alive(&headers, version);
+    let (framing_kind, framing_allows_reuse) = framing.framing(status, is_head);
+    if framing.transfer_encoding && framing.length.is_some() {
+        // Both framings at once smell of smuggling: the length goes (the client must not
+        // see it beside a re-framed body) and so does the connection.
+        headers.remove(CONTENT_LENGTH);
+    }
+    let keep_alive = framing_allows_reuse
+        && if version == Version::HTTP_11 {
+            !framing.close
+        } else {
+            framing.keep_alive
+        };
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
     Ok(Parsed::Final(Head {
         response,
-        framing,
+        framing: framing_kind,
         keep_alive,
     }))
 }
 
-/// The body's framing (RFC 9112, section 6.3) and whether the connection can carry
-/// another message after it.
-fn framing_of(
-    headers: &mut HeaderMap,
-    status: StatusCode,
-    is_head: bool,
-) -> Result<(Framing, bool), Error> {
-    if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Length(0), true));
-    }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        // Both framings at once smell of smuggling: the length goes (the client must
-        // not see it beside a re-framed body) and so does the connection.
-        let had_length = headers.remove(CONTENT_LENGTH).is_some();
-        return Ok(if chunked {
-            (Framing::Chunked(Chunk::SizeLine), !had_length)
-        } else {
-            (Framing::Close, false)
-        });
-    }
-    match parse_length(headers)? {
-        Some(length) => Ok((Framing::Length(length), true)),
-        None => Ok((Framing::Close, false)),
-    }
+/// What a head's fields say about its body's framing and its connection, gathered
+/// while the fields are read.
+#[derive(Default)]
+struct FramingFields {
+    length: Option<u64>,
+    transfer_encoding: bool,
+    /// The last transfer coding seen is `chunked`.
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
 }
 
-/// The Content-Length of `headers`: repeated fields and lists must all agree.
-fn parse_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let invalid = Error::Framing("invalid Content-Length");
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let digits = part.trim_ascii();
-            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(invalid);
-            }
-            let n = digits
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            match length {
-                Some(seen) if seen != n => return Err(invalid),
-                _ => length = Some(n),
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Error> {
+        if name == CONTENT_LENGTH {
+            add_length(&mut self.length, value)?;
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            self.chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONNECTION {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
+        Ok(())
     }
-    Ok(length)
+
+    /// The body's framing (RFC 9112, section 6.3) and whether the connection can carry
+    /// another message after it.
+    fn framing(&self, status: StatusCode, is_head: bool) -> (Framing, bool) {
+        if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return (Framing::Length(0), true);
+        }
+        if self.transfer_encoding {
+            return if self.chunked {
+                (Framing::Chunked(Chunk::SizeLine), self.length.is_none())
+            } else {
+                (Framing::Close, false)
+            };
+        }
+        match self.length {
+            Some(length) => (Framing::Length(length), true),
+            None => (Framing::Close, false),
+        }
+    }
 }
 
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
-    let has_token = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    if version == Version::HTTP_11 {
-        !has_token(b"close")
-    } else {
-        has_token(b"keep-alive")
+/// Adds one Content-Length field value to `length`: repeated fields and lists must
+/// all agree.
+fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Error> {
+    let invalid = Error::Framing("invalid Content-Length");
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(invalid);
+        }
+        let n = digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match *length {
+            Some(seen) if seen != n => return Err(invalid),
+            _ => *length = Some(n),
+        }
     }
+    Ok(())
+}
+
+/// The Content-Length of a request's `headers`, checked as a response's is.
+fn request_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        add_length(&mut length, value.as_bytes())?;
+    }
+    Ok(length)
 }
 
 /// A response body read straight from its connection.

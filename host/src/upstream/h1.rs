@@ -32,9 +32,12 @@ const MAX_INTERIM: usize = 16;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Largest trailer section of a chunked body.
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Room made for each read: a whole small response in one read, and no more than
-/// that kept per pooled connection.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made for a connection's first read. A read that fills it doubles it, up to
+/// `MAX_READ` (a 16 KiB body and its head then come in one read, not two).
+const FIRST_READ: usize = 16 * 1024;
+const MAX_READ: usize = 64 * 1024;
+/// A pooled connection keeps a read buffer up to this size; larger ones are freed.
+const KEEP_READ_BUFFER: usize = 2 * MAX_READ;
 /// A pooled connection keeps a request buffer up to this size; larger ones are freed.
 const KEEP_WRITE_BUFFER: usize = 16 * 1024;
 
@@ -76,6 +79,8 @@ impl Error {
 pub struct Conn {
     io: TokioIo<Box<dyn Transport>>,
     read: BytesMut,
+    /// Room made for the next read (`FIRST_READ`, doubled by full reads).
+    read_size: usize,
     write: Vec<u8>,
     /// It carried a request before: a failure with no answer may mean it died idle.
     reused: bool,
@@ -105,6 +110,7 @@ impl Conn {
         Box::new(Self {
             io: TokioIo::new(io),
             read: BytesMut::new(),
+            read_size: FIRST_READ,
             write: Vec::new(),
             reused: false,
         })
@@ -128,10 +134,18 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
-            self.read.reserve(READ_CHUNK);
+        if self.read.capacity() - self.read.len() < self.read_size / 4 {
+            self.read.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        if read >= self.read_size && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(read))
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -456,6 +470,9 @@ impl ResponseBody {
         if self.keep_alive && conn.read.is_empty() {
             if let Some(home) = self.home.take() {
                 conn.reused = true;
+                if conn.read.capacity() > KEEP_READ_BUFFER {
+                    conn.read = BytesMut::new();
+                }
                 home.put(conn);
             }
         }

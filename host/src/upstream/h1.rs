@@ -299,6 +299,10 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
             &mut headers,
         )? {
             httparse::Status::Partial => return Ok(Parsed::Partial),
+            // One read can bring more than the limit: a whole head is held to it too.
+            httparse::Status::Complete(len) if len > MAX_HEAD_BYTES => {
+                return Err(Error::HeadTooLarge)
+            }
             httparse::Status::Complete(len) => len,
         };
         let base = buf.as_ptr() as usize;
@@ -796,6 +800,10 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert!(matches!(parse(&many, false), Err(Error::Parse(_))));
+        let mut huge = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
+        huge.resize(MAX_HEAD_BYTES + 1, b'a');
+        huge.extend_from_slice(b"\r\n\r\n");
+        assert!(matches!(parse(&huge, false), Err(Error::HeadTooLarge)));
     }
 
     /// Decodes `wire` fed in pieces of `step` bytes; the data and the trailers.

@@ -616,7 +616,7 @@ fn upstream_error(upstream: &Upstream, server: &str, e: SendError) -> ProxyError
 const MAX_TRIES: usize = 11;
 
 /// Methods a retry may repeat (RFC 9110 idempotent methods).
-fn is_idempotent(method: &Method) -> bool {
+pub fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

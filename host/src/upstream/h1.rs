@@ -197,17 +197,7 @@ pub async fn round_trip(conn: &mut Conn, req: &Request<Bytes>) -> Result<Head, E
 /// the connection had died while idle (nothing came back) and the method is one the
 /// server would not mind seeing twice.
 pub fn may_retry_on_new_connection(conn: &Conn, error: &Error, method: &Method) -> bool {
-    conn.reused
-        && error.is_stale_connection()
-        && matches!(
-            *method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        )
+    conn.reused && error.is_stale_connection() && crate::proxy::is_idempotent(method)
 }
 
 /// A response head and how its body is framed.

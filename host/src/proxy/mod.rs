@@ -6,7 +6,9 @@ mod error;
 pub mod headers;
 pub mod path;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -208,7 +210,7 @@ impl Proxy {
         });
         // Boxed: hyper keeps a slot of the service future's size for every connection,
         // idle or not, so the large pipeline state lives on the heap only while it runs.
-        let pipeline = Box::pin(self.pipeline(&snapshot, req, conn, &mut exchange));
+        let pipeline = boxed_in_place(|| self.pipeline(&snapshot, req, conn, &mut exchange));
         let response = match pipeline.await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -836,4 +838,10 @@ fn tunnel(
         }
     });
     response
+}
+
+/// Boxes the future `make` builds. The box is allocated first so that the future can be
+/// built in it: `Box::pin(f())` builds it on the stack and copies it over (kilobytes).
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }

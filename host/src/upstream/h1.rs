@@ -616,6 +616,10 @@ fn decode_chunk(buf: &mut BytesMut, chunk: &mut Chunk) -> Result<Decoded, Error>
                     Err(Error::Framing("trailer section too large"))
                 }
                 httparse::Status::Partial => Ok(Decoded::NeedMore),
+                // One read can bring more than the limit: a whole section is held to it too.
+                httparse::Status::Complete((len, _)) if len > MAX_TRAILERS => {
+                    Err(Error::Framing("trailer section too large"))
+                }
                 httparse::Status::Complete((len, fields)) => {
                     let mut trailers = HeaderMap::with_capacity(fields.len());
                     for field in fields.iter() {
@@ -851,6 +855,93 @@ mod tests {
         }
         let long = vec![b'0'; MAX_CHUNK_LINE + 10];
         assert!(decode_all(&long, 1024).is_err());
+    }
+
+    #[test]
+    fn a_trailer_section_over_its_limit_is_refused_however_it_arrives() {
+        let mut wire = b"0\r\nx-big: ".to_vec();
+        wire.resize(wire.len() + MAX_TRAILERS, b'a');
+        wire.extend_from_slice(b"\r\n\r\n");
+        // In small reads it is refused as it grows; in one read (reads reach 64 KiB),
+        // whole.
+        for step in [1024, wire.len()] {
+            assert!(
+                matches!(decode_all(&wire, step), Err(Error::Framing(_))),
+                "step {step}"
+            );
+        }
+    }
+
+    /// Mutations of valid heads and chunked bodies, fed in reads of every size: each
+    /// ends in a result (never a panic, never a decoder that loops without input).
+    #[test]
+    fn mangled_heads_and_chunked_bodies_end_in_a_result() {
+        let heads: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.0 304 Not Modified\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 1\r\n\r\n",
+        ];
+        let body = b"5\r\nhello\r\nA;x=y\r\n0123456789\r\n0\r\nx-sum: 42\r\n\r\n";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"\r\n:; 0aF-,\x00\xff";
+        for round in 0..3000 {
+            let source: &[u8] = if round % 2 == 0 {
+                heads[round / 2 % 3]
+            } else {
+                body
+            };
+            let mut wire = source.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % wire.len() as u64) as usize;
+                let byte = alphabet[(next() % alphabet.len() as u64) as usize];
+                match next() % 3 {
+                    0 => wire[at] = byte,
+                    1 => wire.insert(at, byte),
+                    _ => {
+                        wire.remove(at);
+                    }
+                }
+            }
+            if round % 2 == 0 {
+                for is_head in [false, true] {
+                    let _ = parse(&wire, is_head);
+                }
+            } else {
+                let step = 1 + (next() % 8) as usize;
+                let _ = decode_all_or_short(&wire, step);
+            }
+        }
+    }
+
+    /// Like `decode_all`, but a body that ends early is an answer too.
+    fn decode_all_or_short(wire: &[u8], step: usize) -> Option<Result<(), Error>> {
+        let mut buf = BytesMut::new();
+        let mut chunk = Chunk::SizeLine;
+        let mut fed = 0;
+        // Each turn consumes input or feeds it: bounded by twice the bytes, plus slack.
+        for _ in 0..4 * wire.len() + 16 {
+            match decode_chunk(&mut buf, &mut chunk) {
+                Err(e) => return Some(Err(e)),
+                Ok(Decoded::End(_)) => return Some(Ok(())),
+                Ok(Decoded::Data(_) | Decoded::Again) => {}
+                Ok(Decoded::NeedMore) if fed == wire.len() => return None,
+                Ok(Decoded::NeedMore) => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+        panic!(
+            "the decoder went round without consuming: {:?}",
+            String::from_utf8_lossy(wire)
+        );
     }
 
     #[test]

@@ -302,13 +302,15 @@ impl Proxy {
             // statement of its own: a temporary lives to the end of its statement, so
             // in `Box::pin(f()).await` the unboxed future would still take its full
             // size in this one.
-            let on_request = Box::pin(chain::run_on_request(
-                &self.engine,
-                &route.chain,
-                &client,
-                head,
-                &mut exchange.trail,
-            ));
+            let on_request = boxed_in_place(|| {
+                chain::run_on_request(
+                    &self.engine,
+                    &route.chain,
+                    &client,
+                    head,
+                    &mut exchange.trail,
+                )
+            });
             let (decision, response_stage) = on_request.await;
             match decision {
                 RequestDecision::Forward {
@@ -332,12 +334,14 @@ impl Proxy {
                         headers: response.headers,
                     };
                     let plugin_response = complete_response(head, response.body)?;
-                    let on_response = Box::pin(self.respond_through_chain(
-                        response_stage,
-                        &client,
-                        plugin_response,
-                        exchange,
-                    ));
+                    let on_response = boxed_in_place(|| {
+                        self.respond_through_chain(
+                            response_stage,
+                            &client,
+                            plugin_response,
+                            exchange,
+                        )
+                    });
                     return on_response.await;
                 }
                 RequestDecision::Fail(failure) => return Err(failure.into()),
@@ -356,8 +360,9 @@ impl Proxy {
 
         let response = match stage {
             Some((stage, client)) if !stage.is_empty() => {
-                let on_response =
-                    Box::pin(self.respond_through_chain(stage, &client, response, exchange));
+                let on_response = boxed_in_place(|| {
+                    self.respond_through_chain(stage, &client, response, exchange)
+                });
                 on_response.await?
             }
             _ => response,

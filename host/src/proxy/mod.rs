@@ -297,11 +297,8 @@ impl Proxy {
         if !route.chain.is_empty() {
             let client = conn.client_info(&route.name);
             let head = request_head(&parts);
-            // Plugin calls are boxed: their large futures would otherwise size (and be
-            // copied with) every request's pipeline, plugins or not. Each is boxed in a
-            // statement of its own: a temporary lives to the end of its statement, so
-            // in `Box::pin(f()).await` the unboxed future would still take its full
-            // size in this one.
+            // Plugin calls are boxed (built in place): their large futures would
+            // otherwise size (and be copied with) every request's pipeline, plugins or not.
             let on_request = boxed_in_place(|| {
                 chain::run_on_request(
                     &self.engine,

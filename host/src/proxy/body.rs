@@ -19,6 +19,13 @@ use crate::upstream::body::{BodyError, IncomingBody};
 use crate::upstream::connect::Lease;
 use crate::upstream::servers::InFlight;
 
+/// The client's request body as the server hands it over: none (Sluice's own HTTP/1.1
+/// server takes only requests without one), or hyper's.
+pub enum ReceivedBody {
+    Empty,
+    Hyper(Incoming),
+}
+
 /// The client's request body on its way upstream; remembers when it failed so the
 /// resulting upstream error is answered 400, not 502.
 pub struct ClientBody {

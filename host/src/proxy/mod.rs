@@ -20,7 +20,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Vers
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use body::{ClientBody, UpstreamBody};
+use body::{ClientBody, ReceivedBody, UpstreamBody};
 pub use error::{plain_response, ProxyError};
 
 use crate::access_log::{AccessLog, Record};
@@ -190,7 +190,7 @@ impl Proxy {
     /// the access log is on, is to be finished when the response body ends.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ReceivedBody>,
         conn: &ClientConn,
     ) -> (Response<ProxyBody>, Option<LogEntry>) {
         let snapshot = self.snapshot.load_full();
@@ -226,7 +226,7 @@ impl Proxy {
     async fn pipeline(
         &self,
         snapshot: &Snapshot,
-        mut req: Request<Incoming>,
+        mut req: Request<ReceivedBody>,
         conn: &ClientConn,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -387,7 +387,7 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: ReceivedBody,
         key: Option<Vec<u8>>,
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
@@ -637,8 +637,12 @@ enum RequestBody {
 
 impl RequestBody {
     /// Keeps bodies up to `retry_body_max_bytes` when the upstream may retry.
-    async fn prepare(body: Incoming, upstream: &Upstream) -> Result<Self, ProxyError> {
+    async fn prepare(body: ReceivedBody, upstream: &Upstream) -> Result<Self, ProxyError> {
         use http_body::Body as _;
+        let body = match body {
+            ReceivedBody::Empty => return Ok(RequestBody::Kept(Bytes::new())),
+            ReceivedBody::Hyper(body) => body,
+        };
         if body.is_end_stream() {
             return Ok(RequestBody::Kept(Bytes::new()));
         }
@@ -766,7 +770,7 @@ fn complete_response(head: ResponseHead, body: Vec<u8>) -> Result<Response<Proxy
 /// `308` to the same host and target on the TLS listener (nginx
 /// `return 308 https://$host$request_uri`), with the port when it is not 443.
 fn https_redirect(
-    req: &Request<Incoming>,
+    req: &Request<ReceivedBody>,
     tls_port: u16,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let authority = match req.uri().authority() {

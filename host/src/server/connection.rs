@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::h1::{self, Direct, HeadLimits, OwnEnd};
 use super::watchdog::{Activity, ConnTimeouts, Due, Expired, ReleaseWhen, TrackedIo};
 use super::ServerLimits;
 use crate::admin::metrics::EdgeCounters;
@@ -36,6 +37,7 @@ pub(super) struct Protocols {
     releases: Counter,
     counters: EdgeCounters,
     timeouts: ConnTimeouts,
+    head_limits: HeadLimits,
 }
 
 impl Protocols {
@@ -52,6 +54,18 @@ impl Protocols {
 
     pub(super) fn releases(&self) -> Counter {
         self.releases.clone()
+    }
+
+    pub(super) fn count_release(&self) {
+        self.releases.inc();
+    }
+
+    pub(super) fn release_after(&self) -> Duration {
+        self.release_after
+    }
+
+    pub(super) fn head_limits(&self) -> HeadLimits {
+        self.head_limits
     }
 
     pub(super) fn new(limits: &ServerLimits, counters: &EdgeCounters) -> Self {
@@ -72,6 +86,10 @@ impl Protocols {
             releases: counters.idle_releases.clone(),
             counters: counters.clone(),
             timeouts: limits.timeouts,
+            head_limits: HeadLimits {
+                max_bytes: limits.max_header_bytes,
+                max_headers: limits.max_headers,
+            },
         }
     }
 }
@@ -135,17 +153,19 @@ pub(super) enum Served<I> {
 /// Serves `io` until the client leaves, the connection breaks a time bound, a drain
 /// starts (an HTTP/1.1 request in progress still completes), or an HTTP/1.1 connection
 /// goes quiet long enough to be parked.
-pub(super) async fn serve<I, S>(
+pub(super) async fn serve<I, S, D>(
     mut io: I,
     h2_by_alpn: Option<bool>,
     protocols: &Protocols,
     service: S,
+    direct: &D,
     activity: &Arc<Activity>,
     mut drain: watch::Receiver<bool>,
 ) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: Handler,
+    D: Direct,
 {
     let (h2, prefix) = match h2_by_alpn {
         Some(h2) => (h2, Bytes::new()),
@@ -166,7 +186,7 @@ where
     if h2 {
         Served::Closed(serve_http2(io, prefix, protocols, service, activity, drain).await)
     } else {
-        serve_http1(io, prefix, protocols, service, activity, drain).await
+        serve_http1(io, prefix, protocols, service, direct, activity, drain).await
     }
 }
 
@@ -221,31 +241,49 @@ where
     }
 }
 
-async fn serve_http1<I, S>(
+/// HTTP/1.1: the own server takes the connection first; a request it does not serve
+/// hands the connection to hyper's, until that is released for idleness.
+async fn serve_http1<I, S, D>(
     mut io: I,
     mut prefix: Bytes,
     protocols: &Protocols,
     service: S,
+    direct: &D,
     activity: &Arc<Activity>,
     mut drain: watch::Receiver<bool>,
 ) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
     S: Handler,
+    D: Direct,
 {
     loop {
-        let served =
-            serve_http1_until_release(io, prefix, protocols, service.clone(), activity, &mut drain)
-                .await;
-        (io, prefix) = match served {
-            Http1End::Released { io, prefix } => (io, prefix),
-            Http1End::Closed(expired) => return Served::Closed(expired),
-        };
+        let (quiet, ahead) =
+            match h1::serve(io, prefix, protocols, direct, activity, &mut drain).await {
+                OwnEnd::Closed(expired) => return Served::Closed(expired),
+                OwnEnd::Released { io, prefix } => (io, prefix),
+                OwnEnd::Handoff { io, prefix } => {
+                    let served = serve_http1_until_release(
+                        io,
+                        prefix,
+                        protocols,
+                        service.clone(),
+                        activity,
+                        &mut drain,
+                    )
+                    .await;
+                    match served {
+                        Http1End::Released { io, prefix } => (io, prefix),
+                        Http1End::Closed(expired) => return Served::Closed(expired),
+                    }
+                }
+            };
         // With nothing read ahead, the socket waits parked; bytes already read are
         // the next request, served at once.
-        if prefix.is_empty() {
-            return Served::Parked(io);
+        if ahead.is_empty() {
+            return Served::Parked(quiet);
         }
+        (io, prefix) = (quiet, ahead);
     }
 }
 

@@ -12,18 +12,21 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 mod connection;
+mod h1;
 mod parking;
 mod trim;
 mod watchdog;
 pub mod workers;
 
 use connection::{Protocols, ReadReady, Served};
+use h1::Direct;
 
 pub use trim::release_free_memory;
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
 
 use crate::config::ServerConfig;
-use crate::proxy::{ClientConn, Proxy};
+use crate::proxy::body::ReceivedBody;
+use crate::proxy::{ClientConn, Proxy, ProxyBody};
 use crate::tls::Terminator;
 
 /// Connection-level settings taken from `[server]`.
@@ -240,19 +243,18 @@ impl Shared {
         let mut drain = self.drain.clone();
         let timeouts = self.protocols.timeouts();
         let expired = loop {
+            let direct = ProxyCall {
+                proxy: self.proxy.clone(),
+                conn: conn.clone(),
+                activity: activity.clone(),
+            };
             let service = {
-                let activity = activity.clone();
-                let proxy = self.proxy.clone();
-                let conn = conn.clone();
-                service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let conn = conn.clone();
-                    let request = activity.begin_request();
+                let direct = direct.clone();
+                service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let direct = direct.clone();
                     async move {
-                        let (response, log) = proxy.handle(req, &conn).await;
-                        Ok::<_, Infallible>(
-                            response.map(|body| TrackedBody::new(body, request, log)),
-                        )
+                        let req = req.map(ReceivedBody::Hyper);
+                        Ok::<_, Infallible>(direct.call(req).await)
                     }
                 })
             };
@@ -261,6 +263,7 @@ impl Shared {
                 h2_by_alpn,
                 &self.protocols,
                 service,
+                &direct,
                 &activity,
                 drain.clone(),
             )
@@ -302,6 +305,30 @@ impl Shared {
             tracing::debug!(target: "sluice::server", peer = %conn.peer, timeout = expired.label(), "connection closed by timeout");
         }
         drop(permit);
+    }
+}
+
+/// The request pipeline as both HTTP/1.1 servers (and HTTP/2) call it: one request
+/// in flight on the connection until its response body is done.
+#[derive(Clone)]
+struct ProxyCall {
+    proxy: Arc<Proxy>,
+    conn: Arc<ClientConn>,
+    activity: Arc<Activity>,
+}
+
+impl Direct for ProxyCall {
+    type Body = TrackedBody<ProxyBody>;
+
+    fn call(
+        &self,
+        req: http::Request<ReceivedBody>,
+    ) -> impl Future<Output = http::Response<Self::Body>> + Send {
+        let request = self.activity.begin_request();
+        async move {
+            let (response, log) = self.proxy.handle(req, &self.conn).await;
+            response.map(|body| TrackedBody::new(body, request, log))
+        }
     }
 }
 

@@ -79,7 +79,9 @@ impl ClientConn {
 }
 
 /// Body of every response the proxy sends: streamed from upstream, or complete.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+/// The upstream body is boxed: a response moves from the upstream client through the
+/// pipeline to the server, and inline it would be copied at each move (216 bytes).
+pub type ProxyBody = Either<Box<UpstreamBody>, Full<Bytes>>;
 
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
@@ -547,14 +549,14 @@ impl Proxy {
         // An upgraded connection belongs to the tunnel, never to the pool.
         let lease = lease.filter(|_| !switching);
         response.map(|body| {
-            Either::Left(UpstreamBody::new(
+            Either::Left(Box::new(UpstreamBody::new(
                 body,
                 lease,
                 upstream.read_timeout,
                 upstream.name.clone(),
                 self.counters.clone(),
                 in_flight,
-            ))
+            )))
         })
     }
 

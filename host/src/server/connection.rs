@@ -8,7 +8,7 @@
 //! hyper connection on it, with any bytes the old one had read ahead handed over first.
 
 use std::io;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::gate::Gated;
 use super::h1::{self, Direct, HeadLimits, OwnEnd};
 use super::watchdog::{Activity, ConnTimeouts, Due, Expired, ReleaseWhen, TrackedIo};
 use super::ServerLimits;
@@ -224,6 +225,11 @@ where
     let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
     let mut draining = false;
     loop {
+        // Polled only when they ask to be, not on every wake of the connection.
+        let expired = pin!(activity.expired(&protocols.timeouts));
+        let expired = Gated::new(expired);
+        let drained = pin!(drain.changed());
+        let drained = Gated::new(drained);
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(e) = done {
@@ -231,9 +237,9 @@ where
                 }
                 return None;
             }
-            why = activity.expired(&protocols.timeouts) => return protocols.timed_out(why),
+            why = expired => return protocols.timed_out(why),
             // GOAWAY: streams in progress finish, new ones are refused.
-            _ = drain.changed(), if !draining => {
+            _ = drained, if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -325,6 +331,10 @@ where
     }
     loop {
         let release = (!activity.is_releasing() && !draining).then_some(release);
+        let due = pin!(activity.due(&protocols.timeouts, release));
+        let due = Gated::new(due);
+        let drained = pin!(drain.changed());
+        let drained = Gated::new(drained);
         tokio::select! {
             biased;
             done = Pin::new(&mut *conn) => {
@@ -334,7 +344,7 @@ where
                 }
                 break;
             }
-            due = activity.due(&protocols.timeouts, release) => match due {
+            due = due => match due {
                 Due::Expired(why) => return Http1End::Closed(protocols.timed_out(why)),
                 Due::Release => {
                     // Idle (or half a head in): hyper closes its state without
@@ -343,7 +353,7 @@ where
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
             },
-            _ = drain.changed(), if !draining => {
+            _ = drained, if !draining => {
                 draining = true;
                 activity.set_releasing(false);
                 Pin::new(&mut *conn).graceful_shutdown();

@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::connection::Protocols;
+use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
 use crate::proxy::body::ReceivedBody;
 
@@ -135,10 +136,16 @@ where
         tokio::pin!(serving);
         loop {
             let release = (release_armed && !Signals::get(&signals.draining)).then_some(release);
+            let draining = Signals::get(&signals.draining);
+            // Polled only when they ask to be, not on every wake of the request loop.
+            let due = pin!(activity.due(&timeouts, release));
+            let due = Gated::new(due);
+            let drained = pin!(drain.changed());
+            let drained = Gated::new(drained);
             tokio::select! {
                 biased;
                 stop = &mut serving => break stop,
-                due = activity.due(&timeouts, release) => match due {
+                due = due => match due {
                     Due::Expired(why) => break Stop::Closed(protocols.timed_out(why)),
                     Due::Release if Signals::get(&signals.reading) => break Stop::Release,
                     Due::Release => {
@@ -146,7 +153,7 @@ where
                         Signals::set(&signals.release, true);
                     }
                 },
-                _ = drain.changed(), if !Signals::get(&signals.draining) => {
+                _ = drained, if !draining => {
                     Signals::set(&signals.draining, true);
                     // Between requests the connection closes now (a head begun is
                     // dropped, as hyper's graceful shutdown does); a request in

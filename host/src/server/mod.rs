@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 mod connection;
+mod gate;
 mod h1;
 mod parking;
 mod trim;

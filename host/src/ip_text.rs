@@ -54,6 +54,13 @@ impl IpText {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+
+    /// The address as a header value; made once per connection, its clones share it.
+    pub fn to_header_value(&self) -> http::HeaderValue {
+        // Digits, dots and colons only: always a valid value.
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(self.as_bytes()))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
-use crate::ip_text::IpText;
-
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP_TEXT: [&str; 6] = [
     "connection",
@@ -133,7 +131,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// X-Forwarded-Proto, X-Forwarded-Host.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
-    client_ip: &IpText,
+    client_ip: &HeaderValue,
     scheme: &'static str,
     client_host: Option<&HeaderValue>,
 ) {
@@ -143,9 +141,7 @@ pub fn add_forwarding(
     // One lookup for X-Forwarded-For, whether it is new or appended to.
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(entry) => {
-            if let Ok(v) = HeaderValue::from_bytes(ip) {
-                entry.insert(v);
-            }
+            entry.insert(client_ip.clone());
         }
         Entry::Occupied(mut entry) => {
             let mut list = Vec::new();
@@ -164,9 +160,7 @@ pub fn add_forwarding(
             }
         }
     }
-    if let Ok(v) = HeaderValue::from_bytes(ip) {
-        headers.insert(X_REAL_IP.clone(), v);
-    }
+    headers.insert(X_REAL_IP.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     match client_host {
         Some(host) => {
@@ -211,6 +205,7 @@ pub fn apply_wit(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ip_text::IpText;
     use std::net::IpAddr;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -291,7 +286,7 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-real-ip", "6.6.6.6")]);
         add_forwarding(
             &mut h,
-            &IpText::new("127.0.0.1".parse().unwrap()),
+            &IpText::new("127.0.0.1".parse().unwrap()).to_header_value(),
             "http",
             Some(&HeaderValue::from_static("a.com")),
         );
@@ -306,7 +301,7 @@ mod tests {
         let mut h = map(&[]);
         add_forwarding(
             &mut h,
-            &IpText::new("10.1.2.3".parse().unwrap()),
+            &IpText::new("10.1.2.3".parse().unwrap()).to_header_value(),
             "https",
             None,
         );
@@ -322,7 +317,12 @@ mod tests {
         let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"
             .parse()
             .unwrap();
-        add_forwarding(&mut h, &IpText::new(longest), "http", None);
+        add_forwarding(
+            &mut h,
+            &IpText::new(longest).to_header_value(),
+            "http",
+            None,
+        );
         let ip = longest.to_string();
         assert_eq!(
             h.get("x-forwarded-for").unwrap(),

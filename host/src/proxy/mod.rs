@@ -45,11 +45,22 @@ pub struct ClientConn {
     /// Set when the connection is TLS (the TLS listener). Boxed: every plain connection
     /// task would otherwise reserve its size.
     pub tls: Option<Box<TlsInfo>>,
+    /// The client's address as text, for the forwarding headers and the log line:
+    /// formatted once, shared by every request on the connection.
+    ip_text: HeaderValue,
 }
 
 impl ClientConn {
+    pub fn new(peer: SocketAddr, tls: Option<Box<TlsInfo>>) -> Self {
+        Self {
+            peer,
+            tls,
+            ip_text: IpText::new(peer.ip()).to_header_value(),
+        }
+    }
+
     pub fn plain(peer: SocketAddr) -> Self {
-        Self { peer, tls: None }
+        Self::new(peer, None)
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -96,7 +107,7 @@ pub struct Proxy {
 struct Exchange {
     started: Instant,
     /// The client's address as text, for the forwarding headers and the log line.
-    client: IpText,
+    client: HeaderValue,
     method: Method,
     /// The request target as the client sent it.
     target: Option<PathAndQuery>,
@@ -201,7 +212,7 @@ impl Proxy {
         // future and the response body would otherwise carry (and copy) it inline.
         let mut exchange = Box::new(Exchange {
             started: Instant::now(),
-            client: IpText::new(conn.peer.ip()),
+            client: conn.ip_text.clone(),
             method: req.method().clone(),
             target: req.uri().path_and_query().cloned(),
             version: req.version(),

@@ -142,10 +142,7 @@ pub async fn serve(
                     };
                     if let Ok((stream, info)) = handshake {
                         let h2 = info.alpn.as_deref().map(|alpn| alpn == "h2");
-                        let conn = Arc::new(ClientConn {
-                            peer,
-                            tls: Some(Box::new(info)),
-                        });
+                        let conn = Arc::new(ClientConn::new(peer, Some(Box::new(info))));
                         shared.run(stream, h2, conn, activity, permit).await;
                     }
                 });

@@ -41,6 +41,8 @@ const COPY_MAX: usize = 4 * 1024;
 const FLUSH_AT: usize = 64 * 1024;
 /// Uncopied pieces of body collected before they are written (one gathered write).
 const MAX_HELD: usize = 8;
+/// Output buffer capacity kept between requests.
+const OUT_KEPT: usize = 16 * 1024;
 /// hyper's bound on a request target; a longer one is hyper's to refuse.
 const MAX_URI_LEN: usize = u16::MAX as usize - 1;
 
@@ -251,7 +253,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             // A drain that began meanwhile closes the connection after this response.
             let keep_alive = head.keep_alive && !Signals::get(&signals.draining);
             match self.respond(response, head_only, keep_alive).await {
-                Ok(true) => {}
+                Ok(true) => {
+                    // A large head or body collected once is not kept for the
+                    // connection's life.
+                    if self.out.capacity() > OUT_KEPT {
+                        self.out = Vec::new();
+                    }
+                }
                 Ok(false) => {
                     let _ = self.io.shutdown().await;
                     return Stop::Closed(None);
@@ -870,26 +878,30 @@ mod tests {
         response
     }
 
-    /// A stream that writes gathered slices in one call, as a socket does.
-    struct Gathering(DuplexStream);
+    /// The server's end of a test connection: with `vectored`, it writes gathered
+    /// slices in one call, as a socket does; without, one buffer at a time, as TLS does.
+    struct Stream {
+        inner: DuplexStream,
+        vectored: bool,
+    }
 
-    impl AsyncRead for Gathering {
+    impl AsyncRead for Stream {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
+            Pin::new(&mut self.inner).poll_read(cx, buf)
         }
     }
 
-    impl AsyncWrite for Gathering {
+    impl AsyncWrite for Stream {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.0).poll_write(cx, buf)
+            Pin::new(&mut self.inner).poll_write(cx, buf)
         }
 
         fn poll_write_vectored(
@@ -897,20 +909,23 @@ mod tests {
             cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            }
             let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            Pin::new(&mut self.0).poll_write(cx, &joined)
+            Pin::new(&mut self.inner).poll_write(cx, &joined)
         }
 
         fn is_write_vectored(&self) -> bool {
-            true
+            self.vectored
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_flush(cx)
+            Pin::new(&mut self.inner).poll_flush(cx)
         }
 
         fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_shutdown(cx)
+            Pin::new(&mut self.inner).poll_shutdown(cx)
         }
     }
 
@@ -943,31 +958,20 @@ mod tests {
         client.shutdown().await.unwrap();
         let activity = Activity::new();
         let (_drain_tx, mut drain) = watch::channel(false);
-        let end = if gathering {
-            ending(
-                serve(
-                    Gathering(server),
-                    Bytes::new(),
-                    &protocols,
-                    answer,
-                    &activity,
-                    &mut drain,
-                )
-                .await,
-            )
-        } else {
-            ending(
-                serve(
-                    server,
-                    Bytes::new(),
-                    &protocols,
-                    answer,
-                    &activity,
-                    &mut drain,
-                )
-                .await,
-            )
+        let server = Stream {
+            inner: server,
+            vectored: gathering,
         };
+        let end = serve(
+            server,
+            Bytes::new(),
+            &protocols,
+            answer,
+            &activity,
+            &mut drain,
+        )
+        .await;
+        let end = ending(end);
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
         (String::from_utf8_lossy(&out).into_owned(), end)

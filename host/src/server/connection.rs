@@ -1,11 +1,12 @@
 //! One accepted connection, after TLS if any: HTTP/2 (ALPN or the prior-knowledge
-//! preface) or HTTP/1.1.
+//! preface) or HTTP/1.1. HTTP/1.1 is served by the own server side (`h1`) until a
+//! request it does not take, then by hyper's.
 //!
 //! An HTTP/1.1 connection that stays quiet for `idle_release_ms` gives its memory
-//! back: hyper's per-connection state (8 KiB read and 8 KiB write buffers, cached
-//! headers) is wound down without closing the socket, and the socket is handed back to
-//! wait for the client's next byte (parked, see `parking`). That byte starts a fresh
-//! hyper connection on it, with any bytes the old one had read ahead handed over first.
+//! back: the server's per-connection state (read and write buffers, cached headers) is
+//! wound down without closing the socket, and the socket is handed back to wait for
+//! the client's next byte (parked, see `parking`). That byte starts serving it afresh,
+//! with any bytes read ahead handed over first.
 
 use std::io;
 use std::pin::{pin, Pin};

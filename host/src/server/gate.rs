@@ -2,7 +2,7 @@
 //!
 //! `select!` polls every branch each time the task wakes. A connection's timer and drain
 //! futures sit beside its request loop, which wakes the task several times per request;
-//! polling them each time cost about 750 instructions per request (3 % of the plain
+//! polling them each time cost about 700 instructions per request (3 % of the plain
 //! proxy path). By the `Future` contract a future needs polling again only after it
 //! asked to be woken, so these two are polled only then.
 

@@ -28,6 +28,7 @@ use super::connection::Protocols;
 use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
 use crate::proxy::body::ReceivedBody;
+use crate::upstream::h1::request_length;
 
 /// Heads with more header lines than this go to hyper (which holds them to
 /// `max_headers`): the own parser keeps its header slots on the stack.
@@ -131,13 +132,13 @@ where
         quiet_for: protocols.release_after(),
         requests_above: activity.requests(),
     };
-    let mut release_armed = true;
     let timeouts = protocols.timeouts();
     let stop = {
         let serving = conn.serve_requests(direct, protocols.head_limits(), activity, &signals);
         tokio::pin!(serving);
         loop {
-            let release = (release_armed && !Signals::get(&signals.draining)).then_some(release);
+            let armed = !Signals::get(&signals.release) && !Signals::get(&signals.draining);
+            let release = armed.then_some(release);
             let draining = Signals::get(&signals.draining);
             // Polled only when they ask to be, not on every wake of the request loop.
             let due = pin!(activity.due(&timeouts, release));
@@ -150,10 +151,7 @@ where
                 due = due => match due {
                     Due::Expired(why) => break Stop::Closed(protocols.timed_out(why)),
                     Due::Release if Signals::get(&signals.reading) => break Stop::Release,
-                    Due::Release => {
-                        release_armed = false;
-                        Signals::set(&signals.release, true);
-                    }
+                    Due::Release => Signals::set(&signals.release, true),
                 },
                 _ = drained, if !draining => {
                     Signals::set(&signals.draining, true);
@@ -582,21 +580,10 @@ fn framing<B: Body>(
     }
 }
 
-/// The response's `Content-Length`, when every one it has is valid and the same.
+/// The response's `Content-Length`, when every one it has is valid and the same
+/// (checked as the upstream client checks a request's).
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().ok()?;
-        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let len: u64 = text.parse().ok()?;
-        if found.is_some_and(|f| f != len) {
-            return None;
-        }
-        found = Some(len);
-    }
-    found
+    request_length(headers).ok().flatten()
 }
 
 /// Writes the status line and headers. Framing headers are Sluice's own (the

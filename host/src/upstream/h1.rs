@@ -437,7 +437,7 @@ fn add_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), Error> {
 }
 
 /// The Content-Length of a request's `headers`, checked as a response's is.
-fn request_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+pub(crate) fn request_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         add_length(&mut length, value.as_bytes())?;

@@ -163,6 +163,12 @@ async fn serve_raw(
             (_, "/two-lengths") => stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok")
                 .await?,
+            (_, "/fields") => stream.write_all(FIELDS_HEAD).await?,
+            (_, "/fields-named") => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nx-public: 1\r\ncontent-length: 6\r\n\r\nhello\n")
+                    .await?
+            }
             (_, "/chunked") => stream
                 .write_all(
                     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -185,6 +191,12 @@ async fn serve_raw(
         }
     }
 }
+
+/// `/fields`: a head with end-to-end fields (repeated, tab in a value, a bare LF line
+/// end, the origin's own `Date`) among hop-by-hop ones, in mixed case.
+const FIELDS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: raw-origin\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\
+Set-Cookie: a=1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: b=2\r\nProxy-Authenticate: Basic\r\nX-Tab:\tt\r\n\
+Upgrade: h2c\r\nTrailer: x-t\r\nConnection: keep-alive\r\ncontent-length: 6\r\nX-Last: 1\nX-After-Bare-LF: 2\r\n\r\nhello\n";
 
 fn config(origin: SocketAddr, upstream_keys: &str) -> String {
     format!(
@@ -499,6 +511,85 @@ async fn a_connection_still_carrying_an_upload_is_not_handed_to_the_next_request
         counts.accepted.load(Ordering::SeqCst),
         2,
         "both connections are reused"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_fields_reach_the_client_the_same_whichever_way_it_is_served() {
+    let (origin, _counts) = raw_origin(None).await;
+    let site = Site::new();
+    let running = site.start(&config(origin, "")).await;
+    let url = format!("http://{}/fields", running.addr);
+    // A bodiless HTTP/1.1 GET (the own server, fields as received), the same with a
+    // body (hyper's server), and HTTP/2: the client sees the same fields.
+    let h1_get = get(&h1_client(), running.addr, "/fields", &[]).await;
+    let h1_post = send(
+        &h1_client(),
+        Request::post(&url)
+            .body(Full::new(Bytes::from_static(b"up")))
+            .unwrap(),
+    )
+    .await;
+    let h2_get = get(&h2_client(), running.addr, "/fields", &[]).await;
+    for (way, reply) in [
+        ("h1 get", &h1_get),
+        ("h1 post", &h1_post),
+        ("h2 get", &h2_get),
+    ] {
+        assert_eq!(reply.status, StatusCode::OK, "{way}");
+        assert_eq!(reply.text(), "hello\n", "{way}");
+        let all = |name: &str| -> Vec<&str> {
+            reply
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("set-cookie"), ["a=1", "b=2"], "{way}");
+        assert_eq!(all("date"), ["Mon, 01 Jan 2024 00:00:00 GMT"], "{way}");
+        assert_eq!(all("server"), ["raw-origin"], "{way}");
+        assert_eq!(all("x-tab"), ["t"], "{way}");
+        assert_eq!(all("x-last"), ["1"], "{way}");
+        assert_eq!(all("x-after-bare-lf"), ["2"], "{way}");
+        for hop in ["keep-alive", "proxy-authenticate", "upgrade", "trailer"] {
+            assert!(all(hop).is_empty(), "{way}: {hop} reached the client");
+        }
+        if reply.version == http::Version::HTTP_11 {
+            assert_eq!(all("content-length"), ["6"], "{way}");
+        }
+    }
+    // A field the upstream's Connection names goes too.
+    let named = get(&h1_client(), running.addr, "/fields-named", &[]).await;
+    assert_eq!(named.text(), "hello\n");
+    assert!(
+        named.header("x-secret").is_none(),
+        "x-secret reached the client"
+    );
+    assert_eq!(named.header("x-public"), Some("1"));
+
+    // On the wire every line ends in CRLF, the bare LF included.
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /fields HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut wire))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    let wire = String::from_utf8(wire).unwrap();
+    let (head, body) = wire.split_once("\r\n\r\n").expect("a whole head");
+    assert_eq!(body, "hello\n");
+    assert!(
+        head.split("\r\n").all(|line| !line.contains('\n')),
+        "a line not ended by CRLF: {head:?}"
+    );
+    assert!(
+        head.contains("\r\nX-Last: 1\r\nX-After-Bare-LF: 2"),
+        "{head:?}"
     );
     running.shutdown().await;
 }

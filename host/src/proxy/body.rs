@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use crate::admin::metrics::EdgeCounters;
 use crate::upstream::body::{BodyError, IncomingBody};
 use crate::upstream::connect::Lease;
+use crate::upstream::raw_fields::RawFields;
 use crate::upstream::servers::InFlight;
 
 /// The client's request body as the server hands it over: none (Sluice's own HTTP/1.1
@@ -102,6 +103,11 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// The response head's fields, when the upstream client kept them as received.
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.inner.take_raw_fields()
+    }
+
     pub fn new(
         inner: IncomingBody,
         lease: Option<Lease>,

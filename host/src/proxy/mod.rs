@@ -35,6 +35,7 @@ use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::body::IncomingBody;
 use crate::upstream::connect::{Lease, SendError};
+use crate::upstream::raw_fields::FieldsWanted;
 use crate::upstream::servers::InFlight;
 use crate::upstream::{NoServer, SendBody, Upstream};
 
@@ -205,6 +206,7 @@ impl Proxy {
         &self,
         req: Request<ReceivedBody>,
         conn: &ClientConn,
+        wanted: FieldsWanted,
     ) -> (Response<ProxyBody>, Option<LogEntry>) {
         let snapshot = self.snapshot.load_full();
         let headers = req.headers();
@@ -223,7 +225,8 @@ impl Proxy {
         });
         // Boxed: hyper keeps a slot of the service future's size for every connection,
         // idle or not, so the large pipeline state lives on the heap only while it runs.
-        let pipeline = boxed_in_place(|| self.pipeline(&snapshot, req, conn, &mut exchange));
+        let pipeline =
+            boxed_in_place(|| self.pipeline(&snapshot, req, conn, wanted, &mut exchange));
         let response = match pipeline.await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -241,6 +244,7 @@ impl Proxy {
         snapshot: &Snapshot,
         mut req: Request<ReceivedBody>,
         conn: &ClientConn,
+        wanted: FieldsWanted,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() == Method::CONNECT {
@@ -366,7 +370,14 @@ impl Proxy {
             client_host.as_ref(),
         );
         let key = upstream.key_of(&parts.headers, conn.peer.ip(), plugin_hash_key.as_deref());
-        let (response, server) = self.forward(&upstream, parts, body, key, exchange).await?;
+        // The upstream's fields stay as received only when no on-response hook reads them.
+        let wanted = match &stage {
+            Some((stage, _)) if !stage.is_empty() => FieldsWanted::Map,
+            _ => wanted,
+        };
+        let (response, server) = self
+            .forward(&upstream, parts, body, key, wanted, exchange)
+            .await?;
 
         let response = match stage {
             Some((stage, client)) if !stage.is_empty() => {
@@ -402,6 +413,7 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: ReceivedBody,
         key: Option<Vec<u8>>,
+        wanted: FieldsWanted,
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
         upstream.budget.record_request();
@@ -473,7 +485,7 @@ impl Proxy {
                 *request.headers_mut() = attempt_headers;
                 tokio::time::timeout(
                     upstream.response_timeout,
-                    upstream.connector.send(&server.addr, request),
+                    upstream.connector.send(&server.addr, request, wanted),
                 )
             }
             .await;

@@ -29,6 +29,7 @@ use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
 use crate::proxy::body::ReceivedBody;
 use crate::upstream::h1::request_length;
+use crate::upstream::raw_fields::{FieldsWanted, RawFields};
 
 /// Heads with more header lines than this go to hyper (which holds them to
 /// `max_headers`): the own parser keeps its header slots on the stack.
@@ -51,8 +52,16 @@ const MAX_URI_LEN: usize = u16::MAX as usize - 1;
 pub(super) trait Direct: Send + Sync {
     type Body: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static;
 
-    fn call(&self, req: Request<ReceivedBody>)
-        -> impl Future<Output = Response<Self::Body>> + Send;
+    /// `wanted`: whether the response's upstream fields may stay as received (in a
+    /// `RawFields` extension), for a server that writes them out as they are.
+    fn call(
+        &self,
+        req: Request<ReceivedBody>,
+        wanted: FieldsWanted,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// The upstream fields a response's body carries, when `call` kept them as received.
+    fn take_raw_fields(body: &mut Self::Body) -> Option<RawFields>;
 }
 
 /// Limits a request head is held to (those of hyper's server, which answers any
@@ -247,10 +256,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             };
             Signals::set(&signals.reading, false);
             let head_only = head.request.method() == Method::HEAD;
-            let response = direct.call(head.request).await;
+            let mut response = direct.call(head.request, FieldsWanted::Raw).await;
+            let raw = D::take_raw_fields(response.body_mut());
             // A drain that began meanwhile closes the connection after this response.
             let keep_alive = head.keep_alive && !Signals::get(&signals.draining);
-            match self.respond(response, head_only, keep_alive).await {
+            match self.respond(response, raw, head_only, keep_alive).await {
                 Ok(true) => {
                     // A large head or body collected once is not kept for the
                     // connection's life.
@@ -363,6 +373,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     async fn respond<B>(
         &mut self,
         response: Response<B>,
+        raw: Option<RawFields>,
         head_only: bool,
         keep_alive: bool,
     ) -> io::Result<bool>
@@ -385,7 +396,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         let (is_last, trailer_names) = encode_head(
             &mut self.out,
             &parts.status,
-            &parts.headers,
+            (&parts.headers, raw.as_ref()),
             framing,
             head_only,
             keep_alive,
@@ -590,10 +601,11 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// response's `Content-Length` and `Transfer-Encoding` are replaced), except that a
 /// HEAD response keeps the length of what a GET would get. Returns whether the
 /// connection closes after this response, and the trailer names the response declared.
+/// Fields the upstream sent that no one read (`raw`) follow the map's, as they came.
 fn encode_head(
     out: &mut Vec<u8>,
     status: &StatusCode,
-    headers: &HeaderMap,
+    (headers, raw): (&HeaderMap, Option<&RawFields>),
     framing: Framing,
     head_only: bool,
     keep_alive: bool,
@@ -646,6 +658,10 @@ fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(raw) = raw {
+        raw.write_to(out);
+        wrote_date |= raw.has_date();
     }
     match framing {
         Framing::Length(len) => {
@@ -838,9 +854,14 @@ mod tests {
     impl Direct for Answer {
         type Body = Script;
 
+        fn take_raw_fields(_: &mut Script) -> Option<RawFields> {
+            None
+        }
+
         fn call(
             &self,
             req: Request<ReceivedBody>,
+            _wanted: FieldsWanted,
         ) -> impl Future<Output = Response<Script>> + Send {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let response = (self.answer)(&req);

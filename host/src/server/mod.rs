@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use http_body_util::Either;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -29,6 +30,7 @@ use crate::config::ServerConfig;
 use crate::proxy::body::ReceivedBody;
 use crate::proxy::{ClientConn, Proxy, ProxyBody};
 use crate::tls::Terminator;
+use crate::upstream::raw_fields::{FieldsWanted, RawFields};
 
 /// Connection-level settings taken from `[server]`.
 #[derive(Debug, Clone)]
@@ -252,7 +254,7 @@ impl Shared {
                     let direct = direct.clone();
                     async move {
                         let req = req.map(ReceivedBody::Hyper);
-                        Ok::<_, Infallible>(direct.call(req).await)
+                        Ok::<_, Infallible>(direct.call(req, FieldsWanted::Map).await)
                     }
                 })
             };
@@ -318,13 +320,21 @@ struct ProxyCall {
 impl Direct for ProxyCall {
     type Body = TrackedBody<ProxyBody>;
 
+    fn take_raw_fields(body: &mut Self::Body) -> Option<RawFields> {
+        match body.inner_mut() {
+            Either::Left(upstream) => upstream.take_raw_fields(),
+            Either::Right(_) => None,
+        }
+    }
+
     fn call(
         &self,
         req: http::Request<ReceivedBody>,
+        wanted: FieldsWanted,
     ) -> impl Future<Output = http::Response<Self::Body>> + Send {
         let request = self.activity.begin_request();
         async move {
-            let (response, log) = self.proxy.handle(req, &self.conn).await;
+            let (response, log) = self.proxy.handle(req, &self.conn, wanted).await;
             response.map(|body| TrackedBody::new(body, request, log))
         }
     }

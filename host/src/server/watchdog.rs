@@ -373,6 +373,10 @@ impl<B> TrackedBody<B> {
         }
     }
 
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
     fn set_handed_out(&mut self, handed_out: bool) {
         if self.handed_out == handed_out {
             return;

@@ -8,10 +8,21 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::h1;
+use super::raw_fields::RawFields;
 
 pub enum IncomingBody {
     Own(h1::ResponseBody),
     Hyper(hyper::body::Incoming),
+}
+
+impl IncomingBody {
+    /// The response head's fields, when Sluice's own client kept them as received.
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        match self {
+            IncomingBody::Own(body) => body.take_raw_fields(),
+            IncomingBody::Hyper(_) => None,
+        }
+    }
 }
 
 /// Why reading a response body failed.

@@ -25,6 +25,7 @@ use tower_service::Service;
 use super::body::IncomingBody;
 use super::h1;
 use super::pool::{H1Sender, H2Sender, Home, Pools};
+use super::raw_fields::FieldsWanted;
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 use crate::proxy::body::ClientBody;
 use crate::server::workers::{pool_slot, pool_slots};
@@ -195,6 +196,7 @@ impl Connector {
         &'a self,
         server: &'a Authority,
         req: Request<SendBody>,
+        wanted: FieldsWanted,
     ) -> impl Future<Output = Result<(Response<IncomingBody>, Option<Lease>), SendError>> + Send + 'a
     {
         use futures_util::future::{Either as Path, FutureExt};
@@ -218,7 +220,7 @@ impl Connector {
         match body {
             SendBody::Kept(bytes) if !parts.headers.contains_key(http::header::UPGRADE) => {
                 Path::Right(
-                    self.send_own(server, Request::from_parts(parts, bytes))
+                    self.send_own(server, Request::from_parts(parts, bytes), wanted)
                         .map(|sent| sent.map(|response| (response.map(IncomingBody::Own), None))),
                 )
             }
@@ -237,6 +239,7 @@ impl Connector {
         &self,
         server: &Authority,
         req: Request<Bytes>,
+        wanted: FieldsWanted,
     ) -> Result<Response<h1::ResponseBody>, SendError> {
         let slot = pool_slot();
         // Pooled connections first, then a new one; each pass takes one pooled
@@ -251,7 +254,7 @@ impl Connector {
                     h1::Conn::new(dial.await?)
                 }
             };
-            match h1::round_trip(&mut conn, &req).await {
+            match h1::round_trip(&mut conn, &req, wanted).await {
                 Ok(head) => return Ok(head.into_response(conn, Some(self.home(slot, server)))),
                 Err(e) if h1::may_retry_on_new_connection(&conn, &e, req.method()) => {
                     tracing::debug!(target: "sluice::upstream", server = %server, "pooled connection was dead ({e}); trying another");

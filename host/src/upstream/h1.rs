@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::connect::Transport;
 use super::pool::Home;
+use super::raw_fields::{self, FieldsWanted, RawFields};
 
 /// Longest response head (status line and headers), as hyper's client allowed.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -155,7 +156,12 @@ impl Conn {
 
 /// Sends `req` on `conn` and reads the response head. The body is read later, from
 /// the connection, by the `ResponseBody` built with `into_response`.
-pub async fn round_trip(conn: &mut Conn, req: &Request<Bytes>) -> Result<Head, Error> {
+/// `wanted` says where the head's fields go (a HEAD response's always in the map).
+pub async fn round_trip(
+    conn: &mut Conn,
+    req: &Request<Bytes>,
+    wanted: FieldsWanted,
+) -> Result<Head, Error> {
     encode_request(&mut conn.write, req)?;
     conn.io.write_all(&conn.write).await?;
     conn.io.flush().await?;
@@ -168,7 +174,7 @@ pub async fn round_trip(conn: &mut Conn, req: &Request<Bytes>) -> Result<Head, E
     loop {
         if !conn.read.is_empty() {
             received = true;
-            match parse_head(&mut conn.read, is_head)? {
+            match parse_head(&mut conn.read, is_head, wanted)? {
                 Parsed::Partial if conn.read.len() >= MAX_HEAD_BYTES => {
                     return Err(Error::HeadTooLarge)
                 }
@@ -203,6 +209,8 @@ pub fn may_retry_on_new_connection(conn: &Conn, error: &Error, method: &Method) 
 /// A response head and how its body is framed.
 pub struct Head {
     response: Response<()>,
+    /// The fields, when they stayed as received (the response's map is then empty).
+    raw: Option<RawFields>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -216,6 +224,7 @@ impl Head {
             framing: self.framing,
             keep_alive: self.keep_alive,
             home,
+            raw: self.raw,
         };
         if matches!(body.framing, Framing::Length(0)) {
             body.finish();
@@ -267,6 +276,9 @@ fn encode_request(out: &mut Vec<u8>, req: &Request<Bytes>) -> Result<(), Error> 
     Ok(())
 }
 
+// Unboxed: a head is parsed once per response and taken apart at once; a box would
+// cost an allocation per response.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Partial,
     /// A 1xx response, consumed; the final one follows.
@@ -275,7 +287,7 @@ enum Parsed {
 }
 
 /// Parses a response head at the start of `buf`, taking it out of `buf` when whole.
-fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
+fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result<Parsed, Error> {
     // Where each field's name and value lie in the head, so that values can share the
     // head's bytes instead of being copied.
     let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -325,17 +337,18 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
         }
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(count);
     let mut framing = FramingFields::default();
-    for &(name_start, name_end, value_start, value_end) in &fields[..count] {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
-            .map_err(|_| Error::Framing("invalid header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
-                .map_err(|_| Error::Framing("invalid header value"))?;
-        framing.note(&name, value.as_bytes())?;
-        headers.append(name, value);
+    let mut raw = None;
+    if wanted == FieldsWanted::Raw && !is_head {
+        raw = raw_fields::classify(&head, &fields[..count], &mut framing)?;
+        if raw.is_none() {
+            framing = FramingFields::default();
+        }
     }
+    let mut headers = match raw {
+        Some(_) => HeaderMap::new(),
+        None => map_fields(&head, &fields[..count], &mut framing)?,
+    };
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -359,41 +372,73 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
     *response.headers_mut() = headers;
     Ok(Parsed::Final(Head {
         response,
+        raw,
         framing: framing_kind,
         keep_alive,
     }))
 }
 
+/// The head's fields in a header map, their framing noted in `framing`.
+fn map_fields(
+    head: &Bytes,
+    fields: &[(u32, u32, u32, u32)],
+    framing: &mut FramingFields,
+) -> Result<HeaderMap, Error> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for &(name_start, name_end, value_start, value_end) in fields {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+            .map_err(|_| Error::Framing("invalid header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+                .map_err(|_| Error::Framing("invalid header value"))?;
+        framing.note(&name, value.as_bytes())?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 /// What a head's fields say about its body's framing and its connection, gathered
 /// while the fields are read.
 #[derive(Default)]
-struct FramingFields {
-    length: Option<u64>,
-    transfer_encoding: bool,
+pub(super) struct FramingFields {
+    pub(super) length: Option<u64>,
+    pub(super) transfer_encoding: bool,
     /// The last transfer coding seen is `chunked`.
-    chunked: bool,
-    close: bool,
-    keep_alive: bool,
+    pub(super) chunked: bool,
+    pub(super) close: bool,
+    pub(super) keep_alive: bool,
 }
 
 impl FramingFields {
     fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Error> {
         if name == CONTENT_LENGTH {
-            add_length(&mut self.length, value)?;
+            self.note_length(value)?;
         } else if name == TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-            self.chunked = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            self.note_transfer_encoding(value);
         } else if name == CONNECTION {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.note_connection(value);
         }
         Ok(())
+    }
+
+    pub(super) fn note_length(&mut self, value: &[u8]) -> Result<(), Error> {
+        add_length(&mut self.length, value)
+    }
+
+    pub(super) fn note_transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encoding = true;
+        self.chunked = value
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    }
+
+    pub(super) fn note_connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
     }
 
     /// The body's framing (RFC 9112, section 6.3) and whether the connection can carry
@@ -451,9 +496,17 @@ pub struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     home: Option<Home>,
+    /// The head's fields as received, carried here (not in the response's extensions,
+    /// which would allocate a map per response) until the server takes them.
+    raw: Option<RawFields>,
 }
 
 impl ResponseBody {
+    /// The head's fields, when they stayed as received.
+    pub fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
     /// The message is complete: the connection goes back for reuse when it can.
     fn finish(&mut self) {
         self.framing = Framing::Done;
@@ -670,7 +723,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &[u8], is_head: bool) -> Result<Parsed, Error> {
-        parse_head(&mut BytesMut::from(text), is_head)
+        parse_head(&mut BytesMut::from(text), is_head, FieldsWanted::Map)
     }
 
     fn final_head(text: &[u8]) -> Head {
@@ -687,7 +740,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\nabc"[..],
         );
-        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false) else {
+        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, FieldsWanted::Map) else {
             panic!("not parsed");
         };
         assert_eq!(head.response.status(), StatusCode::CREATED);
@@ -707,7 +760,10 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"[..],
         );
-        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Interim)));
+        assert!(matches!(
+            parse_head(&mut buf, false, FieldsWanted::Map),
+            Ok(Parsed::Interim)
+        ));
         assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");
         assert!(matches!(
             parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::connect::{Connector, SendBody};
+use super::raw_fields::FieldsWanted;
 use super::Upstream;
 use crate::config::HealthConfig;
 use bytes::Bytes;
@@ -34,7 +35,7 @@ pub fn spawn(upstream: &Arc<Upstream>, health: HealthConfig) -> anyhow::Result<(
                 let request = check_request(&server.addr, &health);
                 async move {
                     let outcome = match request {
-                        Ok(req) => match tokio::time::timeout(timeout, checker.send(&server.addr, req)).await {
+                        Ok(req) => match tokio::time::timeout(timeout, checker.send(&server.addr, req, FieldsWanted::Map)).await {
                             Ok(Ok((response, _))) => {
                                 let status = response.status().as_u16();
                                 if passes(status, expected) {

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod h1;
 mod health;
 mod pool;
+pub mod raw_fields;
 pub mod select;
 pub mod servers;
 

@@ -136,14 +136,22 @@ fn write_upstream(out: &mut Vec<u8>, upstream: Option<(&str, &str)>) {
 
 /// Bytes a client controls (target, headers) cannot forge a line or a field: quotes,
 /// backslashes, control and non-ASCII bytes are written as `\xHH`, as nginx does.
-fn escape_text(out: &mut Vec<u8>, bytes: &[u8]) {
-    for &b in bytes {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            let _ = write!(out, "\\x{b:02X}");
-        } else {
-            out.push(b);
-        }
+fn escape_text(out: &mut Vec<u8>, mut bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let needs_escape = |b: &u8| *b == b'"' || *b == b'\\' || !(0x20..0x7f).contains(b);
+    // Clean stretches (all of most values) are copied whole, not byte by byte.
+    while let Some(at) = bytes.iter().position(needs_escape) {
+        out.extend_from_slice(&bytes[..at]);
+        let b = bytes[at];
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 15)],
+        ]);
+        bytes = &bytes[at + 1..];
     }
+    out.extend_from_slice(bytes);
 }
 
 fn escape_json(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -277,9 +285,16 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         assert!(text.contains("/x\\x22y"), "{text}");
         assert!(text.contains("evil\\x22\\x0A1.2.3.4"), "{text}");
+        assert!(text.contains("[fake]\\xFF\""), "{text}");
         let json = line(Format::Json, &r);
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed["target"], "/x\"y");
+        let r = record("/\\\x7f\x01end", None);
+        let text = line(Format::Combined, &r);
+        assert!(
+            text.contains("\"GET /\\x5C\\x7F\\x01end HTTP/1.1\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -127,6 +127,9 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// How many headers `add_forwarding` may add.
+pub const FORWARDING_HEADERS: usize = 4;
+
 /// What the seed's nginx config gives an app: X-Real-IP, X-Forwarded-For (appended),
 /// X-Forwarded-Proto, X-Forwarded-Host.
 pub fn add_forwarding(
@@ -136,8 +139,8 @@ pub fn add_forwarding(
     client_host: Option<&HeaderValue>,
 ) {
     let ip = client_ip.as_bytes();
-    // Room for all four at once: the map grows (and rehashes) at most once.
-    let _ = headers.try_reserve(4);
+    // Room for all of them at once: the map grows (and rehashes) at most once.
+    let _ = headers.try_reserve(FORWARDING_HEADERS);
     // One lookup for X-Forwarded-For, whether it is new or appended to.
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(entry) => {

@@ -28,6 +28,7 @@ use super::connection::Protocols;
 use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
 use crate::proxy::body::ReceivedBody;
+use crate::proxy::headers::FORWARDING_HEADERS;
 use crate::upstream::h1::request_length;
 use crate::upstream::raw_fields::{FieldsWanted, RawFields};
 
@@ -331,7 +332,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             *span = [name_start, name_end, value_start, value_end];
         }
         let mut headers = self.spare_headers.take().unwrap_or_default();
-        headers.reserve(count);
+        // With room for the forwarding headers the proxy adds: the map is sized once.
+        headers.reserve(count + FORWARDING_HEADERS);
         // From here the head is taken from the buffer; a failure gives it back.
         let bytes = self.buf.split_to(len).freeze();
         let built = (|| {
@@ -401,6 +403,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             head_only,
             keep_alive,
         );
+        // The fields share the upstream connection's read buffer: let it go before the
+        // body is read, or the next read cannot reuse that buffer and allocates anew.
+        drop(raw);
         parts.headers.clear();
         self.spare_headers = Some(parts.headers);
         if framing == Framing::None {

@@ -198,6 +198,18 @@ const FIELDS_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: raw-origin\r\nDate: Mon,
 Set-Cookie: a=1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: b=2\r\nProxy-Authenticate: Basic\r\nX-Tab:\tt\r\n\
 Upgrade: h2c\r\nTrailer: x-t\r\nConnection: keep-alive\r\ncontent-length: 6\r\nX-Last: 1\nX-After-Bare-LF: 2\r\n\r\nhello\n";
 
+/// Sends `request` as it is on a new connection and reads until the proxy ends it
+/// (within 10 s): the bytes that came back, and how the reading ended.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, std::io::Result<usize>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("the proxy ends the connection within 10 s");
+    (got, read)
+}
+
 fn config(origin: SocketAddr, upstream_keys: &str) -> String {
     format!(
         "{SERVER}workers = 1\n[upstreams.app]\nservers = [\"{origin}\"]\n{upstream_keys}\n[[routes]]\nupstream = \"app\"\n"
@@ -419,16 +431,7 @@ async fn a_broken_upstream_response_is_a_502_or_a_cut_body_never_a_hang() {
     }
     // A body shorter than its length: the client's connection ends before the response
     // is complete (it cannot be told otherwise once the head is out).
-    let mut stream = TcpStream::connect(running.addr).await.unwrap();
-    stream
-        .write_all(b"GET /short HTTP/1.1\r\nhost: app\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
-        .await
-        .expect("the proxy ends the connection")
-        .ok();
+    let (got, _) = raw_exchange(running.addr, b"GET /short HTTP/1.1\r\nhost: app\r\n\r\n").await;
     let text = String::from_utf8_lossy(&got);
     if let Some((head, body)) = text.split_once("\r\n\r\n") {
         assert!(head.starts_with("HTTP/1.1 200"), "{text}");
@@ -570,16 +573,12 @@ async fn upstream_fields_reach_the_client_the_same_whichever_way_it_is_served() 
     assert_eq!(named.header("x-public"), Some("1"));
 
     // On the wire every line ends in CRLF, the bare LF included.
-    let mut stream = TcpStream::connect(running.addr).await.unwrap();
-    stream
-        .write_all(b"GET /fields HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut wire = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut wire))
-        .await
-        .expect("answered within 10 s")
-        .unwrap();
+    let (wire, read) = raw_exchange(
+        running.addr,
+        b"GET /fields HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    read.unwrap();
     let wire = String::from_utf8(wire).unwrap();
     let (head, body) = wire.split_once("\r\n\r\n").expect("a whole head");
     assert_eq!(body, "hello\n");

@@ -4,7 +4,7 @@
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP_TEXT: [&str; 6] = [
+pub(crate) const HOP_BY_HOP_TEXT: [&str; 6] = [
     "connection",
     "keep-alive",
     "te",

@@ -53,8 +53,8 @@ const MAX_URI_LEN: usize = u16::MAX as usize - 1;
 pub(super) trait Direct: Send + Sync {
     type Body: Body<Data = Bytes, Error: std::fmt::Display> + Send + Unpin + 'static;
 
-    /// `wanted`: whether the response's upstream fields may stay as received (in a
-    /// `RawFields` extension), for a server that writes them out as they are.
+    /// `wanted`: whether the response's upstream fields may stay as received (carried
+    /// by its body, see `take_raw_fields`), for a server that writes them out as they are.
     fn call(
         &self,
         req: Request<ReceivedBody>,

@@ -290,7 +290,7 @@ enum Parsed {
 fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result<Parsed, Error> {
     // Where each field's name and value lie in the head, so that values can share the
     // head's bytes instead of being copied.
-    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let (len, code, minor, count) = {
         // Uninitialized: filling a hundred empty fields would cost more than the parse.
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -310,14 +310,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
         let base = buf.as_ptr() as usize;
         let mut count = 0;
         for (field, header) in fields.iter_mut().zip(parsed.headers.iter()) {
-            let name = header.name.as_ptr() as usize - base;
-            let value = header.value.as_ptr() as usize - base;
-            *field = (
-                name as u32,
-                (name + header.name.len()) as u32,
-                value as u32,
-                (value + header.value.len()) as u32,
-            );
+            *field = field_span(base, header);
             count += 1;
         }
         (
@@ -378,10 +371,26 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
     }))
 }
 
+/// Where a field's name and value lie (start and end of each) in the buffer that
+/// starts at `base` and holds it.
+pub(super) fn field_span(base: usize, header: &httparse::Header<'_>) -> FieldSpan {
+    let name = header.name.as_ptr() as usize - base;
+    let value = header.value.as_ptr() as usize - base;
+    (
+        name as u32,
+        (name + header.name.len()) as u32,
+        value as u32,
+        (value + header.value.len()) as u32,
+    )
+}
+
+/// A field's name start and end, and its value's, in its head.
+pub(super) type FieldSpan = (u32, u32, u32, u32);
+
 /// The head's fields in a header map, their framing noted in `framing`.
 fn map_fields(
     head: &Bytes,
-    fields: &[(u32, u32, u32, u32)],
+    fields: &[FieldSpan],
     framing: &mut FramingFields,
 ) -> Result<HeaderMap, Error> {
     let mut headers = HeaderMap::with_capacity(fields.len());

@@ -11,15 +11,16 @@
 
 use bytes::Bytes;
 
-use super::h1::{Error, FramingFields};
+use super::h1::{Error, FieldSpan, FramingFields};
+use crate::proxy::headers::HOP_BY_HOP_TEXT;
 
 /// How a caller wants a response head's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldsWanted {
     /// All in the response's header map: plugins, HTTP/2 and hyper's server read it.
     Map,
-    /// As sent, in a `RawFields` extension, where the head allows: for the own
-    /// HTTP/1.1 server, which writes them out as they are.
+    /// As sent, as `RawFields` the response body carries, where the head allows: for
+    /// the own HTTP/1.1 server, which writes them out as they are.
     Raw,
 }
 
@@ -27,7 +28,7 @@ pub enum FieldsWanted {
 const MAX_RUNS: usize = 6;
 
 /// Header fields a response carries as the upstream sent them, after (and besides) its
-/// header map's. In the response's extensions, and only when asked for.
+/// header map's. Carried by the response body, and only when asked for.
 #[derive(Clone, Debug)]
 pub struct RawFields {
     head: Bytes,
@@ -93,18 +94,13 @@ fn is_name(name: &[u8], lower: &str) -> bool {
             .all(|(&n, &l)| n | 0x20 == l)
 }
 
-/// `Connection` tokens whose fields the roles above already deal with.
+/// `Connection` tokens whose fields the roles above already deal with: `close` and
+/// the fixed hop-by-hop names.
 fn is_known_token(token: &[u8]) -> bool {
-    [
-        "close",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|known| token.eq_ignore_ascii_case(known.as_bytes()))
+    token.eq_ignore_ascii_case(b"close")
+        || HOP_BY_HOP_TEXT
+            .iter()
+            .any(|known| token.eq_ignore_ascii_case(known.as_bytes()))
 }
 
 /// Classifies the fields of a parsed head (`fields`: name start and end, value start
@@ -112,7 +108,7 @@ fn is_known_token(token: &[u8]) -> bool {
 /// needs a header map.
 pub(super) fn classify(
     head: &Bytes,
-    fields: &[(u32, u32, u32, u32)],
+    fields: &[FieldSpan],
     framing: &mut FramingFields,
 ) -> Result<Option<RawFields>, Error> {
     let mut raw = RawFields {
@@ -190,6 +186,7 @@ fn ends_line(between: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::h1::field_span;
 
     /// The spans httparse gives for `text`'s fields, and their classification.
     fn classify_text(text: &str) -> Result<Option<(String, FramingFields)>, Error> {
@@ -198,20 +195,7 @@ mod tests {
         let mut parsed = httparse::Response::new(&mut headers);
         assert!(parsed.parse(&head).expect("parses").is_complete());
         let base = head.as_ptr() as usize;
-        let fields: Vec<_> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                (
-                    name as u32,
-                    (name + h.name.len()) as u32,
-                    value as u32,
-                    (value + h.value.len()) as u32,
-                )
-            })
-            .collect();
+        let fields: Vec<_> = parsed.headers.iter().map(|h| field_span(base, h)).collect();
         let mut framing = FramingFields::default();
         Ok(classify(&head, &fields, &mut framing)?.map(|raw| {
             let mut out = Vec::new();

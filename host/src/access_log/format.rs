@@ -136,22 +136,35 @@ fn write_upstream(out: &mut Vec<u8>, upstream: Option<(&str, &str)>) {
 
 /// Bytes a client controls (target, headers) cannot forge a line or a field: quotes,
 /// backslashes, control and non-ASCII bytes are written as `\xHH`, as nginx does.
-fn escape_text(out: &mut Vec<u8>, mut bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let needs_escape = |b: &u8| *b == b'"' || *b == b'\\' || !(0x20..0x7f).contains(b);
-    // Clean stretches (all of most values) are copied whole, not byte by byte.
-    while let Some(at) = bytes.iter().position(needs_escape) {
-        out.extend_from_slice(&bytes[..at]);
-        let b = bytes[at];
-        out.extend_from_slice(&[
-            b'\\',
-            b'x',
-            HEX[usize::from(b >> 4)],
-            HEX[usize::from(b & 15)],
-        ]);
-        bytes = &bytes[at + 1..];
+fn escape_text(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Short values (a method, `/`, `-`) go byte by byte: a copy call costs more.
+    if bytes.len() <= 8 {
+        for &b in bytes {
+            escape_byte(out, b);
+        }
+        return;
     }
-    out.extend_from_slice(bytes);
+    // Longer ones (user agents, targets) copy their clean stretches whole.
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| needs_escape(b)) {
+        out.extend_from_slice(&rest[..at]);
+        escape_byte(out, rest[at]);
+        rest = &rest[at + 1..];
+    }
+    out.extend_from_slice(rest);
+}
+
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b)
+}
+
+fn escape_byte(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if needs_escape(b) {
+        out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+    } else {
+        out.push(b);
+    }
 }
 
 fn escape_json(out: &mut Vec<u8>, bytes: &[u8]) {

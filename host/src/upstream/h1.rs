@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use super::connect::Transport;
 use super::pool::Home;
 use super::raw_fields::{self, FieldsWanted, RawFields};
+use crate::proxy::headers::HOP_BY_HOP_TEXT;
 
 /// Longest response head (status line and headers), as hyper's client allowed.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -330,17 +331,17 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
         }
         return Ok(Parsed::Interim);
     }
-    let mut framing = FramingFields::default();
-    let mut raw = None;
-    if wanted == FieldsWanted::Raw && !is_head {
-        raw = raw_fields::classify(&head, &fields[..count], &mut framing)?;
-        if raw.is_none() {
-            framing = FramingFields::default();
+    let classified = match wanted {
+        FieldsWanted::Raw if !is_head => raw_fields::classify(&head, &fields[..count])?,
+        _ => None,
+    };
+    let (mut headers, raw, framing) = match classified {
+        Some((raw, framing)) => (HeaderMap::new(), Some(raw), framing),
+        None => {
+            let mut framing = FramingFields::default();
+            let headers = map_fields(&head, &fields[..count], &mut framing)?;
+            (headers, None, framing)
         }
-    }
-    let mut headers = match raw {
-        Some(_) => HeaderMap::new(),
-        None => map_fields(&head, &fields[..count], &mut framing)?,
     };
     let version = if minor == 0 {
         Version::HTTP_10
@@ -425,6 +426,7 @@ impl FramingFields {
         } else if name == TRANSFER_ENCODING {
             self.note_transfer_encoding(value);
         } else if name == CONNECTION {
+            // Fields it names are stripped from the map later, by name.
             self.note_connection(value);
         }
         Ok(())
@@ -442,12 +444,27 @@ impl FramingFields {
             .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     }
 
-    pub(super) fn note_connection(&mut self, value: &[u8]) {
-        for token in value.split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            self.close |= token.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+    /// Notes `close` and `keep-alive`; returns whether the value also names fields
+    /// other than the fixed hop-by-hop ones (which a map strips by name).
+    pub(super) fn note_connection(&mut self, value: &[u8]) -> bool {
+        // The usual value, alone, is told without splitting.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return false;
         }
+        let mut names_others = false;
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                names_others |= !HOP_BY_HOP_TEXT
+                    .iter()
+                    .any(|known| token.eq_ignore_ascii_case(known.as_bytes()));
+            }
+        }
+        names_others
     }
 
     /// The body's framing (RFC 9112, section 6.3) and whether the connection can carry

@@ -12,7 +12,6 @@
 use bytes::Bytes;
 
 use super::h1::{Error, FieldSpan, FramingFields};
-use crate::proxy::headers::HOP_BY_HOP_TEXT;
 
 /// How a caller wants a response head's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +28,7 @@ const MAX_RUNS: usize = 6;
 
 /// Header fields a response carries as the upstream sent them, after (and besides) its
 /// header map's. Carried by the response body, and only when asked for.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RawFields {
     head: Bytes,
     /// Byte ranges of `head`, each a run of whole field lines without its last CRLF.
@@ -94,23 +93,14 @@ fn is_name(name: &[u8], lower: &str) -> bool {
             .all(|(&n, &l)| n | 0x20 == l)
 }
 
-/// `Connection` tokens whose fields the roles above already deal with: `close` and
-/// the fixed hop-by-hop names.
-fn is_known_token(token: &[u8]) -> bool {
-    token.eq_ignore_ascii_case(b"close")
-        || HOP_BY_HOP_TEXT
-            .iter()
-            .any(|known| token.eq_ignore_ascii_case(known.as_bytes()))
-}
-
 /// Classifies the fields of a parsed head (`fields`: name start and end, value start
-/// and end, in `head`), noting the framing ones in `framing`. `Ok(None)`: the head
-/// needs a header map.
+/// and end, in `head`), with what the framing ones say. `Ok(None)`: the head needs a
+/// header map.
 pub(super) fn classify(
     head: &Bytes,
     fields: &[FieldSpan],
-    framing: &mut FramingFields,
-) -> Result<Option<RawFields>, Error> {
+) -> Result<Option<(RawFields, FramingFields)>, Error> {
+    let mut framing = FramingFields::default();
     let mut raw = RawFields {
         head: head.clone(),
         runs: [(0, 0); MAX_RUNS],
@@ -137,20 +127,9 @@ pub(super) fn classify(
                 false
             }
             Role::Connection => {
-                // The usual value alone is told at once; a list is looked through.
-                if is_name(value, "keep-alive") {
-                    framing.keep_alive = true;
-                } else if is_name(value, "close") {
-                    framing.close = true;
-                } else {
-                    framing.note_connection(value);
-                    let names_others = value
-                        .split(|&b| b == b',')
-                        .map(<[u8]>::trim_ascii)
-                        .any(|token| !token.is_empty() && !is_known_token(token));
-                    if names_others {
-                        return Ok(None);
-                    }
+                // A field it names would have to go too: that takes the map.
+                if framing.note_connection(value) {
+                    return Ok(None);
                 }
                 false
             }
@@ -171,7 +150,7 @@ pub(super) fn classify(
         raw.count += 1;
         open_run = true;
     }
-    Ok(Some(raw))
+    Ok(Some((raw, framing)))
 }
 
 /// Whether the bytes between a field's value and the next field's name are just the
@@ -196,8 +175,7 @@ mod tests {
         assert!(parsed.parse(&head).expect("parses").is_complete());
         let base = head.as_ptr() as usize;
         let fields: Vec<_> = parsed.headers.iter().map(|h| field_span(base, h)).collect();
-        let mut framing = FramingFields::default();
-        Ok(classify(&head, &fields, &mut framing)?.map(|raw| {
+        Ok(classify(&head, &fields)?.map(|(raw, framing)| {
             let mut out = Vec::new();
             raw.write_to(&mut out);
             (String::from_utf8(out).expect("text"), framing)

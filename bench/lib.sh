@@ -27,6 +27,9 @@ nginx_proxy_conf() {
 # cpu_ticks PID: user + system CPU of a process, in clock ticks (10 ms).
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
+# user_ticks PID: user-space CPU of a process alone, in clock ticks.
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
+
 # median: of the numbers on standard input (space or newline separated).
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

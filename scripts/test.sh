@@ -9,6 +9,9 @@ echo "== format"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 cargo fmt --all -- --check
 
+echo "== shell scripts parse (the deployment and benchmark ones are too long to run here)"
+for script in scripts/*.sh bench/*.sh examples/*/build.sh .ci/run; do bash -n "$script"; done
+
 echo "== guest plugins and test fixtures (wasm32-wasip2)"
 "$root/scripts/build-guests.sh" all
 

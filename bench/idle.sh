@@ -3,8 +3,9 @@
 # CONNS clients each make one request (HTTP/1.1, then HTTP/2 with prior knowledge),
 # read the whole response and stay connected without a word. The figure is the growth
 # of the proxy's RSS divided by CONNS, taken HOLD_S seconds after the last request.
-# Also prints Sluice's idle RSS with the quickstart plugins loaded, from a cold and
-# from a warm compile cache.
+# A last HTTP/2 row is hyper's HTTP/2 server answering by itself (bench's `h2-floor`):
+# what any hyper-based server's idle HTTP/2 connection holds. Also prints Sluice's idle
+# RSS with the quickstart plugins loaded, from a cold and from a warm compile cache.
 #
 #   bench/idle.sh
 #   CONNS=10000 HOLD_S=3 bench/idle.sh
@@ -14,6 +15,7 @@ CONNS=${CONNS:-5000}; HOLD_S=${HOLD_S:-3}; BASE_PORT=${BASE_PORT:-19380}
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 "$root/scripts/build-guests.sh" plugins >/dev/null
 cargo build --release -q -p sluice -p echo-origin --manifest-path "$root/Cargo.toml"
+cargo build --release -q -p sluice-bench --bin h2-floor --manifest-path "$root/Cargo.toml"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 SLUICE=${SLUICE:-$root/target/release/sluice}
 
@@ -90,6 +92,14 @@ wait_port "$sport"
 row sluice h1 "$(hold "$spid" "$sport" h1)"
 row sluice h2 "$(hold "$spid" "$sport" h2)"
 kill "$spid"; wait "$spid" 2>/dev/null || true
+
+# hyper's HTTP/2 server alone, answering itself: the floor under Sluice's h2 row.
+fport=$((BASE_PORT + 5))
+"$root/target/release/h2-floor" "127.0.0.1:$fport" &
+fpid=$!
+for _ in $(seq 100); do curl -sf --http2-prior-knowledge -o /dev/null "http://127.0.0.1:$fport/" && break; sleep 0.1; done
+row hyper-h2 h2 "$(hold "$fpid" "$fport" h2)"
+kill "$fpid"; wait "$fpid" 2>/dev/null || true
 
 echo "## Idle RSS with the quickstart plugins loaded"
 mkdir -p "$run/qs-plugins"; cp "$root"/target/plugins/{api-key,rewrite,router}.wasm "$run/qs-plugins/"

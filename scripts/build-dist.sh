@@ -2,8 +2,8 @@
 # The deployment build: the `dist` profile (whole-program LTO) guided by a profile of
 # real traffic (PGO). Three steps, about 22 minutes on two cores:
 #   1. an instrumented proxy is built (target/pgo-train);
-#   2. it serves a training load on loopback: plain HTTP/1.1 (small and 16 KiB
-#      bodies, keep-alive and not), a route through the quickstart plugins, and h2c;
+#   2. it serves the quickstart a training load on loopback: HTTP/1.1 (small, 16 KiB
+#      and 1 MiB bodies, keep-alive and not), the plugin route, and h2c;
 #   3. the proxy is built again with what step 2 counted (target/pgo).
 # Prints the path of the result: target/pgo/<host triple>/dist/sluice.
 # Safe to run again. Needs wrk and curl (wrk is installed with apt when missing).
@@ -30,45 +30,29 @@ RUSTFLAGS="-Cprofile-generate=$root/target/pgo-train/raw" \
 run=$(mktemp -d)
 trap 'for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$run"' EXIT
 rm -rf target/pgo-train/raw
-origin=$BASE_PORT proxy=$((BASE_PORT + 1))
-target/release/echo-origin "127.0.0.1:$origin=origin" >/dev/null 2>&1 &
+# The quickstart, moved to BASE_PORT.. and logging to a file.
+proxy=$BASE_PORT app1=$((BASE_PORT + 1)) app2=$((BASE_PORT + 2)) canary=$((BASE_PORT + 3))
+target/release/echo-origin "127.0.0.1:$app1=app-1" "127.0.0.1:$app2=app-2" "127.0.0.1:$canary=canary" >/dev/null 2>&1 &
 mkdir -p "$run/plugins"
 for name in api-key rewrite router; do cp "target/plugins/$name.wasm" "$run/plugins/"; done
-cat >"$run/sluice.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy"
-workers = 1
-access_log_path = "$run/access.log"
-[plugins]
-dir = "$run/plugins"
-[upstreams.app]
-servers = ["127.0.0.1:$origin"]
-[[routes]]
-path = "/api/"
-upstream = "app"
-  [[routes.plugins]]
-  name = "api-key"
-  config = { keys = ["k-123"], header = "x-api-key" }
-  [[routes.plugins]]
-  name = "rewrite"
-  config = { strip_prefix = "/api", set_response_headers = { "x-served-by" = "sluice" } }
-[[routes]]
-path = "/"
-upstream = "app"
-TOML
+sed -e "s|127.0.0.1:8080\"|127.0.0.1:$proxy\"\nworkers = 1\naccess_log_path = \"$run/access.log\"|" \
+  -e "s|127.0.0.1:9001|127.0.0.1:$app1|; s|127.0.0.1:9002|127.0.0.1:$app2|; s|127.0.0.1:9003|127.0.0.1:$canary|" \
+  -e "s|^dir = \"plugins\"|dir = \"$run/plugins\"|" \
+  examples/quickstart/sluice.toml >"$run/sluice.toml"
 target/pgo-train/"$triple"/dist/sluice run --config "$run/sluice.toml" 2>"$run/sluice.err" &
 sluice=$!
 url="http://127.0.0.1:$proxy"
 for _ in $(seq 100); do curl -sf -o /dev/null "$url/" && break; sleep 0.1; done
 curl -sf -o /dev/null "$url/" || { echo "the instrumented proxy did not serve:" >&2; cat "$run/sluice.err" >&2; exit 1; }
 wrk -t1 -c64 -d"${TRAIN_S}s" "$url/" >/dev/null
-wrk -t1 -c64 -d"${TRAIN_S}s" "$url/16k" >/dev/null
+wrk -t1 -c64 -d"${TRAIN_S}s" "$url/download?bytes=16384" >/dev/null
+wrk -t1 -c8 -d2s "$url/download?bytes=1048576" >/dev/null
 wrk -t1 -c8 -d2s -H 'Connection: close' "$url/" >/dev/null
 wrk -t1 -c16 -d2s -H 'x-api-key: k-123' "$url/api/users" >/dev/null
 # One request per connection: some curl releases fail a reused h2c connection.
 for i in $(seq 300); do
   curl -sf --http2-prior-knowledge -o /dev/null "$url/$i"
-  curl -sf --http2-prior-knowledge -o /dev/null "$url/16k?$i"
+  curl -sf --http2-prior-knowledge -o /dev/null "$url/download?bytes=16384&$i"
 done
 kill -TERM "$sluice"
 wait "$sluice" || true

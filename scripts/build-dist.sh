@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The deployment build: the `dist` profile (whole-program LTO) guided by a profile of
-# real traffic (PGO). Three steps, about 22 minutes on two cores:
+# real traffic (PGO). Three steps, about 20 minutes on two cores:
 #   1. an instrumented proxy is built (target/pgo-train);
 #   2. it serves the quickstart a training load on loopback: HTTP/1.1 (small, 16 KiB
 #      and 1 MiB bodies, keep-alive and not), the plugin route, and h2c;
@@ -42,7 +42,9 @@ sed -e "s|127.0.0.1:8080\"|127.0.0.1:$proxy\"\nworkers = 1\naccess_log_path = \"
 target/pgo-train/"$triple"/dist/sluice run --config "$run/sluice.toml" 2>"$run/sluice.err" &
 sluice=$!
 url="http://127.0.0.1:$proxy"
-for _ in $(seq 100); do curl -sf -o /dev/null "$url/" && break; sleep 0.1; done
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+wait_ports "$proxy"
 curl -sf -o /dev/null "$url/" || { echo "the instrumented proxy did not serve:" >&2; cat "$run/sluice.err" >&2; exit 1; }
 wrk -t1 -c64 -d"${TRAIN_S}s" "$url/" >/dev/null
 wrk -t1 -c64 -d"${TRAIN_S}s" "$url/download?bytes=16384" >/dev/null

@@ -2,7 +2,7 @@
 //! settings Sluice gives it (a `TokioTimer`, 128 concurrent streams, a 64 KiB header
 //! list), answering `hello` itself, on one current-thread runtime. Whatever an idle
 //! connection holds here is hyper's and the h2 crate's, before any proxying. `idle.sh`
-//! runs it beside nginx and Sluice when it is built.
+//! builds it and runs it after nginx and Sluice.
 //!
 //!   h2-floor LISTEN
 

@@ -28,6 +28,10 @@ cargo build --release --workspace --bins
 echo "== host unit tests and end-to-end tests"
 # The TLS tests drive `openssl s_client` as an old or CBC-only client.
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
+# The state tests start their own redis-server (ephemeral port, no persistence).
+command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+}
 cargo test --release --workspace
 
 echo "== lint"

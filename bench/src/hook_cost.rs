@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use sluice::config::{InstanceMode, OnError};
 use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
+use sluice::plugin::host_api::PluginScope;
 use sluice::plugin::preinit::{check_init, prepare};
 use sluice::plugin::{
     load_plugin, plugin_path, BoundPlugin, CallLimits, EngineLimits, GuardLimits, LoadedPlugin,
     PluginEngine, PluginGuard, Reuse, SnapshotSlot,
 };
+use sluice::services::Services;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -38,14 +40,15 @@ async fn bound(
         deadline_ms: 100,
         memory_limit_bytes: 64 << 20,
     };
-    let hooks = check_init(engine, loaded, &config_json, limits)
+    let scope = PluginScope::new(loaded.name.clone(), "bench".into(), Services::in_memory());
+    let hooks = check_init(engine, loaded, &scope, &config_json, limits)
         .await
         .map_err(|f| anyhow::anyhow!("{f}"))?;
     let snapshot = if mode == Mode::FreshInit {
         SnapshotSlot::disabled()
     } else {
         let slot = Arc::new(SnapshotSlot::default());
-        prepare(engine, None, loaded, &config_json, limits, &slot).await;
+        prepare(engine, None, loaded, &scope, &config_json, limits, &slot).await;
         if slot.pre().is_none() {
             anyhow::bail!("{}: no snapshot (see the log)", loaded.name);
         }
@@ -75,6 +78,7 @@ async fn bound(
             },
             Default::default(),
         ),
+        scope,
     })
 }
 

@@ -17,6 +17,7 @@ use crate::plugin::{CompileCache, EngineLimits, PluginEngine, PluginRegistry};
 use crate::proxy::Proxy;
 use crate::reload::{watcher, Reloader};
 use crate::server::{self, ServerLimits};
+use crate::services::Services;
 use crate::snapshot::{plugin_set, Snapshot};
 use crate::tls::Terminator;
 
@@ -102,7 +103,15 @@ pub async fn load_plugins(
 pub async fn check(config: &Config) -> anyhow::Result<CheckSummary> {
     let engine = engine_for(config)?;
     let registry = load_plugins(config, &engine, false).await?;
-    let snapshot = Snapshot::build(config, &engine, &plugin_set(config, &registry)?, None).await?;
+    let services = Services::new(config)?;
+    let snapshot = Snapshot::build(
+        config,
+        &engine,
+        &services,
+        &plugin_set(config, &registry)?,
+        None,
+    )
+    .await?;
     let certificates = check_certificates(config)?;
     Ok(CheckSummary {
         routes: snapshot.routes.len(),
@@ -184,8 +193,16 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     server::workers::set_worker_count(if workers > 1 { workers } else { 0 });
     let engine = engine_for(&config)?;
     let registry = load_plugins(&config, &engine, true).await?;
-    let snapshot =
-        Snapshot::build(&config, &engine, &plugin_set(&config, &registry)?, None).await?;
+    let services = Services::new(&config)?;
+    services.start_housekeeping();
+    let snapshot = Snapshot::build(
+        &config,
+        &engine,
+        &services,
+        &plugin_set(&config, &registry)?,
+        None,
+    )
+    .await?;
     // Start-up waits for the init-once snapshots (cached across restarts), so the first
     // requests already run at full speed.
     snapshot
@@ -214,7 +231,7 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
         None => None,
     };
 
-    let metrics = Arc::new(Metrics::new(&engine, &edge));
+    let metrics = Arc::new(Metrics::new(&engine, &edge, &services));
     let access_log = AccessLog::open(
         match &config.server.access_log_path {
             Some(path) => Destination::File(path.clone()),

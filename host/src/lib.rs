@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod services;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;

@@ -9,12 +9,14 @@ use anyhow::Context;
 use crate::config::{Config, RoutePluginConfig};
 use crate::plugin::bindings::Hooks;
 use crate::plugin::engine::PluginLabels;
+use crate::plugin::host_api::PluginScope;
 use crate::plugin::preinit::{self, check_init};
 use crate::plugin::{
     BoundPlugin, CallLimits, CompileCache, GuardLimits, LoadedPlugin, PluginEngine, PluginGuard,
     PluginRegistry, Reuse, SnapshotSlot,
 };
 use crate::router::Router;
+use crate::services::Services;
 use crate::upstream::Upstream;
 
 pub struct Route {
@@ -25,6 +27,8 @@ pub struct Route {
 }
 
 pub struct Snapshot {
+    /// The services plugins call (fixed at start-up; every snapshot shares them).
+    pub services: Arc<Services>,
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
@@ -79,6 +83,7 @@ impl Snapshot {
     pub async fn build(
         config: &Config,
         engine: &PluginEngine,
+        services: &Arc<Services>,
         plugins: &PluginSet,
         previous: Option<&Snapshot>,
     ) -> anyhow::Result<Snapshot> {
@@ -115,7 +120,12 @@ impl Snapshot {
             })?;
             let mut chain = Vec::with_capacity(route.plugins.len());
             for (j, plugin) in route.plugins.iter().enumerate() {
-                let bound = bind(config, &name, plugin, plugins, max_idle, &mut slots, engine)
+                let scope = PluginScope::new(
+                    Arc::from(plugin.name.as_str()),
+                    Arc::from(name.as_str()),
+                    services.clone(),
+                );
+                let bound = bind(config, scope, plugin, plugins, max_idle, &mut slots, engine)
                     .await
                     .with_context(|| {
                         format!(
@@ -134,6 +144,7 @@ impl Snapshot {
             });
         }
         Ok(Snapshot {
+            services: services.clone(),
             router,
             routes,
             upstreams,
@@ -168,6 +179,7 @@ impl Snapshot {
                 engine,
                 cache,
                 &bound.plugin,
+                &bound.scope,
                 &bound.config_json,
                 bound.limits,
                 &bound.snapshot,
@@ -177,9 +189,10 @@ impl Snapshot {
     }
 }
 
+/// Binds one plugin of a route; `scope` names the plugin and the route.
 async fn bind(
     config: &Config,
-    route: &str,
+    scope: Arc<PluginScope>,
     plugin: &RoutePluginConfig,
     plugins: &PluginSet,
     max_idle: usize,
@@ -201,7 +214,7 @@ async fn bind(
         deadline_ms: plugin.deadline_ms.unwrap_or(config.plugins.deadline_ms),
         memory_limit_bytes,
     };
-    let hooks = check_init(engine, &loaded, &config_json, limits)
+    let hooks = check_init(engine, &loaded, &scope, &config_json, limits)
         .await
         .map_err(|fault| anyhow::anyhow!("{fault}"))?;
     if hooks == Hooks::empty() {
@@ -232,7 +245,7 @@ async fn bind(
         instance_wait: std::time::Duration::from_millis(config.plugins.instance_wait_ms),
         guard: PluginGuard::new(
             loaded_name,
-            Arc::from(route),
+            scope.route.clone(),
             GuardLimits {
                 max_concurrent_calls: config.plugins.max_concurrent_calls,
                 breaker_faults: config.plugins.breaker_faults,
@@ -248,5 +261,6 @@ async fn bind(
                 })
                 .clone(),
         ),
+        scope,
     })
 }

@@ -48,9 +48,11 @@ pub mod bindings {
 
 mod headers;
 pub mod log;
+pub mod metrics;
 mod plugin;
 mod request;
 mod response;
+pub mod state;
 pub mod time;
 
 pub use headers::{Headers, IntoBytes};

@@ -27,6 +27,14 @@ pub trait Plugin: Sized + 'static {
     /// methods in the impl block; the host never calls a hook that is not listed.
     const HOOKS: Hooks;
 
+    /// The hooks this plugin runs with its config: [`HOOKS`](Plugin::HOOKS) unless
+    /// overridden. Leave out `on_response` when a config has nothing for it to do, so
+    /// the host frees the instance before the request goes upstream. Hooks missing from
+    /// `HOOKS` are never added.
+    fn hooks(&self) -> Hooks {
+        Self::HOOKS
+    }
+
     /// Checks the config and builds the plugin, once per route config. An `Err` fails the
     /// plugin's load with that message (the proxy refuses the config). Wall-clock time
     /// read here is the load's time, not a request's.
@@ -136,12 +144,13 @@ pub mod __private {
     /// Where the state lives between the export calls of one instance.
     pub type Slot<P> = RefCell<State<P>>;
 
-    pub fn hooks<P: Plugin>() -> WitHooks {
+    pub fn hooks<P: Plugin>(plugin: &P) -> WitHooks {
+        let wanted = plugin.hooks();
         let mut hooks = WitHooks::empty();
-        if P::HOOKS.on_request {
+        if P::HOOKS.on_request && wanted.on_request {
             hooks |= WitHooks::ON_REQUEST;
         }
-        if P::HOOKS.on_response {
+        if P::HOOKS.on_response && wanted.on_response {
             hooks |= WitHooks::ON_RESPONSE;
         }
         hooks
@@ -152,12 +161,13 @@ pub mod __private {
         config: String,
     ) -> Result<WitHooks, String> {
         let plugin = P::from_json(&config)?;
+        let hooks = hooks(&plugin);
         slot.with(|s| {
             let mut s = s.borrow_mut();
             s.plugin = Some(plugin);
             s.context = None;
         });
-        Ok(hooks::<P>())
+        Ok(hooks)
     }
 
     pub fn on_request<P: Plugin>(
@@ -176,7 +186,7 @@ pub mod __private {
             let mut ctx = P::Context::default();
             let action = run_request(plugin, &mut ctx, client, head);
             // Kept only for this request's on-response, never for a later request.
-            state.context = match (&action, P::HOOKS.on_response) {
+            state.context = match (&action, plugin.hooks().on_response) {
                 (RequestAction::Continue(_), true) => Some(ctx),
                 _ => None,
             };

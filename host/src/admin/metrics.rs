@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::plugin::PluginEngine;
+use crate::services::metrics::PluginMetricsCollector;
+use crate::services::Services;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginReloadLabels {
@@ -96,8 +98,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers the reload counters and the engine's own counters.
-    pub fn new(engine: &PluginEngine, edge: &EdgeCounters) -> Self {
+    /// Registers the reload counters, the engine's and the services' own counters, and
+    /// the metrics plugins define.
+    pub fn new(engine: &PluginEngine, edge: &EdgeCounters, services: &Services) -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let plugin_reloads = Family::<PluginReloadLabels, Counter>::default();
         registry.register(
@@ -161,6 +164,38 @@ impl Metrics {
             "Certificate reloads by result (ok, failed)",
             edge.certificate_reloads.clone(),
         );
+        let state = &services.state.counters;
+        registry.register(
+            "state_unavailable",
+            "State calls that failed because the backend could not answer, by operation",
+            state.unavailable.clone(),
+        );
+        registry.register(
+            "state_evictions",
+            "Keys the memory state backend dropped to stay within state.memory_max_mib (expired keys not counted)",
+            state.evictions.clone(),
+        );
+        registry.register(
+            "state_memory_bytes",
+            "Bytes the memory state backend holds, as counted against state.memory_max_mib",
+            state.memory_bytes.clone(),
+        );
+        registry.register(
+            "state_backend_down",
+            "1 while the Redis state backend cannot be reached",
+            state.backend_down.clone(),
+        );
+        registry.register(
+            "state_outages",
+            "Outages of the Redis state backend",
+            state.outages.clone(),
+        );
+        registry.register(
+            "plugin_metric_samples_dropped",
+            "Plugin metric samples dropped: series cap reached, unknown metric, wrong labels or kind",
+            services.metrics.dropped.clone(),
+        );
+        registry.register_collector(Box::new(PluginMetricsCollector(services.metrics.clone())));
         Self {
             registry,
             plugin_reloads,

@@ -31,6 +31,83 @@ pub struct Config {
     pub certificates: Vec<CertificateConfig>,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The state service plugins share (`[state]`).
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Plugin metrics (`[metrics]`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Where plugin state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackendKind {
+    /// In this process, shared by its worker threads.
+    #[default]
+    Memory,
+    /// A Redis server (or cluster/sentinel front) shared by a fleet of proxies.
+    Redis,
+}
+
+/// `[state]`: the backend of the state service and its limits. Fixed at start-up.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    #[serde(default)]
+    pub backend: StateBackendKind,
+    /// Memory backend: bytes of keys, values and bookkeeping kept at most, in MiB
+    /// (default 64); past it expired keys go first, then the least recently used.
+    pub memory_max_mib: Option<u64>,
+    /// Redis backend: `redis://[user:password@]host:port[/db]` or `rediss://` (TLS).
+    pub url: Option<String>,
+    /// Redis backend: a call that takes longer fails with `unavailable`.
+    #[serde(default = "defaults::state_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Longest key a plugin may use, in bytes.
+    #[serde(default = "defaults::state_max_key_bytes")]
+    pub max_key_bytes: usize,
+    /// Largest value a plugin may store, in bytes.
+    #[serde(default = "defaults::state_max_value_bytes")]
+    pub max_value_bytes: usize,
+}
+
+impl StateConfig {
+    pub fn memory_max_mib(&self) -> u64 {
+        self.memory_max_mib
+            .unwrap_or_else(defaults::state_memory_max_mib)
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            backend: StateBackendKind::Memory,
+            memory_max_mib: None,
+            url: None,
+            timeout_ms: defaults::state_timeout_ms(),
+            max_key_bytes: defaults::state_max_key_bytes(),
+            max_value_bytes: defaults::state_max_value_bytes(),
+        }
+    }
+}
+
+/// `[metrics]`: limits on what plugins report.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Series (label value combinations) one plugin metric may have; samples for new
+    /// series past it are dropped and counted in `sluice_plugin_metric_samples_dropped`.
+    #[serde(default = "defaults::max_series_per_metric")]
+    pub max_series_per_metric: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_series_per_metric: defaults::max_series_per_metric(),
+        }
+    }
 }
 
 /// One certificate chain and its private key (PEM files).
@@ -580,6 +657,26 @@ mod defaults {
     }
     pub fn memory_budget_mib() -> u64 {
         1_024
+    }
+
+    pub fn state_memory_max_mib() -> u64 {
+        64
+    }
+
+    pub fn state_timeout_ms() -> u64 {
+        250
+    }
+
+    pub fn state_max_key_bytes() -> usize {
+        256
+    }
+
+    pub fn state_max_value_bytes() -> usize {
+        64 * 1024
+    }
+
+    pub fn max_series_per_metric() -> usize {
+        1_000
     }
     pub fn send_timeout_ms() -> u64 {
         60_000

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{route_name, Config};
+use super::{route_name, Config, StateBackendKind};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {problem}")]
@@ -75,6 +75,11 @@ impl Config {
                 "needs server.tls_listen (there is no https listener to redirect to)",
             ));
         }
+        self.validate_state()?;
+        positive(
+            "metrics.max_series_per_metric",
+            self.metrics.max_series_per_metric as u64,
+        )?;
         if self.tls.client_ca.is_some() && s.tls_listen.is_none() {
             return Err(err("tls.client_ca", "needs server.tls_listen"));
         }
@@ -216,6 +221,49 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_state(&self) -> Result<(), ValidationError> {
+        let st = &self.state;
+        positive("state.timeout_ms", st.timeout_ms)?;
+        positive("state.max_key_bytes", st.max_key_bytes as u64)?;
+        positive("state.max_value_bytes", st.max_value_bytes as u64)?;
+        match st.backend {
+            StateBackendKind::Memory => {
+                if st.url.is_some() {
+                    return Err(err(
+                        "state.url",
+                        "is for backend = \"redis\" (the backend is \"memory\")",
+                    ));
+                }
+                if let Some(mib) = st.memory_max_mib {
+                    positive("state.memory_max_mib", mib)?;
+                }
+            }
+            StateBackendKind::Redis => {
+                if st.memory_max_mib.is_some() {
+                    return Err(err(
+                        "state.memory_max_mib",
+                        "is for backend = \"memory\" (Redis bounds its own memory: maxmemory)",
+                    ));
+                }
+                let url = st.url.as_deref().ok_or_else(|| {
+                    err(
+                        "state.url",
+                        "backend = \"redis\" needs a url (redis://host:port or rediss://host:port)",
+                    )
+                })?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(err(
+                        "state.url",
+                        format!("{url:?} is not a redis:// or rediss:// URL"),
+                    ));
+                }
+                redis::Client::open(url)
+                    .map_err(|e| err("state.url", format!("not a usable Redis URL: {e}")))?;
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ use super::bindings::{
 };
 use super::engine::PluginEngine;
 use super::guard::PluginGuard;
+use super::host_api::PluginScope;
 use super::instance::{classify, new_store, CallLimits, Instance, PluginFault};
 use super::loader::LoadedPlugin;
 use super::preinit::SnapshotSlot;
@@ -32,6 +33,8 @@ pub struct BoundPlugin {
     pub instance_wait: Duration,
     /// Concurrency cap and circuit breaker of this plugin on this route.
     pub guard: PluginGuard,
+    /// Plugin, route and services, for the instances' service calls.
+    pub scope: Arc<PluginScope>,
 }
 
 /// Keeping initialized instances for later requests (`instance = "reuse"`).
@@ -84,7 +87,7 @@ impl BoundPlugin {
                 engine.limits().max_instances
             ))
         })?;
-        let mut store = new_store(engine, self.plugin.name.clone(), self.limits);
+        let mut store = new_store(engine, &self.scope, self.limits);
         let (bindings, needs_init) = match self.snapshot.pre() {
             Some(pre) => (pre.instantiate_async(&mut store).await, false),
             None => (self.plugin.pre.instantiate_async(&mut store).await, true),

@@ -1,5 +1,6 @@
-//! What a plugin instance may call: logging, clocks, and an empty WASI context
-//! (no preopened directories, no environment, no arguments, no network).
+//! What a plugin instance may call: logging, clocks, the state and metrics services
+//! (in its own namespace), and an empty WASI context (no preopened directories, no
+//! environment, no arguments, no network).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -8,14 +9,38 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::sluice::plugin::{host, types};
+use super::bindings::sluice::plugin::{host, metrics, state, types};
 use super::bindings::LogLevel;
 use super::engine::{MemoryBudget, StoreTicket};
 use super::stderr::StderrCapture;
+use crate::services::metrics::{MetricKind, MetricSpec, Recording};
+use crate::services::state::{ttl_of, RateLimit, StateError};
+use crate::services::Services;
+
+/// Where a plugin runs, for the services it calls: its name (its state namespace and
+/// metric label), its route, and the services of the process.
+pub struct PluginScope {
+    pub plugin: Arc<str>,
+    pub route: Arc<str>,
+    pub services: Arc<Services>,
+}
+
+impl PluginScope {
+    pub fn new(plugin: Arc<str>, route: Arc<str>, services: Arc<Services>) -> Arc<Self> {
+        Arc::new(Self {
+            plugin,
+            route,
+            services,
+        })
+    }
+}
 
 /// Per-instance state kept in the `Store`.
 pub struct InstanceState {
     pub plugin: Arc<str>,
+    pub scope: Arc<PluginScope>,
+    /// Set while `init` runs: state calls are refused, metric definitions allowed.
+    pub in_init: bool,
     /// Linear memory one instance may grow to.
     memory_limit: usize,
     /// Epoch ticks left for the call in progress.
@@ -38,7 +63,7 @@ pub struct InstanceState {
 
 impl InstanceState {
     pub fn new(
-        plugin: Arc<str>,
+        scope: Arc<PluginScope>,
         memory_limit: usize,
         budget: Arc<MemoryBudget>,
         ticket: StoreTicket,
@@ -50,7 +75,9 @@ impl InstanceState {
             .stderr(stderr.clone())
             .build();
         Self {
-            plugin,
+            plugin: scope.plugin.clone(),
+            scope,
+            in_init: false,
             memory_limit,
             ticks_left: 0,
             deadline_hit: false,
@@ -164,4 +191,155 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+impl InstanceState {
+    /// The calling plugin's name when state calls are allowed.
+    fn state_caller(&self) -> Result<&str, state::StateError> {
+        if self.in_init {
+            return Err(state::StateError::InInit);
+        }
+        Ok(&self.scope.plugin)
+    }
+}
+
+impl From<StateError> for state::StateError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Unavailable(m) => Self::Unavailable(m),
+            StateError::TooLarge(m) => Self::TooLarge(m),
+            StateError::InInit => Self::InInit,
+            StateError::Invalid(m) => Self::Invalid(m),
+        }
+    }
+}
+
+type StateResult<T> = Result<T, state::StateError>;
+
+impl state::Host for InstanceState {
+    async fn get(&mut self, key: String) -> StateResult<Option<Vec<u8>>> {
+        let plugin = self.state_caller()?;
+        Ok(self.scope.services.state.get(plugin, &key).await?)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> StateResult<()> {
+        let plugin = self.state_caller()?;
+        let ttl = ttl_of(ttl_ms)?;
+        Ok(self
+            .scope
+            .services
+            .state
+            .set(plugin, &key, value, ttl)
+            .await?)
+    }
+
+    async fn delete(&mut self, key: String) -> StateResult<bool> {
+        let plugin = self.state_caller()?;
+        Ok(self.scope.services.state.delete(plugin, &key).await?)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> StateResult<bool> {
+        let plugin = self.state_caller()?;
+        let ttl = ttl_of(ttl_ms)?;
+        let state = &self.scope.services.state;
+        Ok(state
+            .compare_and_swap(plugin, &key, expected, value, ttl)
+            .await?)
+    }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> StateResult<i64> {
+        let plugin = self.state_caller()?;
+        let ttl = ttl_of(ttl_ms)?;
+        Ok(self
+            .scope
+            .services
+            .state
+            .increment(plugin, &key, delta, ttl)
+            .await?)
+    }
+
+    async fn rate_limit(
+        &mut self,
+        key: String,
+        limit: state::Rate,
+    ) -> StateResult<state::RateDecision> {
+        let plugin = self.state_caller()?;
+        let limit = RateLimit {
+            requests: limit.requests,
+            period_ms: limit.period_ms,
+            burst: limit.burst,
+            cost: limit.cost,
+        };
+        let d = self
+            .scope
+            .services
+            .state
+            .rate_limit(plugin, &key, limit)
+            .await?;
+        Ok(state::RateDecision {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_ms: d.reset_ms,
+            retry_after_ms: d.retry_after_ms,
+        })
+    }
+}
+
+impl metrics::Host for InstanceState {
+    fn define(&mut self, spec: metrics::MetricSpec) -> Result<u32, String> {
+        if !self.in_init {
+            return Err("metrics are defined in init only".into());
+        }
+        let kind = match spec.kind {
+            metrics::MetricKind::Counter => MetricKind::Counter,
+            metrics::MetricKind::Gauge => MetricKind::Gauge,
+            metrics::MetricKind::Histogram => MetricKind::Histogram,
+        };
+        self.scope.services.metrics.define(MetricSpec {
+            name: spec.name,
+            help: truncate(&spec.help, MAX_LOG_BYTES).to_string(),
+            kind,
+            labels: spec.labels,
+            buckets: spec.buckets,
+        })
+    }
+
+    fn add(&mut self, metric: u32, labels: Vec<String>, value: f64) {
+        self.record(metric, Recording::Add, &labels, value);
+    }
+
+    fn set(&mut self, metric: u32, labels: Vec<String>, value: f64) {
+        self.record(metric, Recording::Set, &labels, value);
+    }
+
+    fn observe(&mut self, metric: u32, labels: Vec<String>, value: f64) {
+        self.record(metric, Recording::Observe, &labels, value);
+    }
+}
+
+impl InstanceState {
+    fn record(&self, metric: u32, how: Recording, labels: &[String], value: f64) {
+        let scope = &self.scope;
+        if self.in_init {
+            // `init` runs at every load and snapshot: its samples would be counted again.
+            scope.services.metrics.dropped.inc();
+            return;
+        }
+        scope
+            .services
+            .metrics
+            .record(metric, how, &scope.plugin, &scope.route, labels, value);
+    }
 }

@@ -8,7 +8,7 @@ use super::bindings::{
     ClientInfo, Hooks, Plugin, RequestAction, RequestHead, ResponseAction, ResponseHead,
 };
 use super::engine::{PluginEngine, EPOCH_TICK};
-use super::host_api::InstanceState;
+use super::host_api::{InstanceState, PluginScope};
 
 /// Why a plugin call failed, and whether it was the plugin's fault.
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +55,11 @@ pub struct CallLimits {
 /// A store set up with the plugin's memory cap, CPU deadline and stderr capture.
 pub fn new_store(
     engine: &PluginEngine,
-    plugin: std::sync::Arc<str>,
+    scope: &std::sync::Arc<PluginScope>,
     limits: CallLimits,
 ) -> Store<InstanceState> {
     let state = InstanceState::new(
-        plugin,
+        scope.clone(),
         limits.memory_limit_bytes,
         engine.memory_budget().clone(),
         engine.store_ticket(),
@@ -170,7 +170,10 @@ impl Instance {
         config_json: &str,
     ) -> Result<Hooks, PluginFault> {
         arm_deadline(&mut self.store, limits.deadline_ms);
-        match self.bindings.call_init(&mut self.store, config_json).await {
+        self.store.data_mut().in_init = true;
+        let result = self.bindings.call_init(&mut self.store, config_json).await;
+        self.store.data_mut().in_init = false;
+        match result {
             Ok(Ok(hooks)) => Ok(hooks),
             Ok(Err(message)) => Err(PluginFault::InitRejected(message)),
             Err(e) => Err(classify(&self.store, e, limits)),

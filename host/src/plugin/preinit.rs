@@ -16,7 +16,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 use super::bindings::{Hooks, Plugin, PluginPre};
 use super::cache::{compile, CompileCache};
 use super::engine::PluginEngine;
-use super::host_api::InstanceState;
+use super::host_api::{InstanceState, PluginScope};
 use super::instance::{arm_deadline, classify, new_store, CallLimits, PluginFault};
 use super::loader::LoadedPlugin;
 
@@ -78,10 +78,11 @@ impl SnapshotSlot {
 async fn instantiate_and_init(
     engine: &PluginEngine,
     plugin: &LoadedPlugin,
+    scope: &Arc<PluginScope>,
     config_json: &str,
     limits: CallLimits,
 ) -> Result<(Hooks, Store<InstanceState>, RawInstance), PluginFault> {
-    let mut store = new_store(engine, plugin.name.clone(), limits);
+    let mut store = new_store(engine, scope, limits);
     let raw = match plugin
         .pre
         .instance_pre()
@@ -96,7 +97,10 @@ async fn instantiate_and_init(
         Err(e) => return Err(classify(&store, e, limits)),
     };
     arm_deadline(&mut store, limits.deadline_ms);
-    match bindings.call_init(&mut store, config_json).await {
+    store.data_mut().in_init = true;
+    let result = bindings.call_init(&mut store, config_json).await;
+    store.data_mut().in_init = false;
+    match result {
         Ok(Ok(hooks)) => Ok((hooks, store, raw)),
         Ok(Err(message)) => Err(PluginFault::InitRejected(message)),
         Err(e) => Err(classify(&store, e, limits)),
@@ -108,6 +112,7 @@ async fn instantiate_and_init(
 pub async fn check_init(
     engine: &PluginEngine,
     plugin: &LoadedPlugin,
+    scope: &Arc<PluginScope>,
     config_json: &str,
     limits: CallLimits,
 ) -> Result<Hooks, PluginFault> {
@@ -115,7 +120,7 @@ pub async fn check_init(
         .load_slot()
         .await
         .map_err(|_| PluginFault::Unavailable("the engine is shutting down".into()))?;
-    instantiate_and_init(engine, plugin, config_json, limits)
+    instantiate_and_init(engine, plugin, scope, config_json, limits)
         .await
         .map(|(hooks, _, _)| hooks)
 }
@@ -127,6 +132,7 @@ pub async fn prepare(
     engine: &Arc<PluginEngine>,
     cache: Option<&CompileCache>,
     plugin: &LoadedPlugin,
+    scope: &Arc<PluginScope>,
     config_json: &str,
     limits: CallLimits,
     slot: &SnapshotSlot,
@@ -135,7 +141,7 @@ pub async fn prepare(
         return;
     }
     let started = std::time::Instant::now();
-    let result = snapshot(engine, cache, plugin, config_json, limits).await;
+    let result = snapshot(engine, cache, plugin, scope, config_json, limits).await;
     match &result {
         Ok((_, from_cache)) => tracing::debug!(
             target: "sluice::plugin",
@@ -157,6 +163,7 @@ async fn snapshot(
     engine: &Arc<PluginEngine>,
     cache: Option<&CompileCache>,
     plugin: &LoadedPlugin,
+    scope: &Arc<PluginScope>,
     config_json: &str,
     limits: CallLimits,
 ) -> Result<(PluginPre<InstanceState>, bool), String> {
@@ -170,7 +177,7 @@ async fn snapshot(
         .load_slot()
         .await
         .map_err(|_| "the engine is shutting down".to_string())?;
-    let (_, mut store, raw) = instantiate_and_init(engine, plugin, config_json, limits)
+    let (_, mut store, raw) = instantiate_and_init(engine, plugin, scope, config_json, limits)
         .await
         .map_err(|fault| format!("init {fault}"))?;
     arm_deadline(&mut store, SNAPSHOT_DEADLINE_MS);

@@ -146,9 +146,15 @@ impl Reloader {
             let mut set = plugin_set(config, &self.registry).map_err(|e| format!("{e:#}"))?;
             set.insert(name.to_string(), plugin.clone());
             let previous = self.proxy.snapshot();
-            let snapshot = Snapshot::build(config, self.proxy.engine(), &set, Some(&previous))
-                .await
-                .map_err(|e| format!("{e:#}"))?;
+            let snapshot = Snapshot::build(
+                config,
+                self.proxy.engine(),
+                &previous.services,
+                &set,
+                Some(&previous),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
             self.swap_and_prepare(snapshot);
         }
         let hash = plugin.hash.clone();
@@ -226,9 +232,15 @@ impl Reloader {
             }
         }
         let previous = self.proxy.snapshot();
-        let snapshot = Snapshot::build(&config, self.proxy.engine(), &set, Some(&previous))
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let snapshot = Snapshot::build(
+            &config,
+            self.proxy.engine(),
+            &previous.services,
+            &set,
+            Some(&previous),
+        )
+        .await
+        .map_err(|e| format!("{e:#}"))?;
         for plugin in fresh {
             self.registry.commit(plugin);
         }
@@ -361,6 +373,12 @@ fn restart_only_changes(
     }
     if old.admin != new.admin {
         ignored.push("admin");
+    }
+    if old.state != new.state {
+        ignored.push("state");
+    }
+    if old.metrics != new.metrics {
+        ignored.push("metrics");
     }
     if !ignored.is_empty() {
         tracing::warn!(target: "sluice::reload", "config changes that take effect only after a restart: {}", ignored.join(", "));

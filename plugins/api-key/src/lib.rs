@@ -207,7 +207,10 @@ mod tests {
         );
 
         let mut req = Request::new("GET", "/");
-        assert_eq!(status(&p.on_request(&mut (), &client(), &mut req)), Some(401));
+        assert_eq!(
+            status(&p.on_request(&mut (), &client(), &mut req)),
+            Some(401)
+        );
     }
 
     #[test]

@@ -264,7 +264,10 @@ mod tests {
 
     fn run(p: &Rewrite, target: &str) -> Request {
         let mut req = Request::new("GET", target).with_header("x-drop", "1");
-        assert_eq!(p.on_request(&mut (), &Client::default(), &mut req), Action::Continue);
+        assert_eq!(
+            p.on_request(&mut (), &Client::default(), &mut req),
+            Action::Continue
+        );
         req
     }
 
@@ -321,8 +324,7 @@ mod tests {
 
     #[test]
     fn ascii_by_default_unicode_on_request() {
-        let p =
-            plugin(r#"{"regex": [{"pattern": "^/(\\w+)/(?i:ab)$", "replacement": "/$1/x"}]}"#);
+        let p = plugin(r#"{"regex": [{"pattern": "^/(\\w+)/(?i:ab)$", "replacement": "/$1/x"}]}"#);
         assert_eq!(run(&p, "/a_1/AB").path(), "/a_1/x");
         assert!(compile(r"\p{Greek}").is_err());
         assert!(compile(r"(?u)\w+").is_ok());

@@ -206,7 +206,10 @@ mod tests {
             Err(e) => panic!("config rejected: {e}"),
         };
         let mut req = req;
-        assert_eq!(p.on_request(&mut (), &Client::default(), &mut req), Action::Continue);
+        assert_eq!(
+            p.on_request(&mut (), &Client::default(), &mut req),
+            Action::Continue
+        );
         req.upstream().map(str::to_owned)
     }
 

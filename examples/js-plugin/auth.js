@@ -1,20 +1,30 @@
 // js-auth: a Sluice plugin in JavaScript (bearer tokens), the same behaviour as the
 // Python example: `Authorization: Bearer <token>` with a token from the config, or 401
 // with a JSON body; the token's user goes upstream in `x-auth-user`, and the response
-// says who checked it in `x-auth-checked-by`.
+// says who checked it in `x-auth-checked-by` and how many requests that user has made on
+// this route in the current minute in `x-user-requests` (a counter in the host's state
+// service, shared by every instance and, with Redis, every proxy).
 //
 // Config: { tokens = { "t-1" = "alice" }, realm = "api" }
 //
 // `init` runs once per route config at load and the proxy snapshots the engine after
 // it: module-level state set in `init` is what every request starts from. Per-request
 // data (here the user, for onResponse) lives in a variable onRequest always resets,
-// since in reuse mode the same instance serves the next request.
+// since in reuse mode the same instance serves the next request. What must outlive a
+// request goes through the state service; its calls throw when they fail (the error's
+// `payload` is the WIT state-error, e.g. `{ tag: 'unavailable', val: '...' }`).
 
-import { log } from 'sluice:plugin/host@0.3.0';
+import { log } from 'sluice:plugin/host@0.3.1';
+import { increment } from 'sluice:plugin/state@0.3.1';
+
+// Counters are fixed one-minute windows: the TTL starts when a window's first request
+// creates the key.
+const WINDOW_MS = 60_000n;
 
 let tokens = new Map();
 let realm = 'api';
 let requestUser = null;
+let requestCount = null;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -46,6 +56,7 @@ export function init(config) {
 
 export function onRequest(client, request) {
   requestUser = null;
+  requestCount = null;
   if (request.path.endsWith('/boom')) {
     // Lets the tests see a JavaScript error in the proxy log.
     throw new Error('js-auth: boom requested');
@@ -68,12 +79,23 @@ export function onRequest(client, request) {
     };
   }
   requestUser = user;
+  try {
+    requestCount = increment(`${client.route}|requests:${user}`, 1n, WINDOW_MS);
+  } catch (e) {
+    // Counting is informational here: an outage must not lock users out.
+    log('debug', `request counter unavailable: ${JSON.stringify(e.payload ?? String(e))}`);
+  }
   const headers = request.headers.filter(([k]) => k !== 'authorization' && k !== 'x-auth-user');
   headers.push(['x-auth-user', encoder.encode(user)]);
   return { tag: 'continue', val: { request: { ...request, headers }, upstream: undefined, hashKey: undefined } };
 }
 
 export function onResponse(response) {
-  const headers = [...response.headers, ['x-auth-checked-by', encoder.encode(`javascript:${requestUser}`)]];
+  const count = requestCount === null ? 'unknown' : String(requestCount);
+  const headers = [
+    ...response.headers,
+    ['x-auth-checked-by', encoder.encode(`javascript:${requestUser}`)],
+    ['x-user-requests', encoder.encode(count)],
+  ];
   return { tag: 'continue', val: { ...response, headers } };
 }

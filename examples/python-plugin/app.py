@@ -2,7 +2,9 @@
 
 Requests need `Authorization: Bearer <token>` with a token from the config; others get
 401 with a JSON body. A known token's user goes upstream in `x-auth-user`, and the
-response says who checked it in `x-auth-checked-by`.
+response says who checked it in `x-auth-checked-by` and how many requests that user has
+made on this route in the current minute in `x-user-requests` (a counter in the host's
+state service, shared by every instance and, with Redis, every proxy).
 
 Config: { tokens = { "t-1" = "alice" }, realm = "api" }
 
@@ -13,13 +15,15 @@ Lifecycle, as the proxy runs it:
   `self` is lost between calls: keep config in module globals (set in `init`).
 - Per-request data from `on_request` to `on_response` goes in a module global that
   `on_request` always resets (in reuse mode the same interpreter serves the next request).
+- Anything that must outlive a request goes through the host's state service
+  (`wit_world.imports.state`); its calls raise `Err(StateError_...)` when they fail.
 """
 
 import json
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import host
+from wit_world.imports import host, state
 from wit_world.imports.types import (
     Forward,
     Hooks,
@@ -34,8 +38,13 @@ from wit_world.imports.types import (
 TOKENS: dict = {}
 REALM = "api"
 
-# The request in progress: who it authenticated as.
+# The request in progress: who it authenticated as, and their count this minute.
 request_user = None
+request_count = None
+
+# Counters are fixed one-minute windows: the TTL starts when a window's first request
+# creates the key.
+WINDOW_MS = 60_000
 
 
 def header(headers, name):
@@ -63,8 +72,9 @@ class WitWorld(wit_world.WitWorld):
         return Hooks.ON_REQUEST | Hooks.ON_RESPONSE
 
     def on_request(self, client, request):
-        global request_user
+        global request_user, request_count
         request_user = None
+        request_count = None
         if request.path.endswith("/boom"):
             # Lets the tests see a Python traceback in the proxy log.
             raise RuntimeError("py-auth: boom requested")
@@ -80,6 +90,11 @@ class WitWorld(wit_world.WitWorld):
             ]
             return RequestAction_Respond(Response(401, headers, body))
         request_user = user
+        try:
+            request_count = state.increment(f"{client.route}|requests:{user}", 1, WINDOW_MS)
+        except Err as e:
+            # Counting is informational here: an outage must not lock users out.
+            host.log(LogLevel.DEBUG, f"request counter unavailable: {e.value}")
         headers = [(k, v) for k, v in request.headers if k not in ("authorization", "x-auth-user")]
         headers.append(("x-auth-user", user.encode()))
         request.headers = headers
@@ -87,4 +102,6 @@ class WitWorld(wit_world.WitWorld):
 
     def on_response(self, response):
         response.headers.append(("x-auth-checked-by", f"python:{request_user}".encode()))
+        count = "unknown" if request_count is None else str(request_count)
+        response.headers.append(("x-user-requests", count.encode()))
         return ResponseAction_Continue(response)

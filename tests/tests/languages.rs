@@ -1,7 +1,7 @@
 //! Plugins in Python (componentize-py) and JavaScript (componentize-js), built by
 //! `examples/*/build.sh` into target/examples: the same behaviour in fresh and reuse
-//! mode, `init` once, per-request data reset between requests, and a guest error that
-//! fails only its request.
+//! mode, `init` once, per-request data reset between requests, a counter kept in the
+//! host's state service across instances, and a guest error that fails only its request.
 
 mod common;
 
@@ -66,10 +66,10 @@ upstream = "app"
                     "{what}"
                 );
 
-                let token = if round % 2 == 0 {
-                    ("t-1", "alice")
-                } else {
-                    ("t-2", "bob")
+                let (token, count) = match round {
+                    0 => (("t-1", "alice"), "1"),
+                    1 => (("t-2", "bob"), "1"),
+                    _ => (("t-1", "alice"), "2"),
                 };
                 let bearer = format!("Bearer {}", token.0);
                 let allowed = get(
@@ -91,6 +91,11 @@ upstream = "app"
                     Some(format!("{language}:{}", token.1).as_str()),
                     "{what}: per-request data from on-request reached on-response"
                 );
+                assert_eq!(
+                    allowed.header("x-user-requests"),
+                    Some(count),
+                    "{what}: the user's count lives in the state service, not the instance"
+                );
             }
             // A guest exception fails its own request; the next one is served.
             let boom = get(&client, proxy.addr, &format!("{base}/boom"), &[]).await;
@@ -103,6 +108,7 @@ upstream = "app"
             )
             .await;
             assert_eq!(after.status, 200, "{plugin} {mode} after a failure");
+            assert_eq!(after.header("x-user-requests"), Some("3"), "{plugin} {mode}");
         }
     }
     assert!(proxy.shutdown().await);

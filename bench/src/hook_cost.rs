@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use sluice::config::{InstanceMode, OnError};
 use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
+use sluice::plugin::calls::CallMetrics;
 use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
 use sluice::plugin::host_api::PluginScope;
 use sluice::plugin::preinit::{check_init, prepare};
@@ -77,6 +78,12 @@ async fn bound(
                 breaker_backoff: Duration::from_secs(5),
             },
             Default::default(),
+        ),
+        calls: CallMetrics::new(
+            &engine.counters.calls,
+            &engine.counters.call_seconds,
+            &loaded.name,
+            "bench",
         ),
         scope,
     })

@@ -195,6 +195,7 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     let registry = load_plugins(&config, &engine, true).await?;
     let services = Services::new(&config)?;
     services.start_housekeeping();
+    crate::repeat_log::RepeatLog::spawn_flusher();
     let snapshot = Snapshot::build(
         &config,
         &engine,

@@ -17,6 +17,7 @@ pub mod ip_text;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;
+pub mod repeat_log;
 pub mod router;
 pub mod server;
 pub mod services;

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::config::{Config, RoutePluginConfig};
 use crate::plugin::bindings::Hooks;
+use crate::plugin::calls::CallMetrics;
 use crate::plugin::engine::PluginLabels;
 use crate::plugin::host_api::PluginScope;
 use crate::plugin::preinit::{self, check_init};
@@ -260,6 +261,12 @@ async fn bind(
                     plugin: plugin.name.clone(),
                 })
                 .clone(),
+        ),
+        calls: CallMetrics::new(
+            &engine.counters.calls,
+            &engine.counters.call_seconds,
+            &plugin.name,
+            &scope.route,
         ),
         scope,
     })

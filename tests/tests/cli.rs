@@ -3,27 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// The `sluice` binary built next to this test (the README test command builds it first).
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile dir");
-    let bin = dir.join("sluice");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build --release -p sluice)",
-        bin.display()
-    );
-    bin
-}
 
 /// Starts `sluice run --config sluice.toml` (a relative path) in the site's directory on
 /// the config `toml(listen)` builds, on a free loopback port; returns once the proxy

@@ -108,7 +108,11 @@ upstream = "app"
             )
             .await;
             assert_eq!(after.status, 200, "{plugin} {mode} after a failure");
-            assert_eq!(after.header("x-user-requests"), Some("3"), "{plugin} {mode}");
+            assert_eq!(
+                after.header("x-user-requests"),
+                Some("3"),
+                "{plugin} {mode}"
+            );
         }
     }
     assert!(proxy.shutdown().await);

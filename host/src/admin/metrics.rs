@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::plugin::PluginEngine;
@@ -35,6 +36,57 @@ fn result_label(ok: bool) -> &'static str {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
+}
+
+/// A route's name as a label value, shared with the route (no copy per request).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RouteName(pub Arc<str>);
+
+impl EncodeLabelValue for RouteName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteCodeLabels {
+    pub route: RouteName,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: RouteName,
+}
+
+/// Buckets of request durations: a proxied request on loopback takes tens of
+/// microseconds, a slow upstream seconds.
+const REQUEST_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+
+/// Request durations by route.
+pub struct RequestSeconds(pub Family<RouteLabels, Histogram, fn() -> Histogram>);
+
+impl Default for RequestSeconds {
+    fn default() -> Self {
+        Self(Family::new_with_constructor(request_histogram))
+    }
+}
+
+/// The status class label of a status code.
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Counters of the client and upstream edges, shared by the server and the proxy.
@@ -69,6 +121,10 @@ pub struct EdgeCounterSet {
     pub tls_handshake_failures: Family<KindLabels, Counter>,
     /// Certificate reloads by result (ok, failed).
     pub certificate_reloads: Family<ResultLabels, Counter>,
+    /// Requests answered, by route (empty when none matched) and status class.
+    pub requests: Family<RouteCodeLabels, Counter>,
+    /// Time from a request's arrival to its response head, by route.
+    pub request_seconds: RequestSeconds,
 }
 
 impl EdgeCounters {
@@ -80,6 +136,25 @@ impl EdgeCounters {
         self.tls_handshake_failures
             .get_or_create(&KindLabels { kind: reason })
             .inc();
+    }
+
+    /// Counts one answered request: `route` is none when no route matched.
+    pub fn request_done(&self, route: Option<&Arc<str>>, status: u16, took: std::time::Duration) {
+        static NO_ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let route = RouteName(route.map_or_else(
+            || NO_ROUTE.get_or_init(|| Arc::from("")).clone(),
+            Arc::clone,
+        ));
+        self.requests
+            .get_or_create(&RouteCodeLabels {
+                route: route.clone(),
+                code: status_class(status),
+            })
+            .inc();
+        self.request_seconds
+            .0
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
     }
 
     pub fn certificate_reload(&self, ok: bool) {
@@ -163,6 +238,26 @@ impl Metrics {
             "certificate_reloads",
             "Certificate reloads by result (ok, failed)",
             edge.certificate_reloads.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests answered, by route (empty: no route matched) and status class (1xx to 5xx)",
+            edge.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head, by route",
+            edge.request_seconds.0.clone(),
+        );
+        registry.register(
+            "plugin_calls",
+            "Plugin hook calls by plugin, route, hook and outcome (continue, respond, fault, unavailable)",
+            engine.counters.calls.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Time of plugin hook calls (instance included), by plugin, route and hook",
+            engine.counters.call_seconds.0.clone(),
         );
         let state = &services.state.counters;
         registry.register(

@@ -4,11 +4,12 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::bindings::{
     ClientInfo, Hooks, RequestAction, RequestHead, Response, ResponseAction, ResponseHead,
 };
+use super::calls::{CallMetrics, Hook, Outcome};
 use super::engine::PluginEngine;
 use super::guard::PluginGuard;
 use super::host_api::PluginScope;
@@ -16,6 +17,7 @@ use super::instance::{classify, new_store, CallLimits, Instance, PluginFault};
 use super::loader::LoadedPlugin;
 use super::preinit::SnapshotSlot;
 use crate::config::{InstanceMode, OnError};
+use crate::repeat_log::{self, Level};
 
 /// A plugin placed on a route with its config and limits.
 pub struct BoundPlugin {
@@ -35,6 +37,8 @@ pub struct BoundPlugin {
     pub guard: PluginGuard,
     /// Plugin, route and services, for the instances' service calls.
     pub scope: Arc<PluginScope>,
+    /// Calls and their durations on `/metrics`.
+    pub calls: CallMetrics,
 }
 
 /// Keeping initialized instances for later requests (`instance = "reuse"`).
@@ -214,6 +218,7 @@ pub async fn run_on_request<'a>(
             }
             continue;
         }
+        let started = Instant::now();
         let outcome = bound
             .guarded(async {
                 let mut instance = bound.acquire(engine).await?;
@@ -221,8 +226,10 @@ pub async fn run_on_request<'a>(
                 Ok((action, instance))
             })
             .await;
+        let took = started.elapsed();
         match outcome {
             Ok((RequestAction::Continue(forward), instance)) => {
+                bound.calls.record(Hook::Request, Outcome::Continue, took);
                 head = forward.request;
                 if forward.hash_key.is_some() {
                     hash_key = forward.hash_key;
@@ -241,12 +248,16 @@ pub async fn run_on_request<'a>(
                 }
             }
             Ok((RequestAction::Respond(response), instance)) => {
+                bound.calls.record(Hook::Request, Outcome::Respond, took);
                 bound.release(engine, instance);
                 let _ = write!(trail, "{}:respond({}) ", bound.name(), response.status);
                 return (RequestDecision::Respond(response), stage);
             }
             Err(fault) => {
-                if let Some(failure) = apply_policy(bound, "on-request", fault, client, trail) {
+                bound
+                    .calls
+                    .record(Hook::Request, Outcome::of_fault(&fault), took);
+                if let Some(failure) = apply_policy(bound, Hook::Request, fault, client, trail) {
                     return (RequestDecision::Fail(failure), stage);
                 }
             }
@@ -278,6 +289,7 @@ impl ResponseStage<'_> {
         while let Some((index, instance)) = self.waiting.pop() {
             let bound = &self.chain[index];
             let engine = self.engine;
+            let started = Instant::now();
             let outcome = bound
                 .guarded(async {
                     let mut instance = match instance {
@@ -289,9 +301,14 @@ impl ResponseStage<'_> {
                     Ok(action)
                 })
                 .await;
+            let took = started.elapsed();
             match outcome {
-                Ok(ResponseAction::Continue(next)) => head = next,
+                Ok(ResponseAction::Continue(next)) => {
+                    bound.calls.record(Hook::Response, Outcome::Continue, took);
+                    head = next;
+                }
                 Ok(ResponseAction::Replace(response)) => {
+                    bound.calls.record(Hook::Response, Outcome::Respond, took);
                     let _ = write!(trail, "{}:replace({}) ", bound.name(), response.status);
                     head = ResponseHead {
                         status: response.status,
@@ -300,7 +317,10 @@ impl ResponseStage<'_> {
                     replaced_body = Some(response.body);
                 }
                 Err(fault) => {
-                    if let Some(failure) = apply_policy(bound, "on-response", fault, client, trail)
+                    bound
+                        .calls
+                        .record(Hook::Response, Outcome::of_fault(&fault), took);
+                    if let Some(failure) = apply_policy(bound, Hook::Response, fault, client, trail)
                     {
                         return ResponseDecision::Fail(failure);
                     }
@@ -318,27 +338,45 @@ impl ResponseStage<'_> {
     }
 }
 
-/// Logs a failure once, at one level, naming plugin, route and hook; returns the failure
-/// when the request must end. `on_error = "allow"` skips only the plugin's own faults.
+/// Logs a failure at one level, naming plugin, route and hook (a failure that repeats
+/// is summarized, see `repeat_log`); returns the failure when the request must end.
+/// `on_error = "allow"` skips only the plugin's own faults.
 fn apply_policy(
     bound: &BoundPlugin,
-    hook: &'static str,
+    hook: Hook,
     fault: PluginFault,
     client: &ClientInfo,
     trail: &mut String,
 ) -> Option<ChainFailure> {
     let plugin = bound.name();
     let route = &client.route;
-    if !fault.is_plugin_fault() {
-        tracing::warn!(target: "sluice::plugin", plugin, route, hook, "plugin {fault}; request refused with 503");
-        let _ = write!(trail, "{plugin}:unavailable ");
+    let hook_name = hook.name();
+    let kind = format!("plugin|{plugin}|{route}|{hook_name}|{}", fault.kind());
+    let (level, verdict, mark) = if !fault.is_plugin_fault() {
+        (Level::Warn, "request refused with 503", "unavailable")
     } else if bound.on_error == OnError::Allow {
-        tracing::warn!(target: "sluice::plugin", plugin, route, hook, "plugin {fault}; skipped (on_error = \"allow\")");
-        let _ = write!(trail, "{plugin}:skipped ");
-        return None;
+        (Level::Warn, "skipped (on_error = \"allow\")", "skipped")
     } else {
-        tracing::error!(target: "sluice::plugin", plugin, route, hook, "plugin {fault}; request denied (on_error = \"deny\")");
-        let _ = write!(trail, "{plugin}:failed ");
+        (
+            Level::Error,
+            "request denied (on_error = \"deny\")",
+            "failed",
+        )
+    };
+    if let Some(line) = repeat_log::admit(&kind, level, 1, || format!("plugin {fault}; {verdict}"))
+    {
+        match level {
+            Level::Warn => {
+                tracing::warn!(target: "sluice::plugin", plugin, route, hook = hook_name, "{line}")
+            }
+            Level::Error => {
+                tracing::error!(target: "sluice::plugin", plugin, route, hook = hook_name, "{line}")
+            }
+        }
+    }
+    let _ = write!(trail, "{plugin}:{mark} ");
+    if mark == "skipped" {
+        return None;
     }
     Some(ChainFailure {
         plugin: bound.plugin.name.clone(),

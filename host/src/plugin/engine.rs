@@ -14,6 +14,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::Plugin;
+use super::calls::{CallLabels, CallSeconds};
 use super::host_api::InstanceState;
 
 /// Interval between epoch ticks: the unit of plugin CPU deadlines.
@@ -95,6 +96,10 @@ pub struct EngineCounters {
     pub instances_recycled: Counter,
     /// Circuit breakers opened, by plugin.
     pub breaker_opens: Family<PluginLabels, Counter>,
+    /// Hook calls by plugin, route, hook and outcome.
+    pub calls: Family<CallLabels, Counter>,
+    /// Hook call durations by plugin, route and hook.
+    pub call_seconds: CallSeconds,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

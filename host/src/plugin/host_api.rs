@@ -13,6 +13,7 @@ use super::bindings::sluice::plugin::{host, metrics, state, types};
 use super::bindings::LogLevel;
 use super::engine::{MemoryBudget, StoreTicket};
 use super::stderr::StderrCapture;
+use crate::repeat_log::{self, Level};
 use crate::services::metrics::{MetricKind, MetricSpec, Recording};
 use crate::services::state::{ttl_of, RateLimit, StateError};
 use crate::services::Services;
@@ -152,16 +153,34 @@ impl ResourceLimiter for InstanceState {
 /// Longest message a plugin may log in one call; longer ones are cut.
 const MAX_LOG_BYTES: usize = 4096;
 
+/// Warning or error lines one plugin on one route writes in full per summary window.
+const GUEST_LINES_PER_WINDOW: u32 = 20;
+
 impl host::Host for InstanceState {
     fn log(&mut self, level: LogLevel, message: String) {
         let message = truncate(&message, MAX_LOG_BYTES);
         let plugin = &*self.plugin;
+        let route = &*self.scope.route;
+        // Warnings and errors a plugin writes per request are held to a few lines per
+        // window (plugin, route, level), then summarized: a plugin cannot flood the log.
+        let repeats = |level: Level| {
+            let kind = format!("guest|{plugin}|{route}|{level:?}");
+            repeat_log::admit(&kind, level, GUEST_LINES_PER_WINDOW, || message.to_string())
+        };
         match level {
             LogLevel::Trace => tracing::trace!(target: "sluice::plugin", plugin, "{message}"),
             LogLevel::Debug => tracing::debug!(target: "sluice::plugin", plugin, "{message}"),
             LogLevel::Info => tracing::info!(target: "sluice::plugin", plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "sluice::plugin", plugin, "{message}"),
-            LogLevel::Error => tracing::error!(target: "sluice::plugin", plugin, "{message}"),
+            LogLevel::Warn => {
+                if let Some(line) = repeats(Level::Warn) {
+                    tracing::warn!(target: "sluice::plugin", plugin, route, "{line}");
+                }
+            }
+            LogLevel::Error => {
+                if let Some(line) = repeats(Level::Error) {
+                    tracing::error!(target: "sluice::plugin", plugin, route, "{line}");
+                }
+            }
         }
     }
 

@@ -31,6 +31,18 @@ pub enum PluginFault {
 }
 
 impl PluginFault {
+    /// A short name of the cause, for log summaries and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginFault::Deadline { .. } => "deadline",
+            PluginFault::Memory { .. } => "memory",
+            PluginFault::Trap { .. } => "trap",
+            PluginFault::InitRejected(_) => "init_rejected",
+            PluginFault::Unavailable(_) => "unavailable",
+            PluginFault::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+
     /// True when the plugin itself failed (its `on_error` policy applies).
     pub fn is_plugin_fault(&self) -> bool {
         !matches!(self, PluginFault::Unavailable(_))

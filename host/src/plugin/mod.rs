@@ -2,6 +2,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod calls;
 pub mod chain;
 pub mod engine;
 pub mod guard;

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::metrics::EdgeCounters;
+use crate::repeat_log::{self, Level};
 use crate::upstream::body::{BodyError, IncomingBody};
 use crate::upstream::connect::Lease;
 use crate::upstream::raw_fields::RawFields;
@@ -175,7 +176,16 @@ impl Body for UpstreamBody {
         ready!(deadline.as_mut().poll(cx));
         this.waiting = false;
         this.counters.timeout("upstream_read");
-        tracing::warn!(target: "sluice::proxy", upstream = %this.upstream, "response body aborted: upstream stalled for {} ms", this.read_timeout.as_millis());
+        let kind = format!("body_stalled|{}", this.upstream);
+        if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || {
+            format!(
+                "response body aborted: upstream {} stalled for {} ms",
+                this.upstream,
+                this.read_timeout.as_millis()
+            )
+        }) {
+            tracing::warn!(target: "sluice::proxy", upstream = %this.upstream, "{line}");
+        }
         Poll::Ready(Some(Err(UpstreamBodyError::Stalled(this.read_timeout))))
     }
 

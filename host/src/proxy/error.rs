@@ -8,6 +8,7 @@ use http_body_util::{Either, Full};
 use super::path::PathError;
 use super::ProxyBody;
 use crate::plugin::{ChainFailure, PluginFault};
+use crate::repeat_log::{self, Level};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -87,12 +88,39 @@ impl ProxyError {
         }
     }
 
+    /// What repeats of this error have in common, for the log's summaries: the
+    /// variant and the upstream and server, never what the client sent.
+    fn repeat_kind(&self) -> String {
+        let variant = match self {
+            ProxyError::NoHealthyServer { upstream } => return format!("no_healthy|{upstream}"),
+            ProxyError::UpstreamConnect {
+                upstream, server, ..
+            } => return format!("connect|{upstream}|{server}"),
+            ProxyError::UpstreamConnectTimeout { upstream, server } => {
+                return format!("connect_timeout|{upstream}|{server}")
+            }
+            ProxyError::UpstreamTimeout {
+                upstream, server, ..
+            } => return format!("timeout|{upstream}|{server}"),
+            ProxyError::UpstreamProtocol {
+                upstream, server, ..
+            } => return format!("protocol|{upstream}|{server}"),
+            ProxyError::InvalidPluginOutput(_) => "invalid_plugin_output",
+            ProxyError::UnknownUpstream(name) => return format!("unknown_upstream|{name}"),
+            _ => "other",
+        };
+        variant.to_string()
+    }
+
     /// The response the client sees; logs the detail it hides (plugin failures were
     /// logged where they happened, with plugin, route and hook).
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         if status.is_server_error() && !matches!(self, ProxyError::Plugin(_)) {
-            tracing::warn!(target: "sluice::proxy", status = status.as_u16(), "{self}");
+            let kind = self.repeat_kind();
+            if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || self.to_string()) {
+                tracing::warn!(target: "sluice::proxy", status = status.as_u16(), "{line}");
+            }
         } else if status.is_client_error() {
             // Clients control these: debug only, so a flood cannot flood the log.
             tracing::debug!(target: "sluice::proxy", status = status.as_u16(), "{self}");

@@ -29,6 +29,7 @@ use crate::ip_text::IpText;
 use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
 use crate::plugin::PluginEngine;
+use crate::repeat_log::{self, Level};
 use crate::router::normalize_host;
 use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
@@ -116,6 +117,8 @@ struct Exchange {
     referer: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
     upstream: Option<(Arc<str>, Authority)>,
+    /// The route that matched, for the request metrics.
+    route: Option<Arc<str>>,
     trail: String,
 }
 
@@ -221,6 +224,7 @@ impl Proxy {
             referer: headers.get(header::REFERER).cloned(),
             user_agent: headers.get(header::USER_AGENT).cloned(),
             upstream: None,
+            route: None,
             trail: String::new(),
         });
         // Boxed: hyper keeps a slot of the service future's size for every connection,
@@ -231,6 +235,11 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
+        self.counters.request_done(
+            exchange.route.as_ref(),
+            response.status().as_u16(),
+            exchange.started.elapsed(),
+        );
         let entry = snapshot.access_log.then(|| LogEntry {
             log: self.access_log.clone(),
             status: response.status().as_u16(),
@@ -293,6 +302,7 @@ impl Proxy {
             });
         };
         let route = &snapshot.routes[route_index];
+        exchange.route = Some(route.name.clone());
         if has_encoded_slash && !route.allow_encoded_slashes {
             return Err(ProxyError::EncodedSlash {
                 route: route.name.to_string(),
@@ -842,7 +852,12 @@ fn tunnel(
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(target: "sluice::proxy", server = %server, "upgrade failed: {e}");
+                let kind = format!("upgrade|{server}");
+                if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || {
+                    format!("upgrade through {server} failed: {e}")
+                }) {
+                    tracing::warn!(target: "sluice::proxy", server = %server, "{line}");
+                }
                 return;
             }
         };

@@ -29,6 +29,7 @@ use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
 use crate::proxy::body::ReceivedBody;
 use crate::proxy::headers::FORWARDING_HEADERS;
+use crate::repeat_log::{self, Level};
 use crate::upstream::h1::request_length;
 use crate::upstream::raw_fields::{FieldsWanted, RawFields};
 
@@ -386,7 +387,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         self.out.clear();
         // A 1xx cannot be a final response (hyper answers 500 and closes, so do we).
         if parts.status.is_informational() {
-            tracing::warn!(target: "sluice::server", status = %parts.status, "1xx as a final response; answering 500");
+            if let Some(line) = repeat_log::admit("final_1xx", Level::Warn, 1, || {
+                format!("{} as a final response; answering 500", parts.status)
+            }) {
+                tracing::warn!(target: "sluice::server", "{line}");
+            }
             self.out
                 .extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n");
             write_date(&mut self.out);

@@ -38,6 +38,29 @@ pub fn wasm(kind: &str, name: &str) -> PathBuf {
     path
 }
 
+/// The `sluice` binary built next to this test (the README test command builds it first).
+pub fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile dir");
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release -p sluice)",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback address with a port free just now (for configs that need it up front).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
 /// A temp dir holding `sluice.toml` and a `plugins/` directory.
 pub struct Site {
     pub dir: tempfile::TempDir,

@@ -18,12 +18,13 @@ fn redis_state(server: &RedisServer) -> String {
 }
 
 /// Routes `/a/` and `/b/` through the probe fixture installed as `probe-a` and
-/// `probe-b`, and `/a2/` through `probe-a` again (same plugin, other route).
-fn probe_site(state: &str, extra: &str) -> (Site, String) {
+/// `probe-b`, and `/a2/` through `probe-a` again (same plugin, other route), with
+/// `instance` ("fresh" or "reuse") instances.
+fn probe_site(state: &str, instance: &str) -> (Site, String) {
     let site = Site::new();
     site.add_plugin("fixtures", "state-probe", "probe-a");
     site.add_plugin("fixtures", "state-probe", "probe-b");
-    let mut toml = format!("{SERVER}{state}{extra}[upstreams.none]\nservers = [\"127.0.0.1:9\"]\n");
+    let mut toml = format!("{SERVER}{state}[plugins]\ninstance = \"{instance}\"\n[upstreams.none]\nservers = [\"127.0.0.1:9\"]\n");
     for (path, plugin) in [("/a/", "probe-a"), ("/b/", "probe-b"), ("/a2/", "probe-a")] {
         toml.push_str(&format!(
             "[[routes]]\npath = \"{path}\"\nupstream = \"none\"\n[[routes.plugins]]\nname = \"{plugin}\"\n"
@@ -38,9 +39,9 @@ async fn op(running: &Running, path: &str, headers: &[(&str, &str)]) -> serde_js
     reply.json()
 }
 
-/// The same behaviour whatever the backend: run against memory and Redis.
-async fn key_value_semantics(state: &str) {
-    let (site, toml) = probe_site(state, "");
+/// The same behaviour whatever the backend and instance mode.
+async fn key_value_semantics(state: &str, instance: &str) {
+    let (site, toml) = probe_site(state, instance);
     let p = site.start(&toml).await;
 
     assert_eq!(
@@ -232,13 +233,24 @@ async fn key_value_semantics(state: &str) {
 
 #[tokio::test]
 async fn key_value_counters_ttls_namespaces_and_limits_in_memory() {
-    key_value_semantics(&memory()).await;
+    key_value_semantics(&memory(), "fresh").await;
+}
+
+#[tokio::test]
+async fn key_value_counters_ttls_namespaces_and_limits_in_memory_reuse() {
+    key_value_semantics(&memory(), "reuse").await;
 }
 
 #[tokio::test]
 async fn key_value_counters_ttls_namespaces_and_limits_in_redis() {
     let redis = RedisServer::start();
-    key_value_semantics(&redis_state(&redis)).await;
+    key_value_semantics(&redis_state(&redis), "fresh").await;
+}
+
+#[tokio::test]
+async fn key_value_counters_ttls_namespaces_and_limits_in_redis_reuse() {
+    let redis = RedisServer::start();
+    key_value_semantics(&redis_state(&redis), "reuse").await;
 }
 
 #[tokio::test]

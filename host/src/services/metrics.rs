@@ -24,6 +24,18 @@ const DEFAULT_BUCKETS: [f64; 11] = [
 ];
 const MAX_BUCKETS: usize = 32;
 
+/// The host's own `sluice_plugin_*` metrics: a plugin metric of the same name would
+/// make `/metrics` unreadable.
+const RESERVED: [&str; 7] = [
+    "calls",
+    "call_duration_seconds",
+    "reloads",
+    "breaker_opens",
+    "instance_wait_timeouts",
+    "instances_recycled",
+    "metric_samples_dropped",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
@@ -100,6 +112,19 @@ impl PluginMetrics {
     /// Registers `spec` (or finds it) and returns its handle.
     pub fn define(&self, mut spec: MetricSpec) -> Result<u32, String> {
         check_name(&spec.name)?;
+        let stem = spec.name.strip_suffix("_total").unwrap_or(&spec.name);
+        if RESERVED.contains(&stem) {
+            return Err(format!(
+                "metric {:?}: sluice_plugin_{stem} is the host's own metric",
+                spec.name
+            ));
+        }
+        if spec.kind == MetricKind::Counter && stem != spec.name {
+            return Err(format!(
+                "metric {:?}: leave out \"_total\", the host adds it to counters",
+                spec.name
+            ));
+        }
         if spec.labels.len() > MAX_LABELS {
             return Err(format!(
                 "metric {:?}: at most {MAX_LABELS} labels",
@@ -377,6 +402,14 @@ mod tests {
         assert!(m.define(counter("decisions", &["other"])).is_err());
         assert!(m.define(counter("Bad-Name", &[])).is_err());
         assert!(m.define(counter("x", &["route"])).is_err());
+        assert!(
+            m.define(counter("calls", &[])).is_err(),
+            "the host's own name"
+        );
+        assert!(
+            m.define(counter("hits_total", &[])).is_err(),
+            "the host adds _total"
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Shard {
     fn forget(&mut self, key: &str, entry: &Entry) {
         self.bytes = self.bytes.saturating_sub(entry.cost(key));
         if entry.expires_us.is_some() {
-            self.expiring -= 1;
+            self.expiring = self.expiring.saturating_sub(1);
         }
     }
 

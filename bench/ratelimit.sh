@@ -3,6 +3,7 @@
 #
 #   bench/ratelimit.sh [BINARY]            # 3 alternating rounds x 5 s, 64 connections
 #   ROUNDS=5 DURATION=8 bench/ratelimit.sh target/pgo/x86_64-unknown-linux-gnu/dist/sluice
+#   ROWS="nginx-limit apikey-reuse rl-reuse" ROUNDS=9 bench/ratelimit.sh   # some rows only
 #
 # Rows (every proxy one worker pinned to CPU 1; wrk, the nginx origin and redis-server
 # share CPU 0; no access logs; every request carries a valid x-api-key):
@@ -39,7 +40,8 @@ taskset -c "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$redis_port" --save
 proxy_block="upstream origin { server 127.0.0.1:$origin; keepalive 256; }"
 proxy_loc="proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
 declare -A row_port row_pid
-rows="nginx nginx-limit plain apikey-fresh apikey-reuse rl-fresh rl-reuse rl-redis"
+all_rows="nginx nginx-limit plain apikey-fresh apikey-reuse rl-fresh rl-reuse rl-redis"
+rows=${ROWS:-$all_rows}   # the rows measured; nginx-limit is the baseline, keep it
 
 nginx_conf nginx "$proxy_block server { listen 127.0.0.1:$port; location / { $proxy_loc } }"
 nginx_conf nginx-limit "$proxy_block limit_req_zone \$binary_remote_addr zone=rl:10m rate=1000000r/s;
@@ -73,7 +75,7 @@ sluice_row apikey-reuse reuse "" "$apikey"
 sluice_row rl-fresh fresh "" "$limit"
 sluice_row rl-reuse reuse "" "$limit"
 sluice_row rl-redis fresh "$redis_state" "$limit"
-for r in $rows; do
+for r in $all_rows; do
   for _ in $(seq 200); do
     curl -sf -o /dev/null -H 'x-api-key: k-123' "http://127.0.0.1:${row_port[$r]}/" && break; sleep 0.1
   done

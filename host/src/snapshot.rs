@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::admin::metrics::RouteMetrics;
 use crate::config::{Config, RoutePluginConfig};
 use crate::plugin::bindings::Hooks;
 use crate::plugin::calls::CallMetrics;
@@ -22,6 +23,8 @@ use crate::upstream::Upstream;
 
 pub struct Route {
     pub name: Arc<str>,
+    /// Its request metrics, resolved by the first request it serves.
+    pub metrics: std::sync::OnceLock<RouteMetrics>,
     pub upstream: Arc<Upstream>,
     pub chain: Vec<BoundPlugin>,
     pub allow_encoded_slashes: bool,
@@ -139,6 +142,7 @@ impl Snapshot {
             router.add(route.host.as_deref(), &route.path, i);
             routes.push(Route {
                 name: Arc::from(name),
+                metrics: std::sync::OnceLock::new(),
                 upstream,
                 chain,
                 allow_encoded_slashes: route.allow_encoded_slashes,

@@ -78,14 +78,18 @@ impl Default for RequestSeconds {
     }
 }
 
-/// The status class label of a status code.
-fn status_class(status: u16) -> &'static str {
-    match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+/// One route's request counters by status class and its duration histogram.
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    seconds: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request.
+    pub fn record(&self, status: u16, took: std::time::Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.seconds.observe(took.as_secs_f64());
     }
 }
 
@@ -125,6 +129,7 @@ pub struct EdgeCounterSet {
     pub requests: Family<RouteCodeLabels, Counter>,
     /// Time from a request's arrival to its response head, by route.
     pub request_seconds: RequestSeconds,
+    unrouted: std::sync::OnceLock<RouteMetrics>,
 }
 
 impl EdgeCounters {
@@ -138,23 +143,31 @@ impl EdgeCounters {
             .inc();
     }
 
-    /// Counts one answered request: `route` is none when no route matched.
-    pub fn request_done(&self, route: Option<&Arc<str>>, status: u16, took: std::time::Duration) {
-        static NO_ROUTE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        let route = RouteName(route.map_or_else(
-            || NO_ROUTE.get_or_init(|| Arc::from("")).clone(),
-            Arc::clone,
-        ));
-        self.requests
-            .get_or_create(&RouteCodeLabels {
-                route: route.clone(),
-                code: status_class(status),
-            })
-            .inc();
-        self.request_seconds
-            .0
-            .get_or_create(&RouteLabels { route })
-            .observe(took.as_secs_f64());
+    /// The request metrics of `route` (empty: requests no route matched), resolved
+    /// once so that counting a request takes no label lookup.
+    pub fn route_metrics(&self, route: &Arc<str>) -> RouteMetrics {
+        let route = RouteName(route.clone());
+        RouteMetrics {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| {
+                self.requests
+                    .get_or_create(&RouteCodeLabels {
+                        route: route.clone(),
+                        code,
+                    })
+                    .clone()
+            }),
+            seconds: self
+                .request_seconds
+                .0
+                .get_or_create(&RouteLabels { route })
+                .clone(),
+        }
+    }
+
+    /// The request metrics of requests no route matched.
+    pub fn unrouted(&self) -> &RouteMetrics {
+        self.unrouted
+            .get_or_init(|| self.route_metrics(&Arc::from("")))
     }
 
     pub fn certificate_reload(&self, ok: bool) {

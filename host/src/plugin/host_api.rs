@@ -244,12 +244,8 @@ impl state::Host for InstanceState {
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> StateResult<()> {
         let plugin = self.state_caller()?;
         let ttl = ttl_of(ttl_ms)?;
-        Ok(self
-            .scope
-            .services
-            .state
-            .set(plugin, &key, value, ttl)
-            .await?)
+        let state = &self.scope.services.state;
+        Ok(state.set(plugin, &key, value, ttl).await?)
     }
 
     async fn delete(&mut self, key: String) -> StateResult<bool> {
@@ -280,12 +276,8 @@ impl state::Host for InstanceState {
     ) -> StateResult<i64> {
         let plugin = self.state_caller()?;
         let ttl = ttl_of(ttl_ms)?;
-        Ok(self
-            .scope
-            .services
-            .state
-            .increment(plugin, &key, delta, ttl)
-            .await?)
+        let state = &self.scope.services.state;
+        Ok(state.increment(plugin, &key, delta, ttl).await?)
     }
 
     async fn rate_limit(

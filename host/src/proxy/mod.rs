@@ -117,8 +117,8 @@ struct Exchange {
     referer: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
     upstream: Option<(Arc<str>, Authority)>,
-    /// The route that matched, for the request metrics.
-    route: Option<Arc<str>>,
+    /// The index of the route that matched, for the request metrics.
+    route: Option<usize>,
     trail: String,
 }
 
@@ -235,11 +235,13 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => e.into_response(),
         };
-        self.counters.request_done(
-            exchange.route.as_ref(),
-            response.status().as_u16(),
-            exchange.started.elapsed(),
-        );
+        let metrics = match exchange.route.and_then(|i| snapshot.routes.get(i)) {
+            Some(route) => route
+                .metrics
+                .get_or_init(|| self.counters.route_metrics(&route.name)),
+            None => self.counters.unrouted(),
+        };
+        metrics.record(response.status().as_u16(), exchange.started.elapsed());
         let entry = snapshot.access_log.then(|| LogEntry {
             log: self.access_log.clone(),
             status: response.status().as_u16(),
@@ -302,7 +304,7 @@ impl Proxy {
             });
         };
         let route = &snapshot.routes[route_index];
-        exchange.route = Some(route.name.clone());
+        exchange.route = Some(route_index);
         if has_encoded_slash && !route.allow_encoded_slashes {
             return Err(ProxyError::EncodedSlash {
                 route: route.name.to_string(),

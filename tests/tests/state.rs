@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::*;
 
 fn memory() -> String {
@@ -251,6 +251,45 @@ async fn key_value_counters_ttls_namespaces_and_limits_in_redis() {
 async fn key_value_counters_ttls_namespaces_and_limits_in_redis_reuse() {
     let redis = RedisServer::start();
     key_value_semantics(&redis_state(&redis), "reuse").await;
+}
+
+#[tokio::test]
+async fn key_value_counters_ttls_namespaces_and_limits_in_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let state = format!(
+        "[state]\nbackend = \"redis\"\nurl = \"{}\"\ncluster = true\n",
+        cluster.url()
+    );
+    key_value_semantics(&state, "fresh").await;
+}
+
+#[tokio::test]
+async fn two_proxies_on_one_redis_cluster_share_a_limit() {
+    let origin = spawn_origin("app").await.expect("origin");
+    let cluster = RedisCluster::start();
+    // Each proxy knows a different seed node: the cluster tells them the rest.
+    let mut proxies = Vec::new();
+    let mut sites = Vec::new();
+    for seed in [&cluster.nodes[1], &cluster.nodes[2]] {
+        let state = format!(
+            "[state]\nbackend = \"redis\"\nurl = \"{}\"\ncluster = true\n",
+            seed.url()
+        );
+        let (site, toml) = rate_limit_site(&state, "{ requests = 20, per_s = 60 }", "fresh");
+        proxies.push(
+            site.start(&toml.replace("ORIGIN", &origin.addr.to_string()))
+                .await,
+        );
+        sites.push(site);
+    }
+    assert_eq!(
+        alternate(&[&proxies[0], &proxies[1]], 30).await,
+        20,
+        "one cluster: 20 in all"
+    );
+    for p in proxies {
+        p.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -61,6 +61,9 @@ pub struct StateConfig {
     pub memory_max_mib: Option<u64>,
     /// Redis backend: `redis://[user:password@]host:port[/db]` or `rediss://` (TLS).
     pub url: Option<String>,
+    /// Redis backend: `url` is a seed node of a Redis Cluster.
+    #[serde(default)]
+    pub cluster: bool,
     /// Redis backend: a call that takes longer fails with `unavailable`.
     #[serde(default = "defaults::state_timeout_ms")]
     pub timeout_ms: u64,
@@ -85,6 +88,7 @@ impl Default for StateConfig {
             backend: StateBackendKind::Memory,
             memory_max_mib: None,
             url: None,
+            cluster: false,
             timeout_ms: defaults::state_timeout_ms(),
             max_key_bytes: defaults::state_max_key_bytes(),
             max_value_bytes: defaults::state_max_value_bytes(),

@@ -233,9 +233,14 @@ impl Config {
         positive("state.max_value_bytes", st.max_value_bytes as u64)?;
         match st.backend {
             StateBackendKind::Memory => {
-                if st.url.is_some() {
+                if st.url.is_some() || st.cluster {
+                    let key = if st.cluster {
+                        "state.cluster"
+                    } else {
+                        "state.url"
+                    };
                     return Err(err(
-                        "state.url",
+                        key,
                         "is for backend = \"redis\" (the backend is \"memory\")",
                     ));
                 }
@@ -469,6 +474,28 @@ mod tests {
             msg.contains("unknown upstream \"nope\" (defined: app)"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn state_keys_of_the_other_backend_are_refused_not_ignored() {
+        for (state, key) in [
+            ("url = \"redis://127.0.0.1:6379\"", "state.url"),
+            ("cluster = true", "state.cluster"),
+            ("backend = \"redis\"", "state.url"),
+            ("backend = \"redis\"\nurl = \"http://x\"", "state.url"),
+            (
+                "backend = \"redis\"\nurl = \"redis://h:1\"\nmemory_max_mib = 8",
+                "state.memory_max_mib",
+            ),
+            ("max_value_bytes = 0", "state.max_value_bytes"),
+        ] {
+            let e = parse(&format!("{BASE}[state]\n{state}\n")).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{state}: {e:#}");
+        }
+        assert!(parse(&format!(
+            "{BASE}[state]\nbackend = \"redis\"\nurl = \"rediss://user:pw@h:6380/1\"\n"
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -9,11 +9,18 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Arguments beyond the defaults (cluster mode).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one and waits until it answers PING (at most 10 s).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with `extra` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         // Three tries: the free port found here may be taken before redis binds it.
         for _ in 0..3 {
             let addr = TcpListener::bind("127.0.0.1:0")
@@ -23,6 +30,7 @@ impl RedisServer {
                 addr,
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             if server.run() {
                 return server;
@@ -60,6 +68,7 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -115,6 +124,63 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Three masters of a Redis Cluster (no replicas), slots assigned and agreed.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let created = Command::new(tool_bin("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes.iter().all(|n| {
+            n.command(&["CLUSTER", "INFO"])
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never agreed on its slots"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { nodes }
+    }
+
+    /// A seed URL: any node.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+}
+
+fn tool_bin(name: &str) -> PathBuf {
+    ["/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn redis_bin() -> PathBuf {

@@ -142,6 +142,7 @@ impl StateService {
             )),
             StateBackendKind::Redis => Backend::Redis(redis::RedisStore::new(
                 config.url.as_deref().unwrap_or_default(),
+                config.cluster,
                 Duration::from_millis(config.timeout_ms),
                 counters.clone(),
             )?),

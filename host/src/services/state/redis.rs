@@ -2,6 +2,10 @@
 //! connection manager); atomic operations as Lua scripts (run by SHA, loaded again on
 //! NOSCRIPT) on the Redis server's clock, so proxies with skewed clocks agree.
 //!
+//! With `cluster = true` the URL is a seed node of a Redis Cluster: the cluster client
+//! learns the slots, sends each call to the node that owns its key and follows
+//! MOVED/ASK. Every call names one key, so every call is one node's work.
+//!
 //! An outage is noticed by the first call that fails; from then on calls fail at once
 //! with `unavailable` (no request waits on a dead server) while one probe pings Redis
 //! until it answers. Both edges are logged once and counted.
@@ -12,8 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value,
+};
 
 use super::gcra;
 use super::{StateCounters, StateError};
@@ -79,8 +87,65 @@ struct Health {
     since: std::sync::Mutex<Option<Instant>>,
 }
 
+/// A connection calls can be sent on: one server, or a cluster.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where links come from. A single server's manager connects lazily by itself; a
+/// cluster connection is made on first use (it needs the slot map), then kept.
+enum Connector {
+    Single(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        conn: tokio::sync::OnceCell<ClusterConnection>,
+    },
+}
+
+impl Connector {
+    async fn link(&self) -> RedisResult<Link> {
+        match self {
+            Connector::Single(c) => Ok(Link::Single(c.clone())),
+            Connector::Cluster { client, conn } => conn
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .map(|c| Link::Cluster(c.clone())),
+        }
+    }
+}
+
 pub struct RedisStore {
-    conn: ConnectionManager,
+    connector: Arc<Connector>,
     timeout: Duration,
     health: Arc<Health>,
     counters: Arc<StateCounters>,
@@ -93,17 +158,37 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: the first call (or the probe) opens the connection.
-    pub fn new(url: &str, timeout: Duration, counters: Arc<StateCounters>) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("state.url is not a usable Redis URL")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(PROBE_EVERY);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .context("cannot set up the Redis connection")?;
+    pub fn new(
+        url: &str,
+        cluster: bool,
+        timeout: Duration,
+        counters: Arc<StateCounters>,
+    ) -> anyhow::Result<Self> {
+        let connector = if cluster {
+            let client = ClusterClient::builder([url])
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .context("state.url is not a usable Redis Cluster seed URL")?;
+            Connector::Cluster {
+                client,
+                conn: tokio::sync::OnceCell::new(),
+            }
+        } else {
+            let client = redis::Client::open(url).context("state.url is not a usable Redis URL")?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(PROBE_EVERY);
+            Connector::Single(
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .context("cannot set up the Redis connection")?,
+            )
+        };
         Ok(Self {
-            conn,
+            connector: Arc::new(connector),
             timeout,
             health: Arc::new(Health {
                 down: AtomicBool::new(false),
@@ -120,7 +205,7 @@ impl RedisStore {
 
     /// Runs one command within the timeout; a connection failure or timeout marks the
     /// backend down (and starts the probe), a refused command is the caller's error.
-    async fn run<T, F>(&self, command: impl FnOnce(ConnectionManager) -> F) -> Result<T, StateError>
+    async fn run<T, F>(&self, command: impl FnOnce(Link) -> F) -> Result<T, StateError>
     where
         F: Future<Output = Result<T, RedisError>>,
     {
@@ -131,7 +216,11 @@ impl RedisStore {
                 self.shown_url
             )));
         }
-        match tokio::time::timeout(self.timeout, command(self.conn.clone())).await {
+        let call = async {
+            let link = self.connector.link().await?;
+            command(link).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) if refused_command(&e) => Err(StateError::Invalid(e.to_string())),
             Ok(Err(e)) => Err(self.went_down(e.to_string())),
@@ -149,7 +238,7 @@ impl RedisStore {
             self.counters.outages.inc();
             tracing::error!(target: "sluice::state", url = %self.shown_url, "state backend down: {reason}; state calls fail with `unavailable` until Redis answers again");
             tokio::spawn(probe(
-                self.conn.clone(),
+                self.connector.clone(),
                 self.timeout,
                 self.health.clone(),
                 self.counters.clone(),
@@ -259,7 +348,7 @@ impl RedisStore {
 
 /// Pings a down backend until it answers, then lets calls through again.
 async fn probe(
-    conn: ConnectionManager,
+    connector: Arc<Connector>,
     timeout: Duration,
     health: Arc<Health>,
     counters: Arc<StateCounters>,
@@ -267,9 +356,10 @@ async fn probe(
 ) {
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
-        let mut c = conn.clone();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut c);
+        let ping = async {
+            let mut link = connector.link().await?;
+            redis::cmd("PING").query_async::<String>(&mut link).await
+        };
         if matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_))) {
             let since = health
                 .since

@@ -126,18 +126,21 @@ impl ConnectionLike for Link {
 /// cluster connection is made on first use (it needs the slot map), then kept.
 enum Connector {
     Single(ConnectionManager),
-    Cluster {
-        client: ClusterClient,
-        conn: tokio::sync::OnceCell<ClusterConnection>,
-    },
+    Cluster(Box<ClusterLink>),
+}
+
+struct ClusterLink {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
 }
 
 impl Connector {
     async fn link(&self) -> RedisResult<Link> {
         match self {
             Connector::Single(c) => Ok(Link::Single(c.clone())),
-            Connector::Cluster { client, conn } => conn
-                .get_or_try_init(|| client.get_async_connection())
+            Connector::Cluster(cluster) => cluster
+                .conn
+                .get_or_try_init(|| cluster.client.get_async_connection())
                 .await
                 .map(|c| Link::Cluster(c.clone())),
         }
@@ -171,10 +174,10 @@ impl RedisStore {
                 .retries(1)
                 .build()
                 .context("state.url is not a usable Redis Cluster seed URL")?;
-            Connector::Cluster {
+            Connector::Cluster(Box::new(ClusterLink {
                 client,
                 conn: tokio::sync::OnceCell::new(),
-            }
+            }))
         } else {
             let client = redis::Client::open(url).context("state.url is not a usable Redis URL")?;
             let config = ConnectionManagerConfig::new()

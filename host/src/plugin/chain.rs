@@ -226,10 +226,16 @@ pub async fn run_on_request<'a>(
                 Ok((action, instance))
             })
             .await;
-        let took = started.elapsed();
+        let counted = match &outcome {
+            Ok((RequestAction::Continue(_), _)) => Outcome::Continue,
+            Ok((RequestAction::Respond(_), _)) => Outcome::Respond,
+            Err(fault) => Outcome::of_fault(fault),
+        };
+        bound
+            .calls
+            .record(Hook::Request, counted, started.elapsed());
         match outcome {
             Ok((RequestAction::Continue(forward), instance)) => {
-                bound.calls.record(Hook::Request, Outcome::Continue, took);
                 head = forward.request;
                 if forward.hash_key.is_some() {
                     hash_key = forward.hash_key;
@@ -248,15 +254,11 @@ pub async fn run_on_request<'a>(
                 }
             }
             Ok((RequestAction::Respond(response), instance)) => {
-                bound.calls.record(Hook::Request, Outcome::Respond, took);
                 bound.release(engine, instance);
                 let _ = write!(trail, "{}:respond({}) ", bound.name(), response.status);
                 return (RequestDecision::Respond(response), stage);
             }
             Err(fault) => {
-                bound
-                    .calls
-                    .record(Hook::Request, Outcome::of_fault(&fault), took);
                 if let Some(failure) = apply_policy(bound, Hook::Request, fault, client, trail) {
                     return (RequestDecision::Fail(failure), stage);
                 }
@@ -301,14 +303,17 @@ impl ResponseStage<'_> {
                     Ok(action)
                 })
                 .await;
-            let took = started.elapsed();
+            let counted = match &outcome {
+                Ok(ResponseAction::Continue(_)) => Outcome::Continue,
+                Ok(ResponseAction::Replace(_)) => Outcome::Respond,
+                Err(fault) => Outcome::of_fault(fault),
+            };
+            bound
+                .calls
+                .record(Hook::Response, counted, started.elapsed());
             match outcome {
-                Ok(ResponseAction::Continue(next)) => {
-                    bound.calls.record(Hook::Response, Outcome::Continue, took);
-                    head = next;
-                }
+                Ok(ResponseAction::Continue(next)) => head = next,
                 Ok(ResponseAction::Replace(response)) => {
-                    bound.calls.record(Hook::Response, Outcome::Respond, took);
                     let _ = write!(trail, "{}:replace({}) ", bound.name(), response.status);
                     head = ResponseHead {
                         status: response.status,
@@ -317,9 +322,6 @@ impl ResponseStage<'_> {
                     replaced_body = Some(response.body);
                 }
                 Err(fault) => {
-                    bound
-                        .calls
-                        .record(Hook::Response, Outcome::of_fault(&fault), took);
                     if let Some(failure) = apply_policy(bound, Hook::Response, fault, client, trail)
                     {
                         return ResponseDecision::Fail(failure);
@@ -352,9 +354,10 @@ fn apply_policy(
     let route = &client.route;
     let hook_name = hook.name();
     let kind = format!("plugin|{plugin}|{route}|{hook_name}|{}", fault.kind());
+    let skipped = fault.is_plugin_fault() && bound.on_error == OnError::Allow;
     let (level, verdict, mark) = if !fault.is_plugin_fault() {
         (Level::Warn, "request refused with 503", "unavailable")
-    } else if bound.on_error == OnError::Allow {
+    } else if skipped {
         (Level::Warn, "skipped (on_error = \"allow\")", "skipped")
     } else {
         (
@@ -375,7 +378,7 @@ fn apply_policy(
         }
     }
     let _ = write!(trail, "{plugin}:{mark} ");
-    if mark == "skipped" {
+    if skipped {
         return None;
     }
     Some(ChainFailure {

@@ -38,7 +38,6 @@ impl PluginScope {
 
 /// Per-instance state kept in the `Store`.
 pub struct InstanceState {
-    pub plugin: Arc<str>,
     pub scope: Arc<PluginScope>,
     /// Set while `init` runs: state calls are refused, metric definitions allowed.
     pub in_init: bool,
@@ -76,7 +75,6 @@ impl InstanceState {
             .stderr(stderr.clone())
             .build();
         Self {
-            plugin: scope.plugin.clone(),
             scope,
             in_init: false,
             memory_limit,
@@ -159,7 +157,7 @@ const GUEST_LINES_PER_WINDOW: u32 = 20;
 impl host::Host for InstanceState {
     fn log(&mut self, level: LogLevel, message: String) {
         let message = truncate(&message, MAX_LOG_BYTES);
-        let plugin = &*self.plugin;
+        let plugin = &*self.scope.plugin;
         let route = &*self.scope.route;
         // Warnings and errors a plugin writes per request are held to a few lines per
         // window (plugin, route, level), then summarized: a plugin cannot flood the log.

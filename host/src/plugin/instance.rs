@@ -132,7 +132,7 @@ pub fn classify(
         // The root cause is the trap ("wasm `unreachable` instruction executed"); the
         // wasm backtrace goes to debug so a failure is one line at its level.
         if let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
-            tracing::debug!(target: "sluice::plugin", plugin = %state.plugin, "{trace}");
+            tracing::debug!(target: "sluice::plugin", plugin = %state.scope.plugin, "{trace}");
         }
         PluginFault::Trap {
             message: error.root_cause().to_string(),

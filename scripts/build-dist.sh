@@ -34,7 +34,7 @@ rm -rf target/pgo-train/raw
 proxy=$BASE_PORT app1=$((BASE_PORT + 1)) app2=$((BASE_PORT + 2)) canary=$((BASE_PORT + 3))
 target/release/echo-origin "127.0.0.1:$app1=app-1" "127.0.0.1:$app2=app-2" "127.0.0.1:$canary=canary" >/dev/null 2>&1 &
 mkdir -p "$run/plugins"
-for name in api-key rewrite router; do cp "target/plugins/$name.wasm" "$run/plugins/"; done
+for name in api-key rate-limit rewrite router; do cp "target/plugins/$name.wasm" "$run/plugins/"; done
 sed -e "s|127.0.0.1:8080\"|127.0.0.1:$proxy\"\nworkers = 1\naccess_log_path = \"$run/access.log\"|" \
   -e "s|127.0.0.1:9001|127.0.0.1:$app1|; s|127.0.0.1:9002|127.0.0.1:$app2|; s|127.0.0.1:9003|127.0.0.1:$canary|" \
   -e "s|^dir = \"plugins\"|dir = \"$run/plugins\"|" \

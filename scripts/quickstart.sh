@@ -11,7 +11,7 @@ cargo build --release -p sluice -p echo-origin
 
 site="$root/examples/quickstart"
 mkdir -p "$site/plugins"
-for name in api-key rewrite router; do
+for name in api-key rate-limit rewrite router; do
   cp "$root/target/plugins/$name.wasm" "$site/plugins/.$name.wasm.tmp"
   mv "$site/plugins/.$name.wasm.tmp" "$site/plugins/$name.wasm"
 done
@@ -31,6 +31,7 @@ Sluice quickstart on http://127.0.0.1:8080 - try:
   curl -s localhost:8080/api/users -H 'x-api-key: k-123' -H 'x-canary: 1' # reaches the canary
   curl -s localhost:8080/ -H 'Host: static.example.com'                  # round robin app-1/app-2
   curl -s --http2-prior-knowledge localhost:8080/                        # h2c on the same port
+  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{http_code} ' localhost:8080/limited/; done; echo  # 5 x 200, then 429
 
 MSG
 "$root/target/release/sluice" run --config "$site/sluice.toml" &

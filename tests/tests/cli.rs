@@ -147,6 +147,31 @@ fn check_names_a_missing_plugin() {
     assert!(text.contains("p.wasm not found"), "{text}");
 }
 
+/// The quickstart's config, with its plugins, passes `sluice check` (what a new user runs).
+#[test]
+fn the_quickstart_config_checks() {
+    let site = Site::new();
+    for name in ["api-key", "rate-limit", "rewrite", "router"] {
+        site.add_plugin("plugins", name, name);
+    }
+    let config = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/sluice.toml"),
+    )
+    .unwrap();
+    let path = site.write_config(&config);
+    let out = Command::new(sluice_bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_rejects_garbage_plugin_file() {
     let site = Site::new();

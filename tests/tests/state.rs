@@ -254,6 +254,34 @@ async fn key_value_counters_ttls_namespaces_and_limits_in_redis_reuse() {
 }
 
 #[tokio::test]
+async fn scripts_flushed_from_redis_are_loaded_again() {
+    let redis = RedisServer::start();
+    let (site, toml) = probe_site(&redis_state(&redis), "fresh");
+    let p = site.start(&toml).await;
+    let limit = [
+        ("x-op", "limit"),
+        ("x-key", "c"),
+        ("x-requests", "10"),
+        ("x-burst", "10"),
+    ];
+    assert_eq!(op(&p, "/a/", &limit).await["remaining"], 9);
+    assert_eq!(
+        op(&p, "/a/", &[("x-op", "incr"), ("x-key", "n")]).await["value"],
+        1
+    );
+    // As after a Redis restart or failover: the scripts' SHAs are unknown (NOSCRIPT).
+    assert!(redis
+        .command(&["SCRIPT", "FLUSH"])
+        .is_some_and(|r| r.starts_with("+OK")));
+    assert_eq!(op(&p, "/a/", &limit).await["remaining"], 8);
+    assert_eq!(
+        op(&p, "/a/", &[("x-op", "incr"), ("x-key", "n")]).await["value"],
+        2
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
 async fn key_value_counters_ttls_namespaces_and_limits_in_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let state = format!(

@@ -160,13 +160,6 @@ impl StateService {
         Self::new(&StateConfig::default()).unwrap_or_else(|_| unreachable!("memory cannot fail"))
     }
 
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
-        }
-    }
-
     /// Drops expired keys (memory backend; Redis expires its own).
     pub fn sweep(&self) {
         if let Backend::Memory(m) = &self.backend {

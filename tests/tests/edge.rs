@@ -114,6 +114,11 @@ async fn path_tricks_never_reach_a_guarded_route_unchecked() {
         "/public\\..\\admin/secret",
         "/../admin/secret",
         "/admin/secret%00",
+        // Tomcat and Spring drop `;params` before resolving dot segments.
+        "/public/..;/admin/secret",
+        "/public/..;jsessionid=x/admin/secret",
+        "/public/%2e%2e;/admin/secret",
+        "/admin/.;/secret/..;/secret",
     ];
     for target in variants {
         let response = raw(proxy.addr, &get_request(target)).await;
@@ -136,6 +141,36 @@ async fn path_tricks_never_reach_a_guarded_route_unchecked() {
         let response = raw(proxy.addr, request.as_bytes()).await;
         assert_eq!(status_of(&response), 200, "{target}");
         assert_eq!(origin_path(&response).as_deref(), Some("/admin/secret"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_one_valid_host_is_refused_before_the_origin() {
+    let (_site, proxy, app) = guarded_site("").await;
+    let bad = [
+        "GET / HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".into(),
+        "GET / HTTP/1.1\r\nHost: test\r\nhost: test\r\nConnection: close\r\n\r\n".into(),
+        "GET / HTTP/1.1\r\nHost: a/../x\r\nConnection: close\r\n\r\n".into(),
+        "GET / HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n".into(),
+        "GET / HTTP/1.1\r\nHost: test:80:80\r\nConnection: close\r\n\r\n".into(),
+        "GET http://user:pw@test/ HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".into(),
+        "GET http://test/ HTTP/1.1\r\nConnection: close\r\n\r\n".into(),
+        "POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".into(),
+    ];
+    for request in &bad {
+        let response = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(status_of(&response), 400, "{request:?}: {response}");
+    }
+    assert_eq!(app.hits(), 0, "no refused request reached the origin");
+    // One valid Host, in either form, and HTTP/1.0 without one, pass.
+    for request in [
+        "GET / HTTP/1.1\r\nHost: test:8080\r\nConnection: close\r\n\r\n",
+        "GET http://test/ HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let response = raw(proxy.addr, request.as_bytes()).await;
+        assert_eq!(status_of(&response), 200, "{request:?}: {response}");
     }
 }
 

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use super::host::HostError;
 use super::path::PathError;
 use super::ProxyBody;
 use crate::plugin::{ChainFailure, PluginFault};
@@ -18,6 +19,8 @@ pub enum ProxyError {
     ConnectMethod,
     #[error("request path refused: {0}")]
     BadPath(#[from] PathError),
+    #[error("request host refused: {0}")]
+    BadHost(#[from] HostError),
     #[error("request path has an encoded \"/\" or \"\\\" and route {route:?} does not allow them")]
     EncodedSlash { route: String },
     #[error("request target of {len} bytes is longer than server.max_uri_bytes ({max})")]
@@ -64,6 +67,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadPath(_)
+            | ProxyError::BadHost(_)
             | ProxyError::EncodedSlash { .. }
             | ProxyError::RedirectWithoutHost
             | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,

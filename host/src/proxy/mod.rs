@@ -4,6 +4,7 @@
 pub mod body;
 mod error;
 pub mod headers;
+pub mod host;
 pub mod path;
 
 use std::future::Future;
@@ -268,6 +269,12 @@ impl Proxy {
                 max: snapshot.max_uri_bytes,
             });
         }
+        // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
+        // It replaces the Host header upstream when it came from the target.
+        let host::ClientHost {
+            value: client_host,
+            replace_header: replace_host,
+        } = host::client_host(req.version(), req.uri(), req.headers())?;
         if snapshot.https_redirect && conn.tls.is_none() {
             if let Some(&tls_port) = self.tls_port.get() {
                 return https_redirect(&req, tls_port);
@@ -283,15 +290,6 @@ impl Proxy {
                     .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
             }
         }
-        // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
-        // It replaces the Host header(s) upstream unless it is the one Host header itself.
-        let (client_host, replace_host): (Option<HeaderValue>, bool) = match req.uri().authority() {
-            Some(authority) => (HeaderValue::from_str(authority.as_str()).ok(), true),
-            None => {
-                let mut hosts = req.headers().get_all(header::HOST).iter();
-                (hosts.next().cloned(), hosts.next().is_some())
-            }
-        };
         let host = client_host
             .as_ref()
             .and_then(|h| h.to_str().ok())

@@ -9,8 +9,10 @@
 //! - runs of `/` become one `/` (unless `merge_slashes` is off);
 //! - `.` and `..` segments are removed (also when written `%2E`);
 //! - refused (400): `..` above the root, NUL or control bytes (raw or encoded), a raw
-//!   `\`, a broken escape, and an encoded `/` or `\` (`%2F`, `%5C`) unless the route
-//!   allows them (they are kept encoded, never turned into separators).
+//!   `\`, a broken escape, an encoded `/` or `\` (`%2F`, `%5C`) unless the route
+//!   allows them (they are kept encoded, never turned into separators), and a `.` or
+//!   `..` segment with a `;` parameter (`/public/..;/admin`), which Java servers
+//!   (Tomcat, Spring) resolve as a dot segment after the proxy has routed the path.
 
 /// Why a path was refused; the client gets 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +27,8 @@ pub enum PathError {
     Backslash,
     #[error("path contains a malformed percent-escape")]
     BadEscape,
+    #[error("path has a parameter on a dot segment (\"..;\")")]
+    DotSegmentParameter,
     #[error("normalized path is not a valid request target: {0}")]
     Unparsable(String),
 }
@@ -49,8 +53,8 @@ pub fn needs_normalizing(raw: &str, merge_slashes: bool) -> bool {
         let suspicious = match b {
             b'%' | b'\\' => true,
             b'/' => merge_slashes && previous == b'/',
-            // A segment that starts with a dot may be `.` or `..`.
-            b'.' => previous == b'/' && matches!(bytes.get(i + 1), None | Some(b'/' | b'.')),
+            // A segment that starts with a dot may be `.` or `..` (or `..;x`).
+            b'.' => previous == b'/' && matches!(bytes.get(i + 1), None | Some(b'/' | b'.' | b';')),
             _ => is_control(b),
         };
         if suspicious {
@@ -73,6 +77,9 @@ pub fn normalize(raw: &str, merge_slashes: bool) -> Result<CanonicalPath, PathEr
     let last = parts.len() - 1;
     for (i, part) in parts.iter().enumerate() {
         let segment = decode_segment(part, &mut has_encoded_slash)?;
+        if is_dot_with_parameter(&segment) {
+            return Err(PathError::DotSegmentParameter);
+        }
         let is_last = i == last;
         match segment.as_str() {
             "." => {
@@ -147,6 +154,17 @@ fn decode_segment(part: &str, has_encoded_slash: &mut bool) -> Result<String, Pa
     Ok(out)
 }
 
+/// `.;x` or `..;x` (also with `;` encoded as `%3B`): a dot segment to a server that
+/// strips path parameters before resolving dot segments.
+fn is_dot_with_parameter(segment: &str) -> bool {
+    let before = match (segment.find(';'), segment.find("%3B")) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(at), None) | (None, Some(at)) => at,
+        (None, None) => return false,
+    };
+    matches!(&segment[..before], "." | "..")
+}
+
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -204,6 +222,10 @@ mod tests {
             ("/café", "/café"),
             ("/a%20b", "/a%20b"),
             ("/a%3fb", "/a%3Fb"),
+            // Parameters on ordinary segments are left alone.
+            ("/a;v=1/b", "/a;v=1/b"),
+            ("/...;x/b", "/...;x/b"),
+            ("/.a;x", "/.a;x"),
         ] {
             assert_eq!(ok(raw), want, "{raw}");
         }
@@ -223,6 +245,15 @@ mod tests {
             ("/a%4", PathError::BadEscape),
             ("/a%", PathError::BadEscape),
             ("*", PathError::NotAbsolute),
+            ("/public/..;/admin", PathError::DotSegmentParameter),
+            (
+                "/public/..;jsessionid=1/admin",
+                PathError::DotSegmentParameter,
+            ),
+            ("/public/.;/admin", PathError::DotSegmentParameter),
+            ("/public/%2e%2e;/admin", PathError::DotSegmentParameter),
+            ("/public/..%3b/admin", PathError::DotSegmentParameter),
+            ("/public/..;", PathError::DotSegmentParameter),
         ] {
             assert_eq!(normalize(raw, true), Err(want), "{raw}");
         }
@@ -258,6 +289,8 @@ mod tests {
             "/..",
             "/a/...",
             "/a/.b",
+            "/a/..;/b",
+            "/.;",
             "/caf\u{e9}",
             "/a\u{1}",
         ] {

@@ -16,7 +16,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, Write};
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
@@ -25,6 +25,7 @@ use tower_service::Service;
 use super::body::IncomingBody;
 use super::h1;
 use super::pool::{H1Sender, H2Sender, Home, Pools};
+use super::quick_ack::AckHandle;
 use super::raw_fields::FieldsWanted;
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 use crate::proxy::body::ClientBody;
@@ -250,8 +251,9 @@ impl Connector {
                 Some(conn) => conn,
                 None => {
                     // Boxed: connecting is rare, and its future is large.
-                    let dial = Box::pin(self.dial(server));
-                    h1::Conn::new(dial.await?)
+                    let dial = Box::pin(self.dial_with_ack(server));
+                    let (io, ack) = dial.await?;
+                    h1::Conn::new(io, ack)
                 }
             };
             match h1::round_trip(&mut conn, &req, wanted).await {
@@ -395,12 +397,44 @@ impl Connector {
 
     /// A transport connection to `server`: TCP, then TLS when configured.
     async fn dial(&self, server: &Authority) -> Result<Box<dyn Transport>, SendError> {
+        Ok(self.dial_with_ack(server).await?.0)
+    }
+
+    /// `dial`, with the handle that acknowledges the socket's bytes at once.
+    async fn dial_with_ack(
+        &self,
+        server: &Authority,
+    ) -> Result<(Box<dyn Transport>, AckHandle), SendError> {
         let scheme = self.scheme();
         Ok(match &self.dialer {
-            Dialer::Plain(dialer) => Box::new(open_with(dialer, scheme, server).await?),
-            Dialer::Tls(dialer) => Box::new(open_with(dialer, scheme, server).await?),
+            Dialer::Plain(dialer) => {
+                let io = open_with(dialer, scheme, server).await?;
+                let ack = ack_handle(io.inner());
+                (Box::new(io), ack)
+            }
+            Dialer::Tls(dialer) => {
+                let io = open_with(dialer, scheme, server).await?;
+                let ack = match &io {
+                    MaybeHttpsStream::Http(tcp) => ack_handle(tcp.inner()),
+                    MaybeHttpsStream::Https(tls) => {
+                        ack_handle(tls.inner().get_ref().0.inner().inner())
+                    }
+                };
+                (Box::new(io), ack)
+            }
         })
     }
+}
+
+#[cfg(target_os = "linux")]
+fn ack_handle(tcp: &tokio::net::TcpStream) -> AckHandle {
+    use std::os::fd::AsRawFd;
+    AckHandle::new(Some(tcp.as_raw_fd()))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ack_handle(_: &tokio::net::TcpStream) -> AckHandle {
+    AckHandle::default()
 }
 
 /// A transport connection to `server` through one of the dialers.

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::connect::Transport;
 use super::pool::Home;
+use super::quick_ack::AckHandle;
 use super::raw_fields::{self, FieldsWanted, RawFields};
 use crate::proxy::headers::HOP_BY_HOP_TEXT;
 
@@ -86,6 +87,9 @@ pub struct Conn {
     write: Vec<u8>,
     /// It carried a request before: a failure with no answer may mean it died idle.
     reused: bool,
+    ack: AckHandle,
+    /// Bytes arrived since the last read that found nothing (see `quick_ack`).
+    unacked: bool,
 }
 
 /// How the end of a response body is found.
@@ -108,13 +112,15 @@ enum Chunk {
 }
 
 impl Conn {
-    pub fn new(io: Box<dyn Transport>) -> Box<Self> {
+    pub fn new(io: Box<dyn Transport>, ack: AckHandle) -> Box<Self> {
         Box::new(Self {
             io: TokioIo::new(io),
             read: BytesMut::new(),
             read_size: FIRST_READ,
             write: Vec::new(),
             reused: false,
+            ack,
+            unacked: false,
         })
     }
 
@@ -139,11 +145,16 @@ impl Conn {
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
             self.read.reserve(self.read_size);
         }
-        let read = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read
-        ))?;
+        let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read);
+        let Poll::Ready(read) = polled else {
+            // A response stopped part-way: its sender may be waiting for our ACK.
+            if std::mem::take(&mut self.unacked) {
+                self.ack.ack_now();
+            }
+            return Poll::Pending;
+        };
+        let read = read?;
+        self.unacked = read > 0;
         if read >= self.read_size && self.read_size < MAX_READ {
             self.read_size *= 2;
         }
@@ -164,6 +175,7 @@ pub async fn round_trip(
     wanted: FieldsWanted,
 ) -> Result<Head, Error> {
     encode_request(&mut conn.write, req)?;
+    conn.unacked = false;
     conn.io.write_all(&conn.write).await?;
     conn.io.flush().await?;
     if conn.write.capacity() > KEEP_WRITE_BUFFER {
@@ -348,7 +360,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
     } else {
         Version::HTTP_11
     };
-    let (framing_kind, framing_allows_reuse) = framing.framing(status, is_head);
+    let (framing_kind, framing_allows_reuse) = framing.framing(status, is_head, version);
     if framing.transfer_encoding && framing.length.is_some() {
         // Both framings at once smell of smuggling: the length goes (the client must not
         // see it beside a re-framed body) and so does the connection.
@@ -469,13 +481,19 @@ impl FramingFields {
 
     /// The body's framing (RFC 9112, section 6.3) and whether the connection can carry
     /// another message after it.
-    fn framing(&self, status: StatusCode, is_head: bool) -> (Framing, bool) {
+    fn framing(&self, status: StatusCode, is_head: bool, version: Version) -> (Framing, bool) {
+        // An HTTP/1.0 message with Transfer-Encoding: its sender may have meant other
+        // framing, so the connection is not trusted with another message (§6.1).
+        let reusable = !(self.transfer_encoding && version == Version::HTTP_10);
         if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return (Framing::Length(0), true);
+            return (Framing::Length(0), reusable);
         }
         if self.transfer_encoding {
             return if self.chunked {
-                (Framing::Chunked(Chunk::SizeLine), self.length.is_none())
+                (
+                    Framing::Chunked(Chunk::SizeLine),
+                    reusable && self.length.is_none(),
+                )
             } else {
                 (Framing::Close, false)
             };
@@ -854,6 +872,12 @@ mod tests {
             final_head(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n")
                 .keep_alive
         );
+        // HTTP/1.0 with Transfer-Encoding: read, but the connection is not reused.
+        let head = final_head(
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        assert!(matches!(head.framing, Framing::Chunked(_)));
+        assert!(!head.keep_alive);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod h1;
 mod health;
 mod pool;
+mod quick_ack;
 pub mod raw_fields;
 pub mod select;
 pub mod servers;

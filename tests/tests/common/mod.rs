@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw_origin;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod ip_text;
 pub mod plugin;
+pub mod protocol;
 pub mod proxy;
 pub mod reload;
 pub mod repeat_log;

@@ -3,15 +3,7 @@
 
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-pub(crate) const HOP_BY_HOP_TEXT: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+pub(crate) use crate::protocol::wire::framing::HOP_BY_HOP_TEXT;
 /// The same, as names. A static, not a const: a const array would be built and
 /// dropped again at every use.
 static HOP_BY_HOP: [HeaderName; 6] = [

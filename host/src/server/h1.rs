@@ -27,10 +27,11 @@ use tokio::sync::watch;
 use super::connection::Protocols;
 use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
+use crate::protocol::wire::chunked::{chunk_size_line, encode_trailers};
+use crate::protocol::wire::framing::{content_length, has_token};
 use crate::proxy::body::ReceivedBody;
 use crate::proxy::headers::FORWARDING_HEADERS;
 use crate::repeat_log::{self, Level};
-use crate::upstream::h1::request_length;
 use crate::upstream::raw_fields::{FieldsWanted, RawFields};
 
 /// Heads with more header lines than this go to hyper (which holds them to
@@ -570,13 +571,6 @@ fn is_any(name: &[u8], names: &[&str]) -> bool {
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
-/// Whether a comma-separated header value lists `token` (case-insensitively).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// How the body is framed, by the rules hyper's server follows: HEAD, 204 and 304 have
 /// none; a known length (or a valid `Content-Length` for a body of unknown size) is
 /// sent as such, anything else chunked.
@@ -604,7 +598,7 @@ fn framing<B: Body>(
 /// The response's `Content-Length`, when every one it has is valid and the same
 /// (checked as the upstream client checks a request's).
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    request_length(headers).ok().flatten()
+    content_length(headers).ok().flatten()
 }
 
 /// Writes the status line and headers. Framing headers are Sluice's own (the
@@ -690,66 +684,6 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     (is_last, trailer_names)
-}
-
-/// Trailer fields the response declared in `Trailer`, minus those that may not be
-/// trailers (framing, routing and the like).
-fn encode_trailers(out: &mut Vec<u8>, trailers: &HeaderMap, declared: &[HeaderName]) {
-    for (name, value) in trailers {
-        let forbidden = matches!(
-            *name,
-            header::CONTENT_LENGTH
-                | header::TRANSFER_ENCODING
-                | header::CONTENT_TYPE
-                | header::CONTENT_ENCODING
-                | header::CONTENT_RANGE
-                | header::HOST
-                | header::TRAILER
-                | header::TE
-                | header::CONNECTION
-                | header::AUTHORIZATION
-                | header::SET_COOKIE
-        );
-        if forbidden || !declared.contains(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// A chunk-size line: the length in hex and CRLF.
-fn chunk_size_line(len: usize) -> HexLine {
-    let mut line = HexLine {
-        bytes: [0; 18],
-        len: 0,
-    };
-    let digits = if len == 0 {
-        1
-    } else {
-        (usize::BITS - len.leading_zeros()).div_ceil(4) as usize
-    };
-    for i in 0..digits {
-        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
-        line.bytes[i] = b"0123456789abcdef"[nibble];
-    }
-    line.bytes[digits] = b'\r';
-    line.bytes[digits + 1] = b'\n';
-    line.len = digits + 2;
-    line
-}
-
-struct HexLine {
-    bytes: [u8; 18],
-    len: usize,
-}
-
-impl HexLine {
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
 }
 
 /// A `date` header line, its text formatted once per second per thread.
@@ -1314,20 +1248,6 @@ mod tests {
         assert_eq!(answered.len(), 1, "{out}");
         assert!(answered[0].0.contains("connection: close\r\n"), "{out}");
         assert_eq!(answered[0].1, "GET /slow");
-    }
-
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        for (len, line) in [
-            (0, "0\r\n"),
-            (5, "5\r\n"),
-            (255, "ff\r\n"),
-            (4096, "1000\r\n"),
-        ] {
-            assert_eq!(chunk_size_line(len).as_bytes(), line.as_bytes());
-        }
-        let max = chunk_size_line(usize::MAX);
-        assert_eq!(max.as_bytes(), format!("{:x}\r\n", usize::MAX).as_bytes());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 
 use bytes::Bytes;
 
-use super::h1::{Error, FieldSpan, FramingFields};
+use super::h1::{Error, FieldSpan};
+use crate::protocol::wire::framing::FramingFields;
 
 /// How a caller wants a response head's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,4 +3,5 @@
 //! responses, the upstream client writing requests and reading responses). Nothing
 //! here knows of routes, plugins or upstream pools.
 
+pub mod body;
 pub mod wire;

@@ -11,34 +11,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::metrics::EdgeCounters;
+use crate::protocol::body::ClientBodyError;
 use crate::repeat_log::{self, Level};
 use crate::upstream::body::{BodyError, IncomingBody};
 use crate::upstream::connect::Lease;
 use crate::upstream::raw_fields::RawFields;
 use crate::upstream::servers::InFlight;
 
-/// The client's request body as the server hands it over: none (Sluice's own HTTP/1.1
-/// server takes only requests without one), or hyper's.
-pub enum ReceivedBody {
-    Empty,
-    Hyper(Incoming),
-}
+pub use crate::protocol::body::ReceivedBody;
 
 /// The client's request body on its way upstream; remembers when it failed so the
 /// resulting upstream error is answered 400, not 502.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: ReceivedBody,
     failed: Arc<AtomicBool>,
 }
 
 impl ClientBody {
     /// The body and a flag that turns true if reading it fails (bad chunk framing,
     /// client reset, body over a limit).
-    pub fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+    pub fn new(inner: ReceivedBody) -> (Self, Arc<AtomicBool>) {
         let failed = Arc::new(AtomicBool::new(false));
         (
             Self {
@@ -52,12 +47,12 @@ impl ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
             self.failed.store(true, Ordering::Relaxed);

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use body::{ClientBody, ReceivedBody, UpstreamBody};
 pub use error::{plain_response, ProxyError};
@@ -667,17 +666,13 @@ enum RequestBody {
     /// Kept in memory (none, or small enough): every try can send it.
     Kept(Bytes),
     /// Streamed through once; no retry.
-    Streamed(Incoming),
+    Streamed(ReceivedBody),
 }
 
 impl RequestBody {
     /// Keeps bodies up to `retry_body_max_bytes` when the upstream may retry.
     async fn prepare(body: ReceivedBody, upstream: &Upstream) -> Result<Self, ProxyError> {
         use http_body::Body as _;
-        let body = match body {
-            ReceivedBody::Empty => return Ok(RequestBody::Kept(Bytes::new())),
-            ReceivedBody::Hyper(body) => body,
-        };
         if body.is_end_stream() {
             return Ok(RequestBody::Kept(Bytes::new()));
         }
@@ -694,7 +689,7 @@ impl RequestBody {
         keep.await
     }
 
-    async fn keep(body: Incoming, upstream: &Upstream) -> Result<Self, ProxyError> {
+    async fn keep(body: ReceivedBody, upstream: &Upstream) -> Result<Self, ProxyError> {
         let limit = upstream.config.retry_body_max_bytes;
         let collected = tokio::time::timeout(
             upstream.response_timeout,

@@ -20,15 +20,18 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http::{Uri, Version};
-use http_body::Body;
+use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::connection::Protocols;
 use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
-use crate::protocol::wire::chunked::{chunk_size_line, encode_trailers};
-use crate::protocol::wire::framing::{content_length, has_token};
+use crate::protocol::body::{self, BodySender, ClientBodyError};
+use crate::protocol::wire::chunked::{self, chunk_size_line, encode_trailers, Chunk, Decoded};
+use crate::protocol::wire::framing::{
+    content_length, has_token, BodyFraming, FramingFields, RequestFramingError,
+};
 use crate::proxy::body::ReceivedBody;
 use crate::proxy::headers::FORWARDING_HEADERS;
 use crate::repeat_log::{self, Level};
@@ -48,8 +51,17 @@ const FLUSH_AT: usize = 64 * 1024;
 const MAX_HELD: usize = 8;
 /// Output buffer capacity kept between requests.
 const OUT_KEPT: usize = 16 * 1024;
-/// hyper's bound on a request target; a longer one is hyper's to refuse.
+/// Longest request target taken (hyper's bound); the pipeline holds targets to
+/// `server.max_uri_bytes`, which is lower.
 const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+/// Read size while a request body is read.
+const BODY_READ: usize = 64 * 1024;
+/// How long, and how many bytes, an unread request body is read and dropped before
+/// the connection closes.
+const LINGER_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_MAX_BYTES: usize = 1024 * 1024;
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Serves one request for the own server: the pipeline hyper's service also calls.
 pub(super) trait Direct: Send + Sync {
@@ -208,10 +220,198 @@ struct Conn<I> {
     spare_headers: Option<HeaderMap>,
 }
 
-/// A request head the own server takes, and how it wants the connection kept.
+/// A request head the own server takes, how it wants the connection kept, and its
+/// body, if it has one.
 struct Head {
     request: Request<ReceivedBody>,
     keep_alive: bool,
+    body: Option<BodyPlan>,
+}
+
+/// How a request's body is to be read.
+#[derive(Debug, Clone, Copy)]
+struct BodyPlan {
+    framing: BodyFraming,
+    /// The client waits for `100 Continue` before it sends the body.
+    expect_continue: bool,
+}
+
+impl BodyPlan {
+    fn length(&self) -> Option<u64> {
+        match self.framing {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// How reading a request body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Complete,
+    /// Malformed, cut short, or the connection failed.
+    Failed,
+    /// The pipeline stopped taking it (or never asked for it).
+    Unread,
+}
+
+/// Where reading a request body stands.
+enum Decode {
+    Length(u64),
+    Chunked(Chunk),
+}
+
+/// A head the own server does not serve as a request.
+enum HeadEnd {
+    /// An upgrade: hyper's server takes the connection, the head's bytes first.
+    Handoff,
+    /// Answered with an error, then the connection closes.
+    Refuse(Refusal),
+}
+
+/// An error answer to a head, and why (for the debug log).
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    status: StatusCode,
+    why: &'static str,
+}
+
+impl Refusal {
+    const HEAD_TOO_LARGE: Refusal = Refusal {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        why: "request head over server.max_header_bytes",
+    };
+
+    fn bad_request(why: &'static str) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            why,
+        }
+    }
+}
+
+/// What a parsed head says, with its fields' spans written aside.
+struct ParsedHead {
+    len: usize,
+    method: Method,
+    target: [u32; 2],
+    version: Version,
+    count: usize,
+    framing: BodyFraming,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Parses the request head at the start of `buf` into `slots`, writing where each
+/// field lies into `spans`; `Ok(None)` while incomplete.
+fn parse_head<'b>(
+    buf: &'b [u8],
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+    spans: &mut [[u32; 4]],
+    limits: HeadLimits,
+) -> Result<Option<ParsedHead>, HeadEnd> {
+    let bad = |why| Err(HeadEnd::Refuse(Refusal::bad_request(why)));
+    let mut parsed = httparse::Request::new(&mut []);
+    let room = limits.max_headers.min(slots.len());
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots[..room],
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadEnd::Refuse(Refusal {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                why: "more header fields than server.max_headers",
+            }))
+        }
+        Err(_) => return bad("malformed request head"),
+    };
+    if len > limits.max_bytes {
+        return Err(HeadEnd::Refuse(Refusal::HEAD_TOO_LARGE));
+    }
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return bad("unsupported HTTP version"),
+    };
+    let Some(method) = parsed.method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) else {
+        return bad("invalid method");
+    };
+    let Some(target) = parsed.path else {
+        return bad("no request target");
+    };
+    if target.len() > MAX_URI_LEN {
+        return Err(HeadEnd::Refuse(Refusal {
+            status: StatusCode::URI_TOO_LONG,
+            why: "request target too long",
+        }));
+    }
+    let target = span_of(buf, target.as_bytes());
+    let mut fields = FramingFields::default();
+    let mut expect_continue = false;
+    let mut upgrade = false;
+    let count = parsed.headers.len();
+    for (header, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+        let name = header.name.as_bytes();
+        let noted = match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => fields.note_length(header.value),
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                fields.note_transfer_encoding(header.value);
+                Ok(())
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                fields.note_connection(header.value);
+                Ok(())
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                if !header.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                    return Err(HeadEnd::Refuse(Refusal {
+                        status: StatusCode::EXPECTATION_FAILED,
+                        why: "an expectation other than 100-continue",
+                    }));
+                }
+                // HTTP/1.0 clients cannot ask for it (RFC 9110 §10.1.1).
+                expect_continue = version == Version::HTTP_11;
+                Ok(())
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                upgrade = true;
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = noted {
+            return bad(e.0);
+        }
+        let [name_start, name_end] = span_of(buf, name);
+        let [value_start, value_end] = span_of(buf, header.value);
+        *span = [name_start, name_end, value_start, value_end];
+    }
+    if upgrade && fields.upgrade && version == Version::HTTP_11 {
+        return Err(HeadEnd::Handoff);
+    }
+    let framing = match fields.request_framing(version) {
+        Ok(framing) => framing,
+        Err(RequestFramingError::Ambiguous(why)) => return bad(why),
+        Err(RequestFramingError::UnknownCoding) => {
+            return Err(HeadEnd::Refuse(Refusal {
+                status: StatusCode::NOT_IMPLEMENTED,
+                why: "a transfer coding other than chunked",
+            }))
+        }
+    };
+    Ok(Some(ParsedHead {
+        len,
+        method,
+        target,
+        version,
+        count,
+        framing,
+        keep_alive: fields.keep_alive(version),
+        expect_continue: expect_continue && framing != BodyFraming::Length(0),
+    }))
 }
 
 /// How a response's body is framed on the wire.
@@ -221,6 +421,8 @@ enum Framing {
     None,
     Length(u64),
     Chunked,
+    /// Until the connection closes (an HTTP/1.0 client, a body of unknown length).
+    Close,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
@@ -244,7 +446,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
                     match self.take_head(limits) {
                         Ok(Some(head)) => break head,
                         Ok(None) if self.buf.len() < limits.max_bytes => {}
-                        _ => return Stop::Handoff,
+                        Ok(None) => return self.refuse(Refusal::HEAD_TOO_LARGE).await,
+                        Err(HeadEnd::Handoff) => return Stop::Handoff,
+                        Err(HeadEnd::Refuse(refusal)) => return self.refuse(refusal).await,
                     }
                 }
                 self.buf.reserve(READ_CHUNK);
@@ -259,11 +463,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             };
             Signals::set(&signals.reading, false);
             let head_only = head.request.method() == Method::HEAD;
-            let mut response = direct.call(head.request, FieldsWanted::Raw).await;
+            let version = head.request.version();
+            let (response, body_read) = match head.body {
+                None => (direct.call(head.request, FieldsWanted::Raw).await, true),
+                Some(plan) => {
+                    let (sender, receiver) = body::pipe(plan.length());
+                    let request = head.request.map(|_| ReceivedBody::Streaming(receiver));
+                    let call = direct.call(request, FieldsWanted::Raw);
+                    self.call_while_reading_body(call, plan, sender).await
+                }
+            };
+            let mut response = response;
             let raw = D::take_raw_fields(response.body_mut());
-            // A drain that began meanwhile closes the connection after this response.
-            let keep_alive = head.keep_alive && !Signals::get(&signals.draining);
-            match self.respond(response, raw, head_only, keep_alive).await {
+            // A drain that began meanwhile closes the connection after this response,
+            // as does a request body left unread (its bytes would be read as a head).
+            let keep_alive = head.keep_alive && body_read && !Signals::get(&signals.draining);
+            match self.respond(response, raw, head_only, keep_alive, version).await {
                 Ok(true) => {
                     // A large head or body collected once is not kept for the
                     // connection's life.
@@ -272,6 +487,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
                     }
                 }
                 Ok(false) => {
+                    if !body_read {
+                        self.linger().await;
+                    }
                     let _ = self.io.shutdown().await;
                     return Stop::Closed(None);
                 }
@@ -283,94 +501,235 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         }
     }
 
-    /// The next request head, when the buffer holds a complete one the own server
-    /// takes (`Ok(None)`: incomplete; `Err`: hyper's to serve, the buffer untouched).
-    fn take_head(&mut self, limits: HeadLimits) -> Result<Option<Head>, NotOurs> {
+    /// Runs the pipeline's `call` while the request body is read into `sender` as the
+    /// pipeline consumes it. Returns the response and whether the body was read whole.
+    /// Reading stops when the response is ready: an upstream that answers before it
+    /// has read the whole body gets no more of it.
+    async fn call_while_reading_body<F, B>(
+        &mut self,
+        call: F,
+        plan: BodyPlan,
+        sender: BodySender,
+    ) -> (Response<B>, bool)
+    where
+        F: Future<Output = Response<B>>,
+    {
+        let mut call = pin!(call);
+        let mut read = None;
+        let response = {
+            let reading = self.read_body(plan, sender);
+            let mut reading = pin!(reading);
+            loop {
+                tokio::select! {
+                    biased;
+                    response = &mut call => break response,
+                    end = &mut reading, if read.is_none() => read = Some(end),
+                }
+            }
+        };
+        (response, read == Some(BodyEnd::Complete))
+    }
+
+    /// Reads the request body into `sender`, one frame at a time as it is taken.
+    async fn read_body(&mut self, plan: BodyPlan, sender: BodySender) -> BodyEnd {
+        if plan.expect_continue {
+            if sender.wanted().await.is_err() {
+                return BodyEnd::Unread;
+            }
+            // A client that did not wait has sent (some of) the body already.
+            if self.buf.is_empty() {
+                let sent = async {
+                    self.io.write_all(CONTINUE).await?;
+                    self.io.flush().await
+                };
+                if let Err(e) = sent.await {
+                    let _ = sender.send(Err(e.into())).await;
+                    return BodyEnd::Failed;
+                }
+            }
+        }
+        let mut decode = match plan.framing {
+            BodyFraming::Chunked => Decode::Chunked(Chunk::SizeLine),
+            BodyFraming::Length(n) => Decode::Length(n),
+            // Requests are never delimited by the close (the client could not read
+            // the response).
+            BodyFraming::Close => Decode::Length(0),
+        };
+        loop {
+            let frame = match &mut decode {
+                Decode::Length(0) => {
+                    sender.finish();
+                    return BodyEnd::Complete;
+                }
+                Decode::Length(remaining) => {
+                    if self.buf.is_empty() {
+                        None
+                    } else {
+                        let take = (*remaining).min(self.buf.len() as u64) as usize;
+                        *remaining -= take as u64;
+                        Some(Frame::data(self.buf.split_to(take).freeze()))
+                    }
+                }
+                Decode::Chunked(chunk) => match chunked::decode(&mut self.buf, chunk) {
+                    Ok(Decoded::Data(data)) => Some(Frame::data(data)),
+                    Ok(Decoded::End(trailers)) => {
+                        if let Some(trailers) = trailers {
+                            if sender.send(Ok(Frame::trailers(trailers))).await.is_err() {
+                                return BodyEnd::Unread;
+                            }
+                        }
+                        sender.finish();
+                        return BodyEnd::Complete;
+                    }
+                    Ok(Decoded::Again) => continue,
+                    Ok(Decoded::NeedMore) => None,
+                    Err(e) => {
+                        tracing::debug!(target: "sluice::server", "request body refused: {e}");
+                        let _ = sender.send(Err(e.into())).await;
+                        return BodyEnd::Failed;
+                    }
+                },
+            };
+            match frame {
+                Some(frame) => {
+                    if sender.send(Ok(frame)).await.is_err() {
+                        return BodyEnd::Unread;
+                    }
+                }
+                None => {
+                    self.buf.reserve(BODY_READ);
+                    match self.io.read_buf(&mut self.buf).await {
+                        Ok(0) => {
+                            let _ = sender.send(Err(ClientBodyError::Incomplete)).await;
+                            return BodyEnd::Failed;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = sender.send(Err(e.into())).await;
+                            return BodyEnd::Failed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Before closing with a request body unread: the client may still be sending it,
+    /// and closing with unread bytes resets the connection, which can destroy the
+    /// response at the client. So the write side is shut and what arrives is read
+    /// and dropped, for a short while and a bounded amount (nginx's lingering close).
+    async fn linger(&mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let mut drained = 0;
+        let _ = tokio::time::timeout(LINGER_FOR, async {
+            while drained < LINGER_MAX_BYTES {
+                self.buf.clear();
+                self.buf.reserve(BODY_READ);
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Answers a request the server cannot take (malformed, over a limit) and closes.
+    async fn refuse(&mut self, refusal: Refusal) -> Stop {
+        tracing::debug!(target: "sluice::server", status = refusal.status.as_u16(), "request refused: {}", refusal.why);
+        self.out.clear();
+        let status = refusal.status;
+        let body = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        );
+        self.out.extend_from_slice(b"HTTP/1.1 ");
+        self.out.extend_from_slice(status.as_str().as_bytes());
+        self.out.push(b' ');
+        self.out
+            .extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+        self.out.extend_from_slice(
+            b"\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: ",
+        );
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        write_date(&mut self.out);
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(body.as_bytes());
+        if self.write_out().await.is_ok() {
+            // What the client sent after the refused head is not read as a request.
+            self.linger().await;
+        }
+        Stop::Closed(None)
+    }
+
+    /// The next request head, when the buffer holds a complete one (`Ok(None)`:
+    /// incomplete; `Err`: an upgrade, which hyper's server takes with the buffer
+    /// untouched, or a head refused).
+    fn take_head(&mut self, limits: HeadLimits) -> Result<Option<Head>, HeadEnd> {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_OWN_HEADERS];
         let mut spans = [[0u32; 4]; MAX_OWN_HEADERS];
-        let mut parsed = httparse::Request::new(&mut []);
-        let slots = &mut slots[..limits.max_headers.min(MAX_OWN_HEADERS)];
-        let buf: &[u8] = &self.buf;
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut parsed,
-            buf,
-            slots,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(NotOurs),
+        let parsed = match parse_head(&self.buf, &mut slots, &mut spans, limits) {
+            Err(HeadEnd::Refuse(refusal))
+                if refusal.status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                    && limits.max_headers > MAX_OWN_HEADERS =>
+            {
+                // More fields than the stack holds but within the limit: parsed again
+                // with room for them all (rare).
+                let mut slots = Vec::with_capacity(limits.max_headers);
+                slots.resize_with(limits.max_headers, MaybeUninit::uninit);
+                let mut wide = vec![[0u32; 4]; limits.max_headers];
+                let parsed = parse_head(&self.buf, &mut slots, &mut wide, limits)?;
+                return Ok(parsed.map(|parsed| self.build_head(parsed, &wide)).transpose()?);
+            }
+            parsed => parsed?,
         };
-        if len > limits.max_bytes || parsed.version != Some(1) {
-            return Err(NotOurs);
-        }
-        let method = parsed.method.ok_or(NotOurs)?;
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| NotOurs)?;
-        let target = parsed.path.ok_or(NotOurs)?;
-        if method == Method::CONNECT || !target.starts_with('/') || target.len() > MAX_URI_LEN {
-            return Err(NotOurs);
-        }
-        let target = span_of(buf, target.as_bytes());
-        let mut keep_alive = true;
-        let count = parsed.headers.len();
-        for (header, span) in parsed.headers.iter().zip(spans.iter_mut()) {
-            let name = header.name.as_bytes();
-            if is_any(
-                name,
-                &[
-                    "content-length",
-                    "transfer-encoding",
-                    "expect",
-                    "upgrade",
-                    "te",
-                ],
-            ) {
-                return Err(NotOurs);
-            }
-            if name.eq_ignore_ascii_case(b"connection") && has_token(header.value, b"close") {
-                keep_alive = false;
-            }
-            let [name_start, name_end] = span_of(buf, name);
-            let [value_start, value_end] = span_of(buf, header.value);
-            *span = [name_start, name_end, value_start, value_end];
-        }
+        parsed.map(|parsed| self.build_head(parsed, &spans)).transpose()
+    }
+
+    /// The request from a parsed head, taken out of the buffer.
+    fn build_head(&mut self, parsed: ParsedHead, spans: &[[u32; 4]]) -> Result<Head, HeadEnd> {
+        let bad = |why| HeadEnd::Refuse(Refusal::bad_request(why));
         let mut headers = self.spare_headers.take().unwrap_or_default();
         // With room for the forwarding headers the proxy adds: the map is sized once.
-        headers.reserve(count + FORWARDING_HEADERS);
-        // From here the head is taken from the buffer; a failure gives it back.
-        let bytes = self.buf.split_to(len).freeze();
-        let built = (|| {
-            let uri = Uri::from_maybe_shared(bytes.slice(target[0] as usize..target[1] as usize))
-                .map_err(|_| NotOurs)?;
-            for &[name_start, name_end, value_start, value_end] in &spans[..count] {
-                let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
-                    .map_err(|_| NotOurs)?;
-                let value = HeaderValue::from_maybe_shared(
-                    bytes.slice(value_start as usize..value_end as usize),
-                )
-                .map_err(|_| NotOurs)?;
-                headers.append(name, value);
+        headers.reserve(parsed.count + FORWARDING_HEADERS);
+        let bytes = self.buf.split_to(parsed.len).freeze();
+        let target = parsed.target;
+        let uri = Uri::from_maybe_shared(bytes.slice(target[0] as usize..target[1] as usize))
+            .map_err(|_| bad("invalid request target"))?;
+        for &[name_start, name_end, value_start, value_end] in &spans[..parsed.count] {
+            let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
+                .map_err(|_| bad("invalid field name"))?;
+            if parsed.expect_continue && name == header::EXPECT {
+                // Answered here (`100 Continue`), not passed on.
+                continue;
             }
-            Ok::<_, NotOurs>(uri)
-        })();
-        let uri = match built {
-            Ok(uri) => uri,
-            Err(not_ours) => {
-                let mut whole = BytesMut::with_capacity(bytes.len() + self.buf.len());
-                whole.extend_from_slice(&bytes);
-                whole.extend_from_slice(&self.buf);
-                self.buf = whole;
-                return Err(not_ours);
-            }
-        };
-        let mut request = Request::new(ReceivedBody::Empty);
-        *request.method_mut() = method;
+            let value =
+                HeaderValue::from_maybe_shared(bytes.slice(value_start as usize..value_end as usize))
+                    .map_err(|_| bad("invalid field value"))?;
+            headers.append(name, value);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = parsed.method;
         *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
+        *request.version_mut() = parsed.version;
         *request.headers_mut() = headers;
-        Ok(Some(Head {
-            request,
-            keep_alive,
-        }))
+        let body = match parsed.framing {
+            BodyFraming::Length(0) => None,
+            framing => Some(BodyPlan {
+                framing,
+                expect_continue: parsed.expect_continue,
+            }),
+        };
+        Ok(Head {
+            request: request.map(|()| ReceivedBody::Empty),
+            keep_alive: parsed.keep_alive,
+            body,
+        })
     }
 
     /// Writes `response`; whether the connection can serve another request.
@@ -380,6 +739,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         raw: Option<RawFields>,
         head_only: bool,
         keep_alive: bool,
+        version: Version,
     ) -> io::Result<bool>
     where
         B: Body<Data = Bytes, Error: std::fmt::Display> + Unpin,
@@ -400,14 +760,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             self.write_out().await?;
             return Ok(false);
         }
-        let framing = framing(&parts.status, &parts.headers, &body, head_only);
+        let framing = match framing(&parts.status, &parts.headers, &body, head_only) {
+            // HTTP/1.0 clients know no chunked coding: the close ends the body.
+            Framing::Chunked if version == Version::HTTP_10 => Framing::Close,
+            framing => framing,
+        };
         let (is_last, trailer_names) = encode_head(
             &mut self.out,
             &parts.status,
             (&parts.headers, raw.as_ref()),
             framing,
-            head_only,
-            keep_alive,
+            (head_only, keep_alive && framing != Framing::Close),
+            version,
         );
         // The fields share the upstream connection's read buffer: let it go before the
         // body is read, or the next read cannot reuse that buffer and allocates anew.
@@ -471,11 +835,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
                     remaining -= data.len() as u64;
                     data
                 }
-                _ => {
+                Framing::Chunked => {
                     self.out
                         .extend_from_slice(chunk_size_line(data.len()).as_bytes());
                     data
                 }
+                Framing::Close | Framing::None => data,
             };
             self.send_data(data, vectored).await?;
             if framing == Framing::Chunked {
@@ -483,6 +848,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             }
         }
         let complete = match framing {
+            Framing::Close => false,
             Framing::Chunked => {
                 self.out.extend_from_slice(b"0\r\n");
                 if let (Some(map), Some(names)) = (trailers, trailer_names) {
@@ -554,10 +920,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 }
 
-/// The head is not one the own server takes.
-#[derive(Debug)]
-struct NotOurs;
-
 /// `part`'s position in `buf`, which it is a slice of (as httparse's results are).
 fn span_of(buf: &[u8], part: &[u8]) -> [u32; 2] {
     let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
@@ -565,11 +927,6 @@ fn span_of(buf: &[u8], part: &[u8]) -> [u32; 2] {
     [start as u32, (start + part.len()) as u32]
 }
 
-fn is_any(name: &[u8], names: &[&str]) -> bool {
-    names
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-}
 
 /// How the body is framed, by the rules hyper's server follows: HEAD, 204 and 304 have
 /// none; a known length (or a valid `Content-Length` for a body of unknown size) is
@@ -611,8 +968,8 @@ fn encode_head(
     status: &StatusCode,
     (headers, raw): (&HeaderMap, Option<&RawFields>),
     framing: Framing,
-    head_only: bool,
-    keep_alive: bool,
+    (head_only, keep_alive): (bool, bool),
+    version: Version,
 ) -> (bool, Option<Vec<HeaderName>>) {
     if *status == StatusCode::OK {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
@@ -674,10 +1031,12 @@ fn encode_head(
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::None => {}
+        Framing::None | Framing::Close => {}
     }
     if is_last && !says_close {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if !is_last && version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     if !wrote_date {
         write_date(out);
@@ -1006,70 +1365,264 @@ mod tests {
         );
     }
 
+    /// Answers `METHOD target` and what it read of the body (`body=...`, with
+    /// trailers as `+name=value`, or `error=...`), when `read` says so.
+    struct BodyEcho {
+        read: bool,
+    }
+
+    impl Direct for BodyEcho {
+        type Body = Script;
+
+        fn take_raw_fields(_: &mut Script) -> Option<RawFields> {
+            None
+        }
+
+        fn call(
+            &self,
+            req: Request<ReceivedBody>,
+            _wanted: FieldsWanted,
+        ) -> impl Future<Output = Response<Script>> + Send {
+            let read = self.read;
+            async move {
+                use http_body_util::BodyExt;
+                let (parts, body) = req.into_parts();
+                let mut text = format!("{} {}", parts.method, parts.uri);
+                if read {
+                    match body.collect().await {
+                        Ok(collected) => {
+                            let trailers = collected.trailers().cloned();
+                            let data = collected.to_bytes();
+                            text.push_str(&format!(" body={}", String::from_utf8_lossy(&data)));
+                            for (name, value) in trailers.iter().flatten() {
+                                text.push_str(&format!(" +{name}={}", value.to_str().unwrap()));
+                            }
+                        }
+                        Err(e) => text.push_str(&format!(" error={e}")),
+                    }
+                }
+                let len = text.len() as u64;
+                Response::new(Script::data(&[&text], Some(len)))
+            }
+        }
+    }
+
+    async fn body_exchange(read: bool, input: &[u8]) -> (String, String) {
+        let (mut client, server) = duplex(1 << 20);
+        client.write_all(input).await.unwrap();
+        client.shutdown().await.unwrap();
+        let activity = Activity::new();
+        let (_drain_tx, mut drain) = watch::channel(false);
+        let end = serve(
+            server,
+            Bytes::new(),
+            &protocols(8192, 32),
+            &BodyEcho { read },
+            &activity,
+            &mut drain,
+        )
+        .await;
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        (String::from_utf8_lossy(&out).into_owned(), ending(end))
+    }
+
     #[tokio::test]
-    async fn requests_it_does_not_take_go_to_hyper_with_every_byte() {
+    async fn request_bodies_of_every_framing_reach_the_pipeline_and_the_connection_goes_on() {
+        let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+                      POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 7\r\n\r\n\
+                      GET /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                      DELETE /d HTTP/1.1\r\nContent-Length: 0\r\n\r\n\
+                      GET /e HTTP/1.1\r\n\r\n";
+        let (out, end) = body_exchange(true, input).await;
+        let bodies: Vec<String> = responses(&out).into_iter().map(|(_, body)| body).collect();
+        assert_eq!(
+            bodies,
+            [
+                "POST /a body=abc",
+                "POST /b body=hello world +x-sum=7",
+                "GET /c body=abc",
+                "DELETE /d body=",
+                "GET /e body=",
+            ],
+            "{out}"
+        );
+        assert_eq!(end, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_body_the_pipeline_does_not_read_ends_the_connection_after_the_response() {
+        let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /never HTTP/1.1\r\n\r\n";
+        let (out, end) = body_exchange(false, input).await;
+        let answered = responses(&out);
+        assert_eq!(answered.len(), 1, "{out}");
+        assert!(answered[0].0.contains("connection: close\r\n"), "{out}");
+        assert_eq!(answered[0].1, "POST /a");
+        assert_eq!(end, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_cut_body_is_an_error_to_the_pipeline_and_ends_the_connection() {
+        for input in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        ] {
+            let (out, end) = body_exchange(true, input).await;
+            let answered = responses(&out);
+            assert_eq!(answered.len(), 1, "{out}");
+            assert!(answered[0].1.starts_with("POST / error="), "{out}");
+            assert!(answered[0].0.contains("connection: close\r\n"), "{out}");
+            assert_eq!(end, "closed");
+        }
+    }
+
+    #[tokio::test]
+    async fn continue_is_sent_only_once_the_body_is_wanted() {
+        for read in [true, false] {
+            let (mut client, server) = duplex(1 << 16);
+            client
+                .write_all(b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+                .await
+                .unwrap();
+            let activity = Activity::new();
+            let (_drain_tx, mut drain) = watch::channel(false);
+            let protocols = protocols(8192, 32);
+            let answer = BodyEcho { read };
+            let serving = serve(server, Bytes::new(), &protocols, &answer, &activity, &mut drain);
+            let talking = async {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                // Until the interim answer or the final one has come.
+                while !seen.ends_with(b"\r\n\r\n") && !seen.ends_with(b"PUT /up") {
+                    let n = client.read(&mut buf).await.unwrap();
+                    assert!(n > 0);
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let first = String::from_utf8(seen).unwrap();
+                if first.starts_with("HTTP/1.1 100 Continue") {
+                    client.write_all(b"abc").await.unwrap();
+                }
+                client.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                client.read_to_end(&mut rest).await.unwrap();
+                (first, String::from_utf8(rest).unwrap())
+            };
+            let (end, (first, rest)) = tokio::join!(serving, talking);
+            if read {
+                assert_eq!(first, "HTTP/1.1 100 Continue\r\n\r\n");
+                assert_eq!(responses(&rest)[0].1, "PUT /up body=abc", "{rest}");
+            } else {
+                // Answered without the body: no 100, and the connection closes.
+                assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+                assert!(first.contains("connection: close\r\n"), "{first}");
+            }
+            assert_eq!(ending(end), "closed");
+        }
+    }
+
+    #[tokio::test]
+    async fn ambiguous_and_malformed_heads_are_refused_and_the_connection_closed() {
         let many_headers: String = (0..40).map(|i| format!("x-h{i}: v\r\n")).collect();
-        let cases: Vec<String> = vec![
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".into(),
-            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into(),
-            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-                .into(),
-            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-                .into(),
-            "PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n".into(),
-            "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n".into(),
-            "GET / HTTP/1.0\r\nHost: x\r\n\r\n".into(),
-            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n".into(),
-            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n".into(),
-            "CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n".into(),
-            "GET / HTTP/1.1\r\nBad Header\r\n\r\n".into(),
-            "GET / HTTP/1.1\r\nx: a\0b\r\n\r\n".into(),
-            "GET /a b HTTP/1.1\r\n\r\n".into(),
-            "\u{16}\u{3}\u{1}garbage".into(),
-            format!("GET / HTTP/1.1\r\n{many_headers}\r\n"),
+        let cases: Vec<(String, u16)> = vec![
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(), 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc".into(), 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".into(), 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n".into(), 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".into(), 501),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".into(), 400),
+            ("POST / HTTP/1.1\r\nContent-Length: -3\r\n\r\n".into(), 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\n".into(), 400),
+            ("PUT / HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\na".into(), 417),
+            ("GET / HTTP/1.1\r\nBad Header\r\n\r\n".into(), 400),
+            ("GET / HTTP/1.1\r\nx: a\0b\r\n\r\n".into(), 400),
+            ("GET /a b HTTP/1.1\r\n\r\n".into(), 400),
+            ("GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n".into(), 400),
+            ("\u{16}\u{3}\u{1}garbage\r\n\r\n".into(), 400),
+            (format!("GET / HTTP/1.1\r\n{many_headers}\r\n"), 431),
         ];
-        for case in cases {
+        for (case, status) in cases {
             let answer = Answer::new(echo);
             let (out, end) = exchange(&answer, case.as_bytes(), false).await;
-            assert_eq!(end, format!("handoff {case}"), "{case:?}");
-            assert_eq!(out, "", "{case:?}");
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{case:?}: {out}"
+            );
+            assert!(out.contains("connection: close\r\n"), "{case:?}: {out}");
+            assert_eq!(end, "closed", "{case:?}");
             assert_eq!(answer.calls.load(Ordering::Relaxed), 0, "{case:?}");
         }
-        // After a request it served, only the next one's bytes are handed over.
+    }
+
+    #[tokio::test]
+    async fn http_1_0_gets_lengths_or_the_close_and_keep_alive_only_when_asked() {
         let answer = Answer::new(echo);
-        let second = "POST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
-        let input = format!("GET /a HTTP/1.1\r\n\r\n{second}");
+        let (out, end) = exchange(
+            &answer,
+            b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\nGET /never HTTP/1.0\r\n\r\n",
+            false,
+        )
+        .await;
+        let answered = responses(&out);
+        assert_eq!(answered.len(), 2, "{out}");
+        assert!(answered[0].0.contains("connection: keep-alive\r\n"), "{out}");
+        assert!(answered[1].0.contains("connection: close\r\n"), "{out}");
+        assert_eq!(answered[1].1, "GET /b");
+        assert_eq!(end, "closed");
+        // A body of unknown length: no chunked coding, the close ends it.
+        let answer = Answer::new(|_| Response::new(Script::data(&["hel", "lo"], None)));
+        let (out, _) = exchange(&answer, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", false).await;
+        assert!(!out.contains("transfer-encoding"), "{out}");
+        assert!(out.contains("connection: close\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhello"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn other_request_forms_are_served_and_upgrades_go_to_hyper_with_every_byte() {
+        for (case, seen) in [
+            ("GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n", "GET http://x/a"),
+            ("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", "OPTIONS *"),
+            ("GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n", "GET /"),
+            ("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", "GET /"),
+        ] {
+            let answer = Answer::new(echo);
+            let (out, _) = exchange(&answer, case.as_bytes(), false).await;
+            assert_eq!(responses(&out)[0].1, seen, "{case:?}");
+        }
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let answer = Answer::new(echo);
+        let (out, end) = exchange(&answer, upgrade.as_bytes(), false).await;
+        assert_eq!(end, format!("handoff {upgrade}"));
+        assert_eq!(out, "");
+        // After a request it served, only the next one's bytes are handed over.
+        let input = format!("GET /a HTTP/1.1\r\n\r\n{upgrade}");
         let (out, end) = exchange(&answer, input.as_bytes(), false).await;
         assert_eq!(responses(&out)[0].1, "GET /a");
-        assert_eq!(end, format!("handoff {second}"));
+        assert_eq!(end, format!("handoff {upgrade}"));
     }
 
     #[tokio::test]
     async fn the_head_limits_are_those_given() {
-        // Three fields over a limit of two are hyper's to refuse; three of three are not.
+        // Three fields over a limit of two are refused; three of three are not.
         let head = "GET / HTTP/1.1\r\nx-a: 1\r\nx-b: 2\r\nx-c: 3\r\n\r\n";
         let answer = Answer::new(echo);
-        let (_, end) = exchange_with(&answer, head.as_bytes(), false, protocols(8192, 2)).await;
-        assert_eq!(end, format!("handoff {head}"));
+        let (out, _) = exchange_with(&answer, head.as_bytes(), false, protocols(8192, 2)).await;
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
         let (out, _) = exchange_with(&answer, head.as_bytes(), false, protocols(8192, 3)).await;
         assert_eq!(responses(&out)[0].1, "GET /");
+        // More fields than the stack holds, within the limit: served.
+        let many: String = (0..MAX_OWN_HEADERS + 10).map(|i| format!("x-{i}: v\r\n")).collect();
+        let wide = format!("GET /wide HTTP/1.1\r\n{many}\r\n");
+        let (out, _) = exchange_with(&answer, wide.as_bytes(), false, protocols(8192, 100)).await;
+        assert_eq!(responses(&out)[0].1, "GET /wide", "{out}");
 
-        // A head over the byte limit: what was read of it goes to hyper (the rest is
-        // still in the socket), and no more than the limit and one read was buffered.
+        // A head over the byte limit: 431, however it arrives.
         let long = |len: usize| format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(len));
-        let big = long(12_000);
-        let (out, end) = exchange(&answer, big.as_bytes(), false).await;
-        assert_eq!(out, "");
-        let handed = end.strip_prefix("handoff ").expect("handed off");
-        assert!(
-            big.starts_with(handed),
-            "the handed-over bytes are the head's start"
-        );
-        assert!(
-            handed.len() >= 8192 && handed.len() < 8192 + READ_CHUNK,
-            "{}",
-            handed.len()
-        );
+        let (out, end) = exchange(&answer, long(12_000).as_bytes(), false).await;
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert_eq!(end, "closed");
         let (out, end) = exchange(&answer, long(8000).as_bytes(), false).await;
         assert_eq!(responses(&out)[0].1, "GET /");
         assert_eq!(end, "closed");

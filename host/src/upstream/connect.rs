@@ -226,6 +226,19 @@ impl Connector {
                 )
             }
             body => {
+                let mut parts = parts;
+                if let SendBody::Streamed(streamed) = &body {
+                    // hyper's client sends a GET or HEAD body of unknown length as
+                    // none at all unless the coding is set (the upstream would then
+                    // read the body as the next request).
+                    use http_body::Body as _;
+                    if streamed.size_hint().exact().is_none() {
+                        parts.headers.insert(
+                            http::header::TRANSFER_ENCODING,
+                            http::HeaderValue::from_static("chunked"),
+                        );
+                    }
+                }
                 let req = Request::from_parts(parts, body.into());
                 let h1: Boxed<'a> = Box::pin(async move {
                     let (response, lease) = self.send_h1(server, req).await?;

@@ -115,11 +115,29 @@ pub struct BodySender {
     shared: Arc<Shared>,
 }
 
+/// A look at a pipe from outside: whether its receiver is gone.
+pub struct BodyWatch {
+    shared: Arc<Shared>,
+}
+
+impl BodyWatch {
+    /// Nobody will take the rest of the body.
+    pub fn abandoned(&self) -> bool {
+        self.shared.lock().receiver_gone
+    }
+}
+
 /// The receiver went away: nobody will read the rest of the body.
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiverGone;
 
 impl BodySender {
+    pub fn watch(&self) -> BodyWatch {
+        BodyWatch {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Waits until the receiver first asks for the body; `Err` if it never will.
     pub async fn wanted(&self) -> Result<(), ReceiverGone> {
         poll_fn(|cx| {
@@ -137,7 +155,10 @@ impl BodySender {
     }
 
     /// Hands one frame over once the previous one has been taken.
-    pub async fn send(&self, frame: Result<Frame<Bytes>, ClientBodyError>) -> Result<(), ReceiverGone> {
+    pub async fn send(
+        &self,
+        frame: Result<Frame<Bytes>, ClientBodyError>,
+    ) -> Result<(), ReceiverGone> {
         let mut frame = Some(frame);
         poll_fn(|cx| {
             let mut pipe = self.shared.lock();
@@ -186,7 +207,10 @@ pub struct BodyReceiver {
 }
 
 impl BodyReceiver {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         if self.ended {
             return Poll::Ready(None);
         }

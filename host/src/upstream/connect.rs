@@ -27,6 +27,7 @@ use super::h1;
 use super::pool::{H1Sender, H2Sender, Home, Pools};
 use super::quick_ack::AckHandle;
 use super::raw_fields::FieldsWanted;
+use super::upload;
 use crate::config::{UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 use crate::proxy::body::ClientBody;
 use crate::server::workers::{pool_slot, pool_slots};
@@ -215,36 +216,66 @@ impl Connector {
             });
             return Path::Left(h2);
         }
-        // Upgrades need hyper's upgrade machinery; streamed uploads its concurrent
-        // reading and writing.
+        // Upgrades need hyper's upgrade machinery.
         let (parts, body) = req.into_parts();
+        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         match body {
-            SendBody::Kept(bytes) if !parts.headers.contains_key(http::header::UPGRADE) => {
-                Path::Right(
-                    self.send_own(server, Request::from_parts(parts, bytes), wanted)
-                        .map(|sent| sent.map(|response| (response.map(IncomingBody::Own), None))),
-                )
+            SendBody::Kept(bytes) if !upgrade => Path::Right(
+                self.send_own(server, Request::from_parts(parts, bytes), wanted)
+                    .map(|sent| sent.map(|response| (response.map(IncomingBody::Own), None))),
+            ),
+            SendBody::Streamed(body) if !upgrade => {
+                let streamed: Boxed<'a> = Box::pin(async move {
+                    let response = self.send_own_streaming(server, parts, body, wanted).await?;
+                    Ok((response.map(IncomingBody::Own), None))
+                });
+                Path::Left(streamed)
             }
             body => {
-                let mut parts = parts;
-                if let SendBody::Streamed(streamed) = &body {
-                    // hyper's client sends a GET or HEAD body of unknown length as
-                    // none at all unless the coding is set (the upstream would then
-                    // read the body as the next request).
-                    use http_body::Body as _;
-                    if streamed.size_hint().exact().is_none() {
-                        parts.headers.insert(
-                            http::header::TRANSFER_ENCODING,
-                            http::HeaderValue::from_static("chunked"),
-                        );
-                    }
-                }
                 let req = Request::from_parts(parts, body.into());
                 let h1: Boxed<'a> = Box::pin(async move {
                     let (response, lease) = self.send_h1(server, req).await?;
                     Ok((response.map(IncomingBody::Hyper), lease))
                 });
                 Path::Left(h1)
+            }
+        }
+    }
+
+    /// A request whose body streams from the client (see `upload`).
+    async fn send_own_streaming(
+        &self,
+        server: &Authority,
+        parts: http::request::Parts,
+        mut body: ClientBody,
+        wanted: FieldsWanted,
+    ) -> Result<Response<h1::ResponseBody>, SendError> {
+        let slot = pool_slot();
+        // As in `send_own`; a pooled connection found dead is replaced only while no
+        // piece of the body has been taken.
+        loop {
+            let mut conn = match self.pools.take_own(slot, server) {
+                Some(conn) => conn,
+                None => {
+                    let dial = Box::pin(self.dial_with_ack(server));
+                    let (io, ack) = dial.await?;
+                    h1::Conn::new(io, ack)
+                }
+            };
+            let mut started = false;
+            let sent = upload::round_trip(&mut conn, &parts, body, wanted, &mut started).await;
+            match sent {
+                Ok((head, upload)) => {
+                    let home = Some(self.home(slot, server));
+                    return Ok(head.into_response_during_upload(conn, home, upload));
+                }
+                Err((e, unsent))
+                    if !started && h1::may_retry_on_new_connection(&conn, &e, &parts.method) =>
+                {
+                    tracing::debug!(target: "sluice::upstream", server = %server, "pooled connection was dead ({e}); trying another");
+                    body = unsent;
+                }
+                Err((e, _)) => return Err(SendError::Request(e.into())),
             }
         }
     }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -57,6 +57,8 @@ pub enum Error {
     HeadTooLarge,
     #[error("{0}")]
     Framing(&'static str),
+    #[error("request body failed")]
+    RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<FramingError> for Error {
@@ -84,16 +86,16 @@ impl Error {
 
 /// One connection to an upstream server.
 pub struct Conn {
-    io: TokioIo<Box<dyn Transport>>,
-    read: BytesMut,
+    pub(super) io: TokioIo<Box<dyn Transport>>,
+    pub(super) read: BytesMut,
     /// Room made for the next read (`FIRST_READ`, doubled by full reads).
     read_size: usize,
-    write: Vec<u8>,
+    pub(super) write: Vec<u8>,
     /// It carried a request before: a failure with no answer may mean it died idle.
     reused: bool,
     ack: AckHandle,
     /// Bytes arrived since the last read that found nothing (see `quick_ack`).
-    unacked: bool,
+    pub(super) unacked: bool,
 }
 
 /// How the end of a response body is found.
@@ -137,7 +139,7 @@ impl Conn {
         )
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
             self.read.reserve(self.read_size);
         }
@@ -177,33 +179,63 @@ pub async fn round_trip(
     if conn.write.capacity() > KEEP_WRITE_BUFFER {
         conn.write = Vec::new();
     }
-    let is_head = req.method() == Method::HEAD;
-    let mut interim = 0;
-    let mut received = false;
+    let mut reading = HeadReader::new(req.method() == Method::HEAD, wanted);
     loop {
-        if !conn.read.is_empty() {
-            received = true;
-            match parse_head(&mut conn.read, is_head, wanted)? {
+        if let Some(head) = reading.take(conn)? {
+            return Ok(head);
+        }
+        if conn.fill().await? == 0 {
+            return Err(reading.closed());
+        }
+    }
+}
+
+/// Reads a response head from what a connection has received, skipping interim
+/// responses.
+pub(super) struct HeadReader {
+    is_head: bool,
+    wanted: FieldsWanted,
+    interim: usize,
+    received: bool,
+}
+
+impl HeadReader {
+    pub(super) fn new(is_head: bool, wanted: FieldsWanted) -> Self {
+        Self {
+            is_head,
+            wanted,
+            interim: 0,
+            received: false,
+        }
+    }
+
+    /// The final head, once `conn` has received it whole.
+    pub(super) fn take(&mut self, conn: &mut Conn) -> Result<Option<Head>, Error> {
+        while !conn.read.is_empty() {
+            self.received = true;
+            match parse_head(&mut conn.read, self.is_head, self.wanted)? {
                 Parsed::Partial if conn.read.len() >= MAX_HEAD_BYTES => {
                     return Err(Error::HeadTooLarge)
                 }
-                Parsed::Partial => {}
+                Parsed::Partial => return Ok(None),
                 Parsed::Interim => {
-                    interim += 1;
-                    if interim > MAX_INTERIM {
+                    self.interim += 1;
+                    if self.interim > MAX_INTERIM {
                         return Err(Error::Framing("too many interim (1xx) responses"));
                     }
-                    continue;
                 }
-                Parsed::Final(head) => return Ok(head),
+                Parsed::Final(head) => return Ok(Some(head)),
             }
         }
-        if conn.fill().await? == 0 {
-            return Err(if received {
-                Error::ClosedMidResponse
-            } else {
-                Error::ClosedBeforeResponse
-            });
+        Ok(None)
+    }
+
+    /// The error for a connection that closed before the head was whole.
+    pub(super) fn closed(&self) -> Error {
+        if self.received {
+            Error::ClosedMidResponse
+        } else {
+            Error::ClosedBeforeResponse
         }
     }
 }
@@ -225,15 +257,33 @@ pub struct Head {
 }
 
 impl Head {
+    /// The connection is not to carry another request after this response (it
+    /// arrived before the request was sent whole).
+    pub(super) fn close_after(&mut self) {
+        self.keep_alive = false;
+    }
+
     /// The response with a body that reads from `conn`; the connection goes `home`
     /// when the body has been read to its end and it can carry the next request.
     pub fn into_response(self, conn: Box<Conn>, home: Option<Home>) -> Response<ResponseBody> {
+        self.into_response_during_upload(conn, home, None)
+    }
+
+    /// `into_response`, for a response that came while `upload` still sends the
+    /// request body: the body goes on being sent as the response is read.
+    pub(super) fn into_response_during_upload(
+        self,
+        conn: Box<Conn>,
+        home: Option<Home>,
+        upload: Option<Box<dyn ContinueUpload>>,
+    ) -> Response<ResponseBody> {
         let mut body = ResponseBody {
             conn: Some(conn),
             framing: self.framing,
             keep_alive: self.keep_alive,
             home,
             raw: self.raw,
+            upload,
         };
         if matches!(body.framing, Framing::Length(0)) {
             body.finish();
@@ -244,45 +294,78 @@ impl Head {
 
 /// Writes the request head (and the body, which is in memory) into `out`.
 fn encode_request(out: &mut Vec<u8>, req: &Request<Bytes>) -> Result<(), Error> {
-    out.clear();
     let body = req.body();
-    out.extend_from_slice(req.method().as_str().as_bytes());
+    if req.headers().contains_key(CONTENT_LENGTH)
+        && content_length(req.headers())? != Some(body.len() as u64)
+    {
+        return Err(Error::Framing(
+            "request Content-Length does not match its body",
+        ));
+    }
+    encode_head(
+        out,
+        req.method(),
+        req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        req.headers(),
+        RequestFraming::Length(body.len() as u64),
+    );
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// How a request's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestFraming {
+    Length(u64),
+    Chunked,
+}
+
+/// Writes a request head into `out` (emptied first), with the framing given: a
+/// `Content-Length` (one, whatever the headers held) or `Transfer-Encoding: chunked`.
+pub(super) fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_length = false;
-    for (name, value) in req.headers() {
+    for (name, value) in headers {
         if name == CONTENT_LENGTH {
-            if content_length(req.headers())? != Some(body.len() as u64) {
-                return Err(Error::Framing(
-                    "request Content-Length does not match its body",
-                ));
-            }
-            if has_length {
+            if has_length || framing == RequestFraming::Chunked {
                 continue;
             }
             has_length = true;
+        } else if name == TRANSFER_ENCODING {
+            continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // As hyper's client: a length for any body, and a zero length for an empty body of
-    // a method whose body has a meaning.
-    let payload_method = !matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
-    );
-    if !has_length && (!body.is_empty() || payload_method) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match framing {
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // As hyper's client: a length for any body, and a zero length for an empty
+        // body of a method whose body has a meaning.
+        RequestFraming::Length(len) => {
+            let payload_method = !matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+            );
+            if !has_length && (len > 0 || payload_method) {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    Ok(())
 }
 
 // Unboxed: a head is parsed once per response and taken apart at once; a box would
@@ -429,7 +512,19 @@ pub struct ResponseBody {
     /// The head's fields as received, carried here (not in the response's extensions,
     /// which would allocate a map per response) until the server takes them.
     raw: Option<RawFields>,
+    /// The rest of a request body the server answered before it was sent whole.
+    upload: Option<Box<dyn ContinueUpload>>,
 }
+
+/// A request body still being sent on the connection its response is read from.
+pub(super) trait ContinueUpload: Send {
+    /// Sends what it can; `Ready(Ok)` once the request is complete.
+    fn poll_continue(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Error>>;
+}
+
+/// Longest wait for the rest of an upload after its response has been read, before the
+/// connection is given up rather than pooled.
+const UPLOAD_AFTER_RESPONSE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl ResponseBody {
     /// The head's fields, when they stayed as received.
@@ -443,6 +538,28 @@ impl ResponseBody {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if let Some(mut upload) = self.upload.take() {
+            // The response is read; the request is not sent whole yet. The connection
+            // can serve again once it is (the server kept reading it).
+            let (keep_alive, home) = (self.keep_alive, self.home.take());
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            runtime.spawn(async move {
+                let sent = tokio::time::timeout(
+                    UPLOAD_AFTER_RESPONSE,
+                    std::future::poll_fn(|cx| upload.poll_continue(&mut conn, cx)),
+                )
+                .await;
+                if let (Ok(Ok(())), true, Some(home)) = (sent, keep_alive, home) {
+                    if conn.read.is_empty() {
+                        conn.reused = true;
+                        home.put(conn);
+                    }
+                }
+            });
+            return;
+        }
         // Bytes past the message were never asked for: such a connection is not reused.
         if self.keep_alive && conn.read.is_empty() {
             if let Some(home) = self.home.take() {
@@ -471,6 +588,19 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
+        if let (Some(upload), Some(conn)) = (this.upload.as_mut(), this.conn.as_mut()) {
+            match upload.poll_continue(conn, cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(e)) => {
+                    // The server stopped taking the body: its response may still come
+                    // whole, but the connection is done.
+                    tracing::debug!(target: "sluice::upstream", "upload after an early response ended: {e}");
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);

@@ -13,6 +13,7 @@ mod quick_ack;
 pub mod raw_fields;
 pub mod select;
 pub mod servers;
+mod upload;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

@@ -4,4 +4,5 @@
 //! here knows of routes, plugins or upstream pools.
 
 pub mod body;
+pub mod upgrade;
 pub mod wire;

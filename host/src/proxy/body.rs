@@ -17,7 +17,6 @@ use crate::admin::metrics::EdgeCounters;
 use crate::protocol::body::ClientBodyError;
 use crate::repeat_log::{self, Level};
 use crate::upstream::body::{BodyError, IncomingBody};
-use crate::upstream::connect::Lease;
 use crate::upstream::raw_fields::RawFields;
 use crate::upstream::servers::InFlight;
 
@@ -79,11 +78,10 @@ pub enum UpstreamBodyError {
 }
 
 /// The upstream's response body, aborted when no frame arrives for `read_timeout`
-/// (the client then sees a reset, not a hang). Its HTTP/1.1 connection goes back to
-/// the pool as soon as the last frame is read.
+/// (the client then sees a reset, not a hang). (Its HTTP/1.1 connection goes back to
+/// the pool from the body itself, as soon as the last frame is read.)
 pub struct UpstreamBody {
     inner: IncomingBody,
-    lease: Option<Lease>,
     read_timeout: Duration,
     /// Created the first time a poll has to wait (most small bodies never do), so the
     /// common case costs no allocation and no timer.
@@ -106,33 +104,19 @@ impl UpstreamBody {
 
     pub fn new(
         inner: IncomingBody,
-        lease: Option<Lease>,
         read_timeout: Duration,
         upstream: Arc<str>,
         counters: EdgeCounters,
         in_flight: InFlight,
     ) -> Self {
-        let mut body = Self {
+        Self {
             inner,
-            lease,
             read_timeout,
             deadline: None,
             waiting: false,
             upstream,
             counters,
             _in_flight: in_flight,
-        };
-        if body.inner.is_end_stream() {
-            body.give_back();
-        }
-        body
-    }
-
-    /// Hands the connection back once the body is complete (a body cut short leaves
-    /// the connection mid-message: dropping the lease closes it).
-    fn give_back(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.give_back();
         }
     }
 }
@@ -148,12 +132,6 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
-            match &frame {
-                None => this.give_back(),
-                Some(Ok(_)) if this.inner.is_end_stream() => this.give_back(),
-                Some(Ok(_)) => {}
-                Some(Err(_)) => this.lease = None,
-            }
             return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::from)));
         }
         if !this.waiting {

@@ -29,13 +29,14 @@ use crate::ip_text::IpText;
 use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
 use crate::plugin::PluginEngine;
+use crate::protocol::upgrade::{ClientUpgrade, Upgraded, UpstreamUpgrade};
 use crate::repeat_log::{self, Level};
 use crate::router::normalize_host;
 use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::body::IncomingBody;
-use crate::upstream::connect::{Lease, SendError};
+use crate::upstream::connect::SendError;
 use crate::upstream::raw_fields::FieldsWanted;
 use crate::upstream::servers::InFlight;
 use crate::upstream::{NoServer, SendBody, Upstream};
@@ -308,8 +309,10 @@ impl Proxy {
             });
         }
 
-        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // The server grants upgrades it can carry (HTTP/1.1 with `Upgrade` and
+        // `Connection: upgrade`, no body): only those keep their `Upgrade` header.
+        let client_upgrade = req.extensions_mut().remove::<ClientUpgrade>();
+        let upgrade = client_upgrade.is_some();
         headers::strip_hop_by_hop(req.headers_mut(), upgrade);
         if let (true, Some(host)) = (replace_host, &client_host) {
             req.headers_mut().insert(header::HOST, host.clone());
@@ -500,7 +503,7 @@ impl Proxy {
             .await;
             let server_name = &server.addr;
             let failure = match sent {
-                Ok(Ok((response, lease))) => {
+                Ok(Ok(response)) => {
                     server.state.record_latency(started.elapsed());
                     let status = response.status();
                     if status.is_server_error() {
@@ -517,7 +520,7 @@ impl Proxy {
                         continue;
                     }
                     return Ok((
-                        self.upstream_response(upstream, response, lease, in_flight),
+                        self.upstream_response(upstream, response, in_flight),
                         server_name.clone(),
                     ));
                 }
@@ -573,17 +576,13 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         mut response: Response<IncomingBody>,
-        lease: Option<Lease>,
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(response.headers_mut(), switching);
-        // An upgraded connection belongs to the tunnel, never to the pool.
-        let lease = lease.filter(|_| !switching);
         response.map(|body| {
             Either::Left(Box::new(UpstreamBody::new(
                 body,
-                lease,
                 upstream.read_timeout,
                 upstream.name.clone(),
                 self.counters.clone(),
@@ -836,49 +835,78 @@ fn https_redirect(
 /// After a `101`, splices the client and upstream connections together until either
 /// side closes or no byte moves either way for `idle_timeout`.
 fn tunnel(
-    client_upgrade: hyper::upgrade::OnUpgrade,
+    client_upgrade: ClientUpgrade,
     mut response: Response<ProxyBody>,
     server: Authority,
     idle_timeout: std::time::Duration,
     counters: EdgeCounters,
 ) -> Response<ProxyBody> {
-    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let upstream = response
+        .extensions_mut()
+        .remove::<UpstreamUpgrade>()
+        .and_then(|upgrade| upgrade.take());
+    let client = client_upgrade.take();
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-            Ok(pair) => pair,
-            Err(e) => {
-                let kind = format!("upgrade|{server}");
-                if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || {
-                    format!("upgrade through {server} failed: {e}")
-                }) {
-                    tracing::warn!(target: "sluice::proxy", server = %server, "{line}");
-                }
-                return;
-            }
+        let (Some(upstream), Some(client)) = (upstream, client) else {
+            return;
         };
-        // Every byte either way passes the client side, so its activity is the tunnel's.
-        let activity = Activity::new();
-        drop(activity.begin_request());
-        let mut client = TrackedIo::new(hyper_util::rt::TokioIo::new(client), activity.clone());
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        let limits = ConnTimeouts {
-            header_read: idle_timeout,
-            idle: idle_timeout,
-            send: idle_timeout,
+        // The client's connection comes once its `101` has been written.
+        let Ok(client) = client.await else {
+            tracing::debug!(target: "sluice::proxy", server = %server, "client left before its upgrade");
+            return;
         };
-        tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(e) = copied {
-                    tracing::debug!(target: "sluice::proxy", server = %server, "tunnel closed: {e}");
-                }
-            }
-            _ = activity.expired(&limits) => {
-                counters.timeout("tunnel_idle");
-                tracing::debug!(target: "sluice::proxy", server = %server, "tunnel closed after {idle_timeout:?} idle");
+        if let Err(e) = splice(client, upstream, idle_timeout, &counters).await {
+            let kind = format!("upgrade|{server}");
+            if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || {
+                format!("tunnel through {server} failed: {e}")
+            }) {
+                tracing::warn!(target: "sluice::proxy", server = %server, "{line}");
             }
         }
     });
     response
+}
+
+/// Carries bytes both ways between two upgraded connections (first what each side
+/// read past its head, which belongs to the other) until one closes or both go
+/// quiet for `idle_timeout`.
+async fn splice(
+    client: Upgraded,
+    upstream: Upgraded,
+    idle_timeout: std::time::Duration,
+    counters: &EdgeCounters,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let Upgraded {
+        io: client_io,
+        read_ahead: from_client,
+    } = client;
+    let Upgraded {
+        io: mut upstream_io,
+        read_ahead: from_upstream,
+    } = upstream;
+    // Every byte either way passes the client side, so its activity is the tunnel's.
+    let activity = Activity::new();
+    drop(activity.begin_request());
+    let mut client_io = TrackedIo::new(client_io, activity.clone());
+    let limits = ConnTimeouts {
+        header_read: idle_timeout,
+        idle: idle_timeout,
+        send: idle_timeout,
+    };
+    let copy = async {
+        upstream_io.write_all(&from_client).await?;
+        client_io.write_all(&from_upstream).await?;
+        tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await
+    };
+    tokio::select! {
+        copied = copy => copied.map(|_| ()),
+        _ = activity.expired(&limits) => {
+            counters.timeout("tunnel_idle");
+            tracing::debug!(target: "sluice::proxy", "tunnel closed after {idle_timeout:?} idle");
+            Ok(())
+        }
+    }
 }
 
 /// Boxes the future `make` builds. The box is allocated first so that the future can be

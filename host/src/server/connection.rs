@@ -1,6 +1,5 @@
 //! One accepted connection, after TLS if any: HTTP/2 (ALPN or the prior-knowledge
-//! preface) or HTTP/1.1. HTTP/1.1 is served by the own server side (`h1`) until a
-//! request it does not take, then by hyper's.
+//! preface), served by hyper's server, or HTTP/1.x, served by Sluice's own (`h1`).
 //!
 //! An HTTP/1.1 connection that stays quiet for `idle_release_ms` gives its memory
 //! back: the server's per-connection state (read and write buffers, cached headers) is
@@ -15,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
@@ -25,7 +24,7 @@ use tokio::sync::watch;
 
 use super::gate::Gated;
 use super::h1::{self, Direct, HeadLimits, OwnEnd};
-use super::watchdog::{Activity, ConnTimeouts, Due, Expired, ReleaseWhen, TrackedIo};
+use super::watchdog::{Activity, ConnTimeouts, Expired, TrackedIo};
 use super::ServerLimits;
 use crate::admin::metrics::EdgeCounters;
 
@@ -33,7 +32,6 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Protocol settings shared by every connection of a listener.
 pub(super) struct Protocols {
-    http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     release_after: Duration,
     releases: Counter,
@@ -71,18 +69,12 @@ impl Protocols {
     }
 
     pub(super) fn new(limits: &ServerLimits, counters: &EdgeCounters) -> Self {
-        let mut http1 = http1::Builder::new();
-        // Request heads are timed by the connection watchdog, from their first byte.
-        http1
-            .max_buf_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_header_list_size(limits.max_header_bytes as u32);
         Self {
-            http1,
             http2,
             release_after: limits.idle_release,
             releases: counters.idle_releases.clone(),
@@ -98,7 +90,7 @@ impl Protocols {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The request handler, with what hyper's HTTP/1.1 and HTTP/2 servers need of it.
+/// The request handler, with what hyper's HTTP/2 server needs of it.
 pub(super) trait Handler:
     HttpService<
         hyper::body::Incoming,
@@ -188,7 +180,7 @@ where
     if h2 {
         Served::Closed(serve_http2(io, prefix, protocols, service, activity, drain).await)
     } else {
-        serve_http1(io, prefix, protocols, service, direct, activity, drain).await
+        serve_http1(io, prefix, protocols, direct, activity, drain).await
     }
 }
 
@@ -221,7 +213,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Handler,
 {
-    let io = ClientIo::new(io, prefix, None);
+    let io = ClientIo::new(io, prefix);
     // Boxed, like the HTTP/1.1 one: the connection task stays small whatever it serves.
     let mut conn = Box::pin(protocols.http2.serve_connection(TokioIo::new(io), service));
     let mut draining = false;
@@ -248,20 +240,18 @@ where
     }
 }
 
-/// HTTP/1.1: the own server takes the connection first; a request it does not serve
-/// hands the connection to hyper's, until that is released for idleness.
-async fn serve_http1<I, S, D>(
+/// HTTP/1.1 (and 1.0): the own server, until the connection closes or is released
+/// for idleness.
+async fn serve_http1<I, D>(
     mut io: I,
     mut prefix: Bytes,
     protocols: &Protocols,
-    service: S,
     direct: &D,
     activity: &Arc<Activity>,
     mut drain: watch::Receiver<bool>,
 ) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
-    S: Handler,
     D: Direct,
 {
     loop {
@@ -269,21 +259,6 @@ where
             match h1::serve(io, prefix, protocols, direct, activity, &mut drain).await {
                 OwnEnd::Closed(expired) => return Served::Closed(expired),
                 OwnEnd::Released { io, prefix } => (io, prefix),
-                OwnEnd::Handoff { io, prefix } => {
-                    let served = serve_http1_until_release(
-                        io,
-                        prefix,
-                        protocols,
-                        service.clone(),
-                        activity,
-                        &mut drain,
-                    )
-                    .await;
-                    match served {
-                        Http1End::Released { io, prefix } => (io, prefix),
-                        Http1End::Closed(expired) => return Served::Closed(expired),
-                    }
-                }
             };
         // With nothing read ahead, the socket waits parked; bytes already read are
         // the next request, served at once.
@@ -294,115 +269,16 @@ where
     }
 }
 
-/// How one hyper HTTP/1.1 connection on the socket ended.
-enum Http1End<I> {
-    /// Wound down for idleness: the socket, and any bytes read ahead of the next request.
-    Released { io: I, prefix: Bytes },
-    /// The connection is closed (or upgraded); with the time bound it broke, if any.
-    Closed(Option<Expired>),
-}
-
-async fn serve_http1_until_release<I, S>(
-    io: I,
-    prefix: Bytes,
-    protocols: &Protocols,
-    service: S,
-    activity: &Arc<Activity>,
-    drain: &mut watch::Receiver<bool>,
-) -> Http1End<I>
-where
-    I: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
-    S: Handler,
-{
-    let client = ClientIo::new(io, prefix, Some(activity.clone()));
-    // Boxed: a connection that never sends a byte holds only its sniffing task.
-    let mut conn = Box::new(
-        protocols
-            .http1
-            .serve_connection(TokioIo::new(client), service)
-            .with_upgrades(),
-    );
-    let release = ReleaseWhen {
-        quiet_for: protocols.release_after,
-        requests_above: activity.requests(),
-    };
-    let mut draining = *drain.borrow();
-    if draining {
-        Pin::new(&mut *conn).graceful_shutdown();
-    }
-    loop {
-        let release = (!activity.is_releasing() && !draining).then_some(release);
-        let due = pin!(activity.due(&protocols.timeouts, release));
-        let due = Gated::new(due);
-        let drained = pin!(drain.changed());
-        let drained = Gated::new(drained);
-        tokio::select! {
-            biased;
-            done = Pin::new(&mut *conn) => {
-                if let Err(e) = done {
-                    tracing::debug!(target: "sluice::server", "connection ended: {e}");
-                    return Http1End::Closed(None);
-                }
-                break;
-            }
-            due = due => match due {
-                Due::Expired(why) => return Http1End::Closed(protocols.timed_out(why)),
-                Due::Release => {
-                    // Idle (or half a head in): hyper closes its state without
-                    // answering, and `ClientIo` keeps the socket open.
-                    activity.set_releasing(true);
-                    Pin::new(&mut *conn).graceful_shutdown();
-                }
-            },
-            _ = drained, if !draining => {
-                draining = true;
-                activity.set_releasing(false);
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-        }
-    }
-    // A drain clears the release flag: the connection closes instead.
-    if !activity.is_releasing() {
-        return Http1End::Closed(None);
-    }
-    // `None`: the connection was upgraded and its socket now belongs to the tunnel.
-    let Some(parts) = conn.into_parts() else {
-        return Http1End::Closed(None);
-    };
-    protocols.releases.inc();
-    activity.set_releasing(false);
-    let client = parts.io.into_inner();
-    let mut prefix = client.prefix;
-    // Bytes hyper read ahead go first; copied, so they do not keep its 8 KiB read
-    // buffer alive.
-    if !parts.read_buf.is_empty() {
-        let mut ahead = Vec::with_capacity(prefix.len() + parts.read_buf.len());
-        ahead.extend_from_slice(&parts.read_buf);
-        ahead.extend_from_slice(&prefix);
-        prefix = Bytes::from(ahead);
-    }
-    Http1End::Released {
-        io: client.inner,
-        prefix,
-    }
-}
-
-/// The client socket as hyper sees it: bytes read ahead by a previous hyper connection
-/// come first. For HTTP/1.1 (with `activity`) it marks where request heads start, and
-/// its shutdown is a no-op while hyper is being wound down for release.
+/// The client socket as hyper's HTTP/2 server sees it: the bytes read while telling
+/// the protocol come first.
 struct ClientIo<I> {
     inner: I,
     prefix: Bytes,
-    activity: Option<Arc<Activity>>,
 }
 
 impl<I> ClientIo<I> {
-    fn new(inner: I, prefix: Bytes, activity: Option<Arc<Activity>>) -> Self {
-        Self {
-            inner,
-            prefix,
-            activity,
-        }
+    fn new(inner: I, prefix: Bytes) -> Self {
+        Self { inner, prefix }
     }
 }
 
@@ -412,21 +288,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = if self.prefix.is_empty() {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        } else {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            Poll::Ready(Ok(()))
-        };
-        if buf.filled().len() > before {
-            if let Some(activity) = &self.activity {
-                activity.request_bytes();
-            }
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
         }
-        polled
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -456,9 +324,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.activity.as_ref().is_some_and(|a| a.is_releasing()) {
-            return Pin::new(&mut self.inner).poll_flush(cx);
-        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -9,7 +9,7 @@
 //! timer per connection compares it with the limits when a deadline falls due.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -82,7 +82,6 @@ pub struct Activity {
     requests: AtomicU64,
     in_flight: AtomicUsize,
     /// The HTTP/1.1 server is being wound down to give its buffers back, not closed.
-    releasing: AtomicBool,
     last_progress: AtomicU64,
     /// When a write to the client last found the socket full (NEVER when it is not).
     write_blocked_since: AtomicU64,
@@ -99,7 +98,6 @@ impl Activity {
             head_started: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            releasing: AtomicBool::new(false),
             last_progress: AtomicU64::new(0),
             write_blocked_since: AtomicU64::new(NEVER),
             bodies_handed_out: AtomicUsize::new(0),
@@ -149,14 +147,6 @@ impl Activity {
     /// Request heads received so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
-    }
-
-    pub fn set_releasing(&self, releasing: bool) {
-        self.releasing.store(releasing, Ordering::Relaxed);
-    }
-
-    pub fn is_releasing(&self) -> bool {
-        self.releasing.load(Ordering::Relaxed)
     }
 
     /// What falls due first if nothing changes, and when. With `release`, a connection

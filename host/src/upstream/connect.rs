@@ -1,8 +1,7 @@
 //! Connections to an upstream's servers: HTTP/1.1 or HTTP/2 (h2c), in clear or over
 //! rustls (server name, CA bundle, verification on by default, optional client
 //! certificate; HTTP/2 by ALPN), reused through a pool per serving thread (`pool`).
-//! HTTP/1.1 requests whose body is in memory go through Sluice's own client (`h1`);
-//! streamed uploads, upgrades and HTTP/2 through hyper's.
+//! HTTP/1.1 goes through Sluice's own client (`h1`, `upload`), HTTP/2 through hyper's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +13,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::rt::{Read, Write};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,7 +23,7 @@ use tower_service::Service;
 
 use super::body::IncomingBody;
 use super::h1;
-use super::pool::{H1Sender, H2Sender, Home, Pools};
+use super::pool::{H2Sender, Home, Pools};
 use super::quick_ack::AckHandle;
 use super::raw_fields::FieldsWanted;
 use super::upload;
@@ -53,10 +52,6 @@ impl From<SendBody> for UpstreamRequestBody {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Read buffer of one upstream HTTP/1.1 connection at most: what a slow client can make
-/// the proxy hold per request before back-pressure reaches the upstream.
-const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 /// Why a request got no response from its server.
 #[derive(Debug, thiserror::Error)]
@@ -90,44 +85,8 @@ enum Dialer {
 pub struct Connector {
     dialer: Dialer,
     http2: bool,
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     pools: Arc<Pools>,
-}
-
-/// An HTTP/1.1 connection lent to one exchange; handed back once its response body
-/// has been read to the end (dropped otherwise, which closes the connection).
-pub struct Lease {
-    pools: Arc<Pools>,
-    slot: usize,
-    server: Authority,
-    sender: H1Sender,
-}
-
-impl Lease {
-    /// Pools the connection once it can take the next request: at once in the usual
-    /// case, or after the request it carried has finished going out (a response that
-    /// ended before a slow upload) — never handed to a request that would wait on it.
-    pub fn give_back(self) {
-        if self.sender.is_ready() {
-            self.pools.put_h1(self.slot, self.server, self.sender);
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let Lease {
-            pools,
-            slot,
-            server,
-            mut sender,
-        } = self;
-        runtime.spawn(async move {
-            if sender.ready().await.is_ok() {
-                pools.put_h1(slot, server, sender);
-            }
-        });
-    }
 }
 
 impl Connector {
@@ -135,8 +94,6 @@ impl Connector {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         http.set_nodelay(true);
-        let mut h1 = http1::Builder::new();
-        h1.max_buf_size(UPSTREAM_READ_BUFFER);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
         let pools = Pools::new(
@@ -179,16 +136,14 @@ impl Connector {
         Ok(Self {
             dialer,
             http2,
-            h1,
             h2,
             pools,
         })
     }
 
     /// Sends `req` (whose URI is the origin-form target) to `server` on a pooled
-    /// connection or a new one. With hyper's HTTP/1.1 client the lease must be given
-    /// back once the response body is complete for the connection to be reused (Sluice's
-    /// own client does that itself).
+    /// connection or a new one (an HTTP/1.1 connection goes back to the pool from the
+    /// response body, once it is read to its end).
     ///
     /// The path is chosen before the returned future exists, so that the future holds
     /// the request once (an async fn would keep its argument's room beside the moved
@@ -199,45 +154,29 @@ impl Connector {
         server: &'a Authority,
         req: Request<SendBody>,
         wanted: FieldsWanted,
-    ) -> impl Future<Output = Result<(Response<IncomingBody>, Option<Lease>), SendError>> + Send + 'a
-    {
+    ) -> impl Future<Output = Result<Response<IncomingBody>, SendError>> + Send + 'a {
         use futures_util::future::{Either as Path, FutureExt};
-        type Boxed<'a> = Pin<
-            Box<
-                dyn Future<Output = Result<(Response<IncomingBody>, Option<Lease>), SendError>>
-                    + Send
-                    + 'a,
-            >,
-        >;
+        type Boxed<'a> =
+            Pin<Box<dyn Future<Output = Result<Response<IncomingBody>, SendError>> + Send + 'a>>;
         if self.http2 {
             let h2: Boxed<'a> = Box::pin(async move {
                 let response = self.send_h2(server, req.map(Into::into)).await?;
-                Ok((response.map(IncomingBody::Hyper), None))
+                Ok(response.map(IncomingBody::Hyper))
             });
             return Path::Left(h2);
         }
-        // Upgrades need hyper's upgrade machinery.
         let (parts, body) = req.into_parts();
-        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         match body {
-            SendBody::Kept(bytes) if !upgrade => Path::Right(
+            SendBody::Kept(bytes) => Path::Right(
                 self.send_own(server, Request::from_parts(parts, bytes), wanted)
-                    .map(|sent| sent.map(|response| (response.map(IncomingBody::Own), None))),
+                    .map(|sent| sent.map(|response| response.map(IncomingBody::Own))),
             ),
-            SendBody::Streamed(body) if !upgrade => {
+            SendBody::Streamed(body) => {
                 let streamed: Boxed<'a> = Box::pin(async move {
                     let response = self.send_own_streaming(server, parts, body, wanted).await?;
-                    Ok((response.map(IncomingBody::Own), None))
+                    Ok(response.map(IncomingBody::Own))
                 });
                 Path::Left(streamed)
-            }
-            body => {
-                let req = Request::from_parts(parts, body.into());
-                let h1: Boxed<'a> = Box::pin(async move {
-                    let (response, lease) = self.send_h1(server, req).await?;
-                    Ok((response.map(IncomingBody::Hyper), lease))
-                });
-                Path::Left(h1)
             }
         }
     }
@@ -301,6 +240,7 @@ impl Connector {
                 }
             };
             match h1::round_trip(&mut conn, &req, wanted).await {
+                Ok(head) if head.is_switching() => return Ok(head.into_upgraded(*conn)),
                 Ok(head) => return Ok(head.into_response(conn, Some(self.home(slot, server)))),
                 Err(e) if h1::may_retry_on_new_connection(&conn, &e, req.method()) => {
                     tracing::debug!(target: "sluice::upstream", server = %server, "pooled connection was dead ({e}); trying another");
@@ -312,62 +252,6 @@ impl Connector {
 
     fn home(&self, slot: usize, server: &Authority) -> Home {
         Home::new(&self.pools, slot, server)
-    }
-
-    async fn send_h1(
-        &self,
-        server: &Authority,
-        mut req: Request<UpstreamRequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        let slot = pool_slot();
-        // Each pass takes one pooled connection out, so this ends.
-        while let Some(mut sender) = self.pools.take_h1(slot, server) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, Some(self.lease(slot, server, sender)))),
-                // Closed before the request left: it is still ours to send elsewhere.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Request(e.into_error().into())),
-                },
-            }
-        }
-        // Boxed, in a statement of its own (a temporary would keep its size here):
-        // connecting is rare, and its large future would otherwise size (and be
-        // copied with) every request.
-        let connect = Box::pin(self.connect_h1(server));
-        let mut sender = connect.await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| SendError::Request(e.into()))?;
-        Ok((response, Some(self.lease(slot, server, sender))))
-    }
-
-    fn lease(&self, slot: usize, server: &Authority, sender: H1Sender) -> Lease {
-        Lease {
-            pools: self.pools.clone(),
-            slot,
-            server: server.clone(),
-            sender,
-        }
-    }
-
-    async fn connect_h1(&self, server: &Authority) -> Result<H1Sender, SendError> {
-        let io = self.dial(server).await?;
-        let (sender, connection) = self
-            .h1
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(target: "sluice::upstream", "upstream connection ended: {e}");
-            }
-        });
-        Ok(sender)
     }
 
     async fn send_h2(

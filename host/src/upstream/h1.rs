@@ -1,8 +1,9 @@
-//! Sluice's own HTTP/1.1 client connection, for the common exchange: a request whose
-//! body is in memory (none, or kept for retries) and that asks for no upgrade. It
-//! writes the request in one go and reads the response on the request's own task,
-//! with no connection task, channel or wake-up in between (what hyper's client costs).
-//! Streamed uploads and upgrades go through hyper's client (`connect`).
+//! Sluice's own HTTP/1.1 client connection, for every HTTP/1.1 upstream request. A
+//! request whose body is in memory (none, or kept for retries) is written in one go;
+//! a streamed body goes out beside the response (`upload`). The response is read on
+//! the request's own task, with no connection task, channel or wake-up in between
+//! (what hyper's client costs). A `101` to a request that asked for an upgrade hands
+//! the connection to the tunnel.
 //!
 //! The response body reads from the connection itself and hands it back to the pool
 //! the moment the message is complete; a body dropped early closes it.
@@ -13,7 +14,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -23,6 +24,7 @@ use super::connect::Transport;
 use super::pool::Home;
 use super::quick_ack::AckHandle;
 use super::raw_fields::{self, FieldsWanted, RawFields};
+use crate::protocol::upgrade::{Upgraded, UpstreamUpgrade};
 use crate::protocol::wire::chunked::{self, Chunk, Decoded};
 use crate::protocol::wire::framing::{content_length, BodyFraming, FramingFields};
 use crate::protocol::wire::FramingError;
@@ -179,7 +181,7 @@ pub async fn round_trip(
     if conn.write.capacity() > KEEP_WRITE_BUFFER {
         conn.write = Vec::new();
     }
-    let mut reading = HeadReader::new(req.method() == Method::HEAD, wanted);
+    let mut reading = HeadReader::new(req.method(), req.headers(), wanted);
     loop {
         if let Some(head) = reading.take(conn)? {
             return Ok(head);
@@ -195,15 +197,18 @@ pub async fn round_trip(
 pub(super) struct HeadReader {
     is_head: bool,
     wanted: FieldsWanted,
+    /// The request asked for an upgrade: a `101` is its answer.
+    upgrade: bool,
     interim: usize,
     received: bool,
 }
 
 impl HeadReader {
-    pub(super) fn new(is_head: bool, wanted: FieldsWanted) -> Self {
+    pub(super) fn new(method: &Method, headers: &HeaderMap, wanted: FieldsWanted) -> Self {
         Self {
-            is_head,
+            is_head: method == Method::HEAD,
             wanted,
+            upgrade: headers.contains_key(UPGRADE),
             interim: 0,
             received: false,
         }
@@ -213,7 +218,7 @@ impl HeadReader {
     pub(super) fn take(&mut self, conn: &mut Conn) -> Result<Option<Head>, Error> {
         while !conn.read.is_empty() {
             self.received = true;
-            match parse_head(&mut conn.read, self.is_head, self.wanted)? {
+            match parse_head(&mut conn.read, self.is_head, self.wanted, self.upgrade)? {
                 Parsed::Partial if conn.read.len() >= MAX_HEAD_BYTES => {
                     return Err(Error::HeadTooLarge)
                 }
@@ -254,9 +259,35 @@ pub struct Head {
     raw: Option<RawFields>,
     framing: Framing,
     keep_alive: bool,
+    /// A `101` to a request that asked for an upgrade.
+    switching: bool,
 }
 
 impl Head {
+    pub fn is_switching(&self) -> bool {
+        self.switching
+    }
+
+    /// A `101`'s response: the connection goes with it (in its extensions) to the
+    /// tunnel, with any bytes the server sent past the head.
+    pub fn into_upgraded(self, conn: Conn) -> Response<ResponseBody> {
+        let Conn { io, read, .. } = conn;
+        let upgraded = Upgraded::new(io, read.freeze());
+        let body = ResponseBody {
+            conn: None,
+            framing: Framing::Done,
+            keep_alive: false,
+            home: None,
+            raw: self.raw,
+            upload: None,
+        };
+        let mut response = self.response.map(|()| body);
+        response
+            .extensions_mut()
+            .insert(UpstreamUpgrade::new(upgraded));
+        response
+    }
+
     /// The connection is not to carry another request after this response (it
     /// arrived before the request was sent whole).
     pub(super) fn close_after(&mut self) {
@@ -379,7 +410,12 @@ enum Parsed {
 }
 
 /// Parses a response head at the start of `buf`, taking it out of `buf` when whole.
-fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result<Parsed, Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    is_head: bool,
+    wanted: FieldsWanted,
+    upgrade: bool,
+) -> Result<Parsed, Error> {
     // Where each field's name and value lie in the head, so that values can share the
     // head's bytes instead of being copied.
     let mut fields: [FieldSpan; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
@@ -414,16 +450,19 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("invalid status code"))?;
-    if status.is_informational() {
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(Error::Framing(
-                "101 Switching Protocols to a request that asked for no upgrade",
-            ));
-        }
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !upgrade {
+        return Err(Error::Framing(
+            "101 Switching Protocols to a request that asked for no upgrade",
+        ));
+    }
+    if status.is_informational() && !switching {
         return Ok(Parsed::Interim);
     }
     let classified = match wanted {
-        FieldsWanted::Raw if !is_head => raw_fields::classify(&head, &fields[..count])?,
+        FieldsWanted::Raw if !is_head && !switching => {
+            raw_fields::classify(&head, &fields[..count])?
+        }
         _ => None,
     };
     let (mut headers, raw, framing) = match classified {
@@ -441,6 +480,8 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
     };
     let (framing_kind, framing_allows_reuse) = framing.response_framing(status, is_head, version);
     let framing_kind = match framing_kind {
+        // After a 101 the connection is the tunnel's: no body.
+        _ if switching => Framing::Length(0),
         BodyFraming::Length(n) => Framing::Length(n),
         BodyFraming::Chunked => Framing::Chunked(Chunk::SizeLine),
         BodyFraming::Close => Framing::Close,
@@ -451,6 +492,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
         headers.remove(CONTENT_LENGTH);
     }
     let keep_alive = framing_allows_reuse
+        && !switching
         && if version == Version::HTTP_11 {
             !framing.close
         } else {
@@ -465,6 +507,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool, wanted: FieldsWanted) -> Result
         raw,
         framing: framing_kind,
         keep_alive,
+        switching,
     }))
 }
 
@@ -671,7 +714,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &[u8], is_head: bool) -> Result<Parsed, Error> {
-        parse_head(&mut BytesMut::from(text), is_head, FieldsWanted::Map)
+        parse_head(&mut BytesMut::from(text), is_head, FieldsWanted::Map, false)
     }
 
     fn final_head(text: &[u8]) -> Head {
@@ -688,7 +731,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 201 Created\r\nX-A: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\nabc"[..],
         );
-        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, FieldsWanted::Map) else {
+        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, FieldsWanted::Map, false) else {
             panic!("not parsed");
         };
         assert_eq!(head.response.status(), StatusCode::CREATED);
@@ -709,7 +752,7 @@ mod tests {
             &b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, false, FieldsWanted::Map),
+            parse_head(&mut buf, false, FieldsWanted::Map, false),
             Ok(Parsed::Interim)
         ));
         assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");
@@ -717,6 +760,16 @@ mod tests {
             parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
             Err(Error::Framing(_))
         ));
+        // Asked for, a 101 is the final answer, with no body and no reuse.
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\nbytes"[..]);
+        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, FieldsWanted::Raw, true) else {
+            panic!("a 101 to an upgrade is final");
+        };
+        assert!(head.is_switching() && !head.keep_alive);
+        assert!(matches!(head.framing, Framing::Length(0)));
+        assert_eq!(head.response.headers()["upgrade"], "x", "kept in the map");
+        assert_eq!(&buf[..], b"bytes", "what follows is the tunnel's");
     }
 
     #[test]

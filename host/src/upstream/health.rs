@@ -36,7 +36,7 @@ pub fn spawn(upstream: &Arc<Upstream>, health: HealthConfig) -> anyhow::Result<(
                 async move {
                     let outcome = match request {
                         Ok(req) => match tokio::time::timeout(timeout, checker.send(&server.addr, req, FieldsWanted::Map)).await {
-                            Ok(Ok((response, _))) => {
+                            Ok(Ok(response)) => {
                                 let status = response.status().as_u16();
                                 if passes(status, expected) {
                                     Ok(())

@@ -1,6 +1,6 @@
 //! Idle upstream connections, one pool per serving thread (`server::workers`), so a
 //! checkout never contends with another thread and a connection's task runs where its
-//! requests do. HTTP/1.1 connections (Sluice's own, `h1`, and hyper's) are taken out
+//! requests do. HTTP/1.1 connections (Sluice's own client, `h1`) are taken out
 //! while they carry a request and come back when the response body has been read to
 //! its end; an HTTP/2 connection stays in the pool and is shared by every request of
 //! its thread.
@@ -9,24 +9,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 
 use super::connect::UpstreamRequestBody;
 use super::h1;
 use crate::clock::Stamp;
 
-pub type H1Sender = http1::SendRequest<UpstreamRequestBody>;
 pub type H2Sender = http2::SendRequest<UpstreamRequestBody>;
 
 /// An idle connection that can tell whether it is still usable.
 trait Reusable {
     fn is_closed(&mut self) -> bool;
-}
-
-impl Reusable for H1Sender {
-    fn is_closed(&mut self) -> bool {
-        http1::SendRequest::is_closed(self)
-    }
 }
 
 impl Reusable for Box<h1::Conn> {
@@ -52,7 +45,6 @@ struct Idle<S> {
 #[derive(Default)]
 struct Slot {
     own: H1Lists<Box<h1::Conn>>,
-    h1: H1Lists<H1Sender>,
     h2: Vec<(Authority, Idle<H2Sender>)>,
     /// A sweeper task is closing this slot's expired connections.
     sweeping: bool,
@@ -81,22 +73,6 @@ impl Pools {
         self.slots[index]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The most recently returned live HTTP/1.1 connection to `server`, if any.
-    pub fn take_h1(&self, slot: usize, server: &Authority) -> Option<H1Sender> {
-        take_latest(&mut self.slot(slot).h1, server, self.idle_timeout)
-    }
-
-    /// Puts a connection whose response is complete back for the next request.
-    pub fn put_h1(self: &Arc<Self>, slot: usize, server: Authority, sender: H1Sender) {
-        if self.max_idle == 0 || sender.is_closed() {
-            return;
-        }
-        let mut guard = self.slot(slot);
-        if put_latest(&mut guard.h1, server, sender, self.max_idle) {
-            self.ensure_sweeper(&mut guard, slot);
-        }
     }
 
     /// The most recently returned live connection of Sluice's own client, if any.
@@ -244,11 +220,10 @@ async fn sweep(pools: Weak<Pools>, slot: usize, every: Duration) {
         let mut guard = pools.slot(slot);
         let now = Stamp::now();
         sweep_lists(&mut guard.own, now, timeout);
-        sweep_lists(&mut guard.h1, now, timeout);
         guard
             .h2
             .retain(|(_, c)| !c.sender.is_closed() && now.duration_since(c.since) < timeout);
-        if guard.own.is_empty() && guard.h1.is_empty() && guard.h2.is_empty() {
+        if guard.own.is_empty() && guard.h2.is_empty() {
             guard.sweeping = false;
             return;
         }

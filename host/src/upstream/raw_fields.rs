@@ -17,7 +17,7 @@ use crate::protocol::wire::framing::FramingFields;
 /// How a caller wants a response head's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldsWanted {
-    /// All in the response's header map: plugins, HTTP/2 and hyper's server read it.
+    /// All in the response's header map: plugins, HTTP/2 and upgrades read it.
     Map,
     /// As sent, as `RawFields` the response body carries, where the head allows: for
     /// the own HTTP/1.1 server, which writes them out as they are.

@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::Method;
 use http_body::Body;
 use tokio::io::AsyncWrite;
 
@@ -69,7 +68,7 @@ where
         body_done: false,
         write_failed: None,
     };
-    let mut reading = HeadReader::new(parts.method == Method::HEAD, wanted);
+    let mut reading = HeadReader::new(&parts.method, &parts.headers, wanted);
     let sent = match poll_fn(|cx| upload.poll(conn, &mut reading, started, cx)).await {
         Ok(sent) => sent,
         Err(e) => return Err((e, upload.body)),

@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use http::{Method, Request, StatusCode, Version};
 
 use super::HeadLimits;
+use crate::protocol::upgrade::GrantUpgrade;
 use crate::protocol::wire::framing::{BodyFraming, FramingFields, RequestFramingError};
 use crate::proxy::body::ReceivedBody;
 
@@ -23,6 +24,8 @@ pub(super) struct Head {
     pub(super) request: Request<ReceivedBody>,
     pub(super) keep_alive: bool,
     pub(super) body: Option<BodyPlan>,
+    /// The client asked for an upgrade: granted if the response is a `101`.
+    pub(super) upgrade: Option<GrantUpgrade>,
 }
 
 /// How a request's body is to be read.
@@ -44,8 +47,6 @@ impl BodyPlan {
 
 /// A head the own server does not serve as a request.
 pub(super) enum HeadEnd {
-    /// An upgrade: hyper's server takes the connection, the head's bytes first.
-    Handoff,
     /// Answered with an error, then the connection closes.
     Refuse(Refusal),
 }
@@ -81,6 +82,7 @@ pub(super) struct ParsedHead {
     pub(super) framing: BodyFraming,
     pub(super) keep_alive: bool,
     pub(super) expect_continue: bool,
+    pub(super) upgrade: bool,
 }
 
 /// Parses the request head at the start of `buf` into `slots`, writing where each
@@ -177,9 +179,6 @@ pub(super) fn parse_head<'b>(
         let [value_start, value_end] = span_of(buf, header.value);
         *span = [name_start, name_end, value_start, value_end];
     }
-    if upgrade && fields.upgrade && version == Version::HTTP_11 {
-        return Err(HeadEnd::Handoff);
-    }
     let framing = match fields.request_framing(version) {
         Ok(framing) => framing,
         Err(RequestFramingError::Ambiguous(why)) => return bad(why),
@@ -199,6 +198,12 @@ pub(super) fn parse_head<'b>(
         framing,
         keep_alive: fields.keep_alive(version),
         expect_continue: expect_continue && framing != BodyFraming::Length(0),
+        // An upgrade is granted to a bodiless HTTP/1.1 request that names it in both
+        // `Upgrade` and `Connection`.
+        upgrade: upgrade
+            && fields.upgrade
+            && version == Version::HTTP_11
+            && framing == BodyFraming::Length(0),
     }))
 }
 

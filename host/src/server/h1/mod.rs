@@ -1,7 +1,8 @@
 //! Sluice's own HTTP/1.1 server: every HTTP/1.1 and HTTP/1.0 request, with
 //! Content-Length or chunked bodies (and trailers), `Expect: 100-continue` and
-//! pipelining; malformed or ambiguous heads are answered here (`head`). Upgrades
-//! still hand the connection, with every byte read so far, to hyper's server.
+//! pipelining; malformed or ambiguous heads are answered here (`head`). A granted
+//! upgrade (`101`) hands the connection, with every byte read past the head, to the
+//! tunnel.
 //!
 //! Why its own: hyper's server side was about 11k instructions per request on the
 //! plain proxy path, a third of the whole. This one parses with httparse into the same
@@ -31,6 +32,7 @@ use super::connection::Protocols;
 use super::gate::Gated;
 use super::watchdog::{Activity, Due, Expired, ReleaseWhen};
 use crate::protocol::body;
+use crate::protocol::upgrade::{client_upgrade, GrantUpgrade, Upgraded};
 use crate::protocol::wire::framing::BodyFraming;
 use crate::proxy::body::ReceivedBody;
 use crate::proxy::headers::FORWARDING_HEADERS;
@@ -62,8 +64,7 @@ pub(super) trait Direct: Send + Sync {
     fn take_raw_fields(body: &mut Self::Body) -> Option<RawFields>;
 }
 
-/// Limits a request head is held to (those of hyper's server, which answers any
-/// head over them).
+/// Limits a request head is held to (`server.max_header_bytes`, `max_headers`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct HeadLimits {
     pub max_bytes: usize,
@@ -72,8 +73,6 @@ pub(super) struct HeadLimits {
 
 /// How the own server's turn on a connection ended.
 pub(super) enum OwnEnd<I> {
-    /// A request it does not serve: hyper's server takes the socket, these bytes first.
-    Handoff { io: I, prefix: Bytes },
     /// Quiet long enough to give its buffers back: the socket, and the bytes of a
     /// head begun, if any.
     Released { io: I, prefix: Bytes },
@@ -82,7 +81,8 @@ pub(super) enum OwnEnd<I> {
 }
 
 enum Stop {
-    Handoff,
+    /// A `101` went out: the connection belongs to the tunnel that `grant` reaches.
+    Upgrade(GrantUpgrade),
     Release,
     Closed(Option<Expired>),
 }
@@ -119,7 +119,7 @@ pub(super) async fn serve<I, D>(
     drain: &mut watch::Receiver<bool>,
 ) -> OwnEnd<I>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     D: Direct,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK.max(prefix.len()));
@@ -170,10 +170,12 @@ where
         }
     };
     match stop {
-        Stop::Handoff => OwnEnd::Handoff {
-            io: conn.io,
-            prefix: conn.buf.freeze(),
-        },
+        Stop::Upgrade(grant) => {
+            // Bytes after the head are the tunnel's, on their way upstream.
+            let read_ahead = conn.buf.freeze();
+            let _ = grant.send(Upgraded::new(conn.io, read_ahead));
+            OwnEnd::Closed(None)
+        }
         Stop::Release => {
             protocols.count_release();
             // Copied: the bytes of a head begun must not keep the read buffer alive.
@@ -200,6 +202,8 @@ enum Served {
     KeepAlive,
     /// The connection closes; `linger` first when the request's body was left unread.
     Close { linger: bool },
+    /// A `101` went out: the connection goes to the tunnel.
+    Upgraded(GrantUpgrade),
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
@@ -224,7 +228,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
                         Ok(Some(head)) => break head,
                         Ok(None) if self.buf.len() < limits.max_bytes => {}
                         Ok(None) => return self.refuse(Refusal::HEAD_TOO_LARGE).await,
-                        Err(HeadEnd::Handoff) => return Stop::Handoff,
                         Err(HeadEnd::Refuse(refusal)) => return self.refuse(refusal).await,
                     }
                 }
@@ -253,6 +256,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
                         self.output.out = Vec::new();
                     }
                 }
+                Served::Upgraded(grant) => return Stop::Upgrade(grant),
                 Served::Close { linger } => {
                     if linger {
                         self.linger().await;
@@ -272,7 +276,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     ) -> Served {
         let head_only = head.request.method() == Method::HEAD;
         let version = head.request.version();
-        let mut response = direct.call(head.request, FieldsWanted::Raw).await;
+        let wanted = match head.upgrade {
+            // A `101` is written from the header map (its `Upgrade` goes on).
+            Some(_) => FieldsWanted::Map,
+            None => FieldsWanted::Raw,
+        };
+        let mut response = direct.call(head.request, wanted).await;
+        if let (Some(grant), StatusCode::SWITCHING_PROTOCOLS) = (head.upgrade, response.status()) {
+            return match self.output.switch_protocols(&mut self.io, response).await {
+                Ok(()) => Served::Upgraded(grant),
+                Err(e) => {
+                    tracing::debug!(target: "sluice::server", "connection ended: {e}");
+                    Served::Close { linger: false }
+                }
+            };
+        }
         let raw = D::take_raw_fields(response.body_mut());
         let keep_alive = head.keep_alive && !draining();
         let responded = self
@@ -388,8 +406,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 
     /// The next request head, when the buffer holds a complete one (`Ok(None)`:
-    /// incomplete; `Err`: an upgrade, which hyper's server takes with the buffer
-    /// untouched, or a head refused).
+    /// incomplete; `Err`: a head refused).
     fn take_head(&mut self, limits: HeadLimits) -> Result<Option<Head>, HeadEnd> {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_OWN_HEADERS];
         let mut spans = [[0u32; 4]; MAX_OWN_HEADERS];
@@ -439,6 +456,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             headers.append(name, value);
         }
         let mut request = Request::new(());
+        let upgrade = parsed.upgrade.then(|| {
+            let (grant, upgrade) = client_upgrade();
+            request.extensions_mut().insert(upgrade);
+            grant
+        });
         *request.method_mut() = parsed.method;
         *request.uri_mut() = uri;
         *request.version_mut() = parsed.version;
@@ -454,6 +476,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             request: request.map(|()| ReceivedBody::Empty),
             keep_alive: parsed.keep_alive,
             body,
+            upgrade,
         })
     }
 }
@@ -651,9 +674,6 @@ mod tests {
     /// How `serve` ended, as text: `handoff <bytes>`, `released`, `closed`.
     fn ending<I>(end: OwnEnd<I>) -> String {
         match end {
-            OwnEnd::Handoff { prefix, .. } => {
-                format!("handoff {}", String::from_utf8_lossy(&prefix))
-            }
             OwnEnd::Released { .. } => "released".into(),
             OwnEnd::Closed(None) => "closed".into(),
             OwnEnd::Closed(Some(why)) => format!("closed: {}", why.label()),
@@ -1003,7 +1023,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn other_request_forms_are_served_and_upgrades_go_to_hyper_with_every_byte() {
+    async fn other_request_forms_are_served() {
         for (case, seen) in [
             (
                 "GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1015,22 +1035,116 @@ mod tests {
                 "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
                 "GET /",
             ),
+            // An upgrade the upstream does not grant is an ordinary exchange.
+            (
+                "GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                "GET /ws",
+            ),
         ] {
             let answer = Answer::new(echo);
             let (out, _) = exchange(&answer, case.as_bytes(), false).await;
             assert_eq!(responses(&out)[0].1, seen, "{case:?}");
         }
-        let upgrade =
-            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-        let answer = Answer::new(echo);
-        let (out, end) = exchange(&answer, upgrade.as_bytes(), false).await;
-        assert_eq!(end, format!("handoff {upgrade}"));
-        assert_eq!(out, "");
-        // After a request it served, only the next one's bytes are handed over.
-        let input = format!("GET /a HTTP/1.1\r\n\r\n{upgrade}");
-        let (out, end) = exchange(&answer, input.as_bytes(), false).await;
-        assert_eq!(responses(&out)[0].1, "GET /a");
-        assert_eq!(end, format!("handoff {upgrade}"));
+    }
+
+    /// Grants every upgrade: answers `101` and, once the connection is handed over,
+    /// writes `tunnel:` and what the client sent past its head.
+    struct Switch;
+
+    impl Direct for Switch {
+        type Body = Script;
+
+        fn take_raw_fields(_: &mut Script) -> Option<RawFields> {
+            None
+        }
+
+        fn call(
+            &self,
+            req: Request<ReceivedBody>,
+            wanted: FieldsWanted,
+        ) -> impl Future<Output = Response<Script>> + Send {
+            let upgrade = req
+                .extensions()
+                .get::<crate::protocol::upgrade::ClientUpgrade>()
+                .and_then(|upgrade| upgrade.take());
+            if let Some(upgrade) = upgrade {
+                assert_eq!(wanted, FieldsWanted::Map, "a 101 is written from the map");
+                tokio::spawn(async move {
+                    let Ok(mut upgraded) = upgrade.await else {
+                        return;
+                    };
+                    let mut out = b"tunnel:".to_vec();
+                    out.extend_from_slice(&upgraded.read_ahead);
+                    let _ = upgraded.io.write_all(&out).await;
+                    let _ = upgraded.io.shutdown().await;
+                });
+            }
+            async move {
+                let mut response = Response::new(Script::data(&[], Some(0)));
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = response.headers_mut();
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                response
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_granted_upgrade_writes_the_101_and_hands_over_the_connection_with_its_bytes() {
+        let (mut client, server) = duplex(1 << 16);
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly bytes",
+            )
+            .await
+            .unwrap();
+        let activity = Activity::new();
+        let (_drain_tx, mut drain) = watch::channel(false);
+        let end = serve(
+            server,
+            Bytes::new(),
+            &protocols(8192, 32),
+            &Switch,
+            &activity,
+            &mut drain,
+        )
+        .await;
+        assert_eq!(ending(end), "closed", "the connection left the server");
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let (head, rest) = out.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{out}"
+        );
+        assert!(head.contains("upgrade: websocket"), "{out}");
+        assert!(!head.contains("content-length"), "{out}");
+        assert_eq!(rest, "tunnel:early bytes");
+        // Without `Connection: upgrade` it is no upgrade: a 101 is then refused.
+        let (mut client, server) = duplex(1 << 16);
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let _ = serve(
+            server,
+            Bytes::new(),
+            &protocols(8192, 32),
+            &Switch,
+            &activity,
+            &mut drain,
+        )
+        .await;
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 500 "),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[tokio::test]

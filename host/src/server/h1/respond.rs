@@ -51,6 +51,37 @@ enum Framing {
 }
 
 impl Output {
+    /// Writes a `101` head (its fields as they are, framing aside) and flushes it: the
+    /// connection is a tunnel from here on.
+    pub(super) async fn switch_protocols<W, B>(
+        &mut self,
+        io: &mut W,
+        response: Response<B>,
+    ) -> io::Result<()>
+    where
+        W: AsyncWrite + Unpin,
+    {
+        self.out.clear();
+        self.out
+            .extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        let mut wrote_date = false;
+        for (name, value) in response.headers() {
+            if matches!(*name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING) {
+                continue;
+            }
+            wrote_date |= *name == header::DATE;
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if !wrote_date {
+            write_date(&mut self.out);
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.write_out(io).await
+    }
+
     /// Writes `response`; whether the connection can serve another request.
     pub(super) async fn respond<W, B>(
         &mut self,

@@ -5,6 +5,7 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY        # 6 alternating rounds x 5 s, `/` and `/16k`
 #   ROUNDS=10 DURATION=8 PATHS=/ bench/ab.sh A B
 #   ROUNDS_SHOWN=1 bench/ab.sh A B           # also each round's CPU per request
+#   BODY_BYTES=1024 PATHS=/ bench/ab.sh A B  # POSTs with a body of that many bytes
 #
 # Each proxy gets the default config with its access log to a file, one worker, pinned
 # to CPU 1; wrk (one thread, 64 connections) and the nginx origin share CPU 0. Prints,
@@ -33,11 +34,19 @@ start_sluice a "$a" "$port_a" "$origin" "access_log_path = \"$run/a-access.log\"
 start_sluice b "$b" "$port_b" "$origin" "access_log_path = \"$run/b-access.log\""; pid_b=$!
 wait_ports "$origin" "$ngx" "$port_a" "$port_b"
 
+# With BODY_BYTES, every request is a POST carrying that many bytes.
+script=()
+if [ -n "${BODY_BYTES:-}" ]; then
+  printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' \
+    "$BODY_BYTES" >"$run/post.lua"
+  script=(-s "$run/post.lua")
+fi
+
 declare -A rps p99 cpu user
 measure() { # row pid port path
   local before after user_before user_after out reqs
   before=$(cpu_ticks "$2"); user_before=$(user_ticks "$2")
-  out=$(taskset -c "$LOAD_CPU" timeout $((DURATION + 10)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$3$4")
+  out=$(taskset -c "$LOAD_CPU" timeout $((DURATION + 10)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${script[@]}" "http://127.0.0.1:$3$4")
   after=$(cpu_ticks "$2"); user_after=$(user_ticks "$2")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   rps[$1$4]+=" $(awk '/Requests\/sec/ {print $2}' <<<"$out")"

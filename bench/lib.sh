@@ -6,7 +6,7 @@ nginx_conf() {
   cat >"$run/$1.conf" <<CONF
 worker_processes 1; master_process off; daemon off; pid $run/$1.pid; error_log $run/$1.err warn;
 events { worker_connections 8192; }
-http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s; client_max_body_size 4m;
   client_body_temp_path $run/tmp; proxy_temp_path $run/tmp; fastcgi_temp_path $run/tmp; uwsgi_temp_path $run/tmp; scgi_temp_path $run/tmp;
   $2 }
 CONF

@@ -301,3 +301,110 @@ mod tests {
         assert_eq!(max.as_bytes(), format!("{:x}\r\n", usize::MAX).as_bytes());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A chunked body from generated chunks (with extensions) and trailers.
+    fn body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+        let chunk = (
+            prop::collection::vec(any::<u8>(), 1..300),
+            prop::sample::select(vec!["", ";a=b", "; x", ";q=\"v\""]),
+            any::<bool>(),
+        );
+        let trailer = prop::sample::select(vec!["", "x-sum: 1\r\n", "x-a: 1\r\nx-b: 2\r\n"]);
+        (prop::collection::vec(chunk, 0..6), trailer).prop_map(|(chunks, trailer)| {
+            let mut wire = Vec::new();
+            let mut data = Vec::new();
+            for (bytes, ext, upper) in chunks {
+                let size = if upper {
+                    format!("{:X}", bytes.len())
+                } else {
+                    format!("{:x}", bytes.len())
+                };
+                wire.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+                wire.extend_from_slice(&bytes);
+                wire.extend_from_slice(b"\r\n");
+                data.extend_from_slice(&bytes);
+            }
+            wire.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+            (wire, data)
+        })
+    }
+
+    /// Decodes `wire` fed in reads of `steps` (cycled): the data, the end (`Some` with
+    /// the bytes left over) or `None` when it wants more, or the error.
+    fn decode_in(wire: &[u8], steps: &[usize]) -> Result<(Vec<u8>, Option<usize>), FramingError> {
+        let mut buf = BytesMut::new();
+        let mut chunk = Chunk::SizeLine;
+        let mut data = Vec::new();
+        let mut fed = 0;
+        let mut turn = 0;
+        // Each turn consumes input or feeds it: bounded by the bytes, plus slack.
+        for _ in 0..4 * wire.len() + 16 {
+            match decode(&mut buf, &mut chunk)? {
+                Decoded::Data(d) => data.extend_from_slice(&d),
+                Decoded::End(_) => return Ok((data, Some(buf.len() + wire.len() - fed))),
+                Decoded::Again => {}
+                Decoded::NeedMore if fed == wire.len() => return Ok((data, None)),
+                Decoded::NeedMore => {
+                    let step = steps[turn % steps.len()].max(1);
+                    turn += 1;
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+        panic!("the decoder went round without consuming");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A well-formed body decodes to its data, consuming exactly itself, whatever
+        /// the read boundaries.
+        #[test]
+        fn chunked_bodies_decode_whole_in_reads_of_any_size(
+            (wire, data) in body(),
+            steps in prop::collection::vec(1usize..64, 1..8),
+        ) {
+            let mut with_next = wire.clone();
+            with_next.extend_from_slice(b"GET /next");
+            let (decoded, left) = decode_in(&with_next, &steps).expect("a valid body");
+            prop_assert_eq!(decoded, data);
+            prop_assert_eq!(left, Some(9), "the next message is left alone");
+        }
+
+        /// A mangled body ends in data, an error or a wait, never a panic, and the
+        /// read boundaries never change which.
+        #[test]
+        fn mangled_chunked_bodies_have_one_reading(
+            (wire, _) in body(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(b"\r\n;0aF \t\0".to_vec())), 1..4),
+            steps in prop::collection::vec(1usize..16, 1..6),
+        ) {
+            let mut wire = wire;
+            for (at, kind, byte) in edits {
+                let at = at.index(wire.len());
+                match kind {
+                    0 => wire[at] = byte,
+                    1 => wire.insert(at, byte),
+                    _ => {
+                        wire.remove(at);
+                    }
+                }
+            }
+            let whole = decode_in(&wire, &[wire.len().max(1)]);
+            let split = decode_in(&wire, &steps);
+            match (&whole, &split) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "{whole:?} against {split:?} for {:?}", String::from_utf8_lossy(&wire)),
+            }
+        }
+    }
+}

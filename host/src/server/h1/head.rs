@@ -213,3 +213,134 @@ pub(super) fn span_of(buf: &[u8], part: &[u8]) -> [u32; 2] {
     // Heads are bounded by `max_header_bytes`, far below u32::MAX.
     [start as u32, (start + part.len()) as u32]
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_bytes: 8192,
+        max_headers: 32,
+    };
+
+    /// What `parse_head` makes of `buf`, as comparable text.
+    fn outcome(buf: &[u8]) -> String {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 32];
+        let mut spans = [[0u32; 4]; 32];
+        match parse_head(buf, &mut slots, &mut spans, LIMITS) {
+            Ok(None) => "partial".into(),
+            Ok(Some(head)) => format!(
+                "head {} {} {:?} {:?} {:?} {} {}",
+                head.len,
+                head.method,
+                head.version,
+                head.framing,
+                &spans[..head.count],
+                head.keep_alive,
+                head.expect_continue
+            ),
+            Err(HeadEnd::Refuse(refusal)) => format!("refused {}", refusal.status),
+        }
+    }
+
+    /// A request head built from generated parts: methods, targets, framing fields in
+    /// odd cases and spacing, repeated and conflicting.
+    fn head() -> impl Strategy<Value = Vec<u8>> {
+        let method = prop::sample::select(vec!["GET", "POST", "HEAD", "PUT", "OPTIONS", "G\tT"]);
+        let target = prop::sample::select(vec!["/", "/a?b=c", "http://x/y", "*", "/%00", "/a b"]);
+        let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 "]);
+        let field = prop::sample::select(vec![
+            "Host: x",
+            "Content-Length: 5",
+            "content-length: 05",
+            "Content-Length: 6",
+            "Content-Length: 5, 5",
+            "Content-Length: +5",
+            "Transfer-Encoding: chunked",
+            "transfer-encoding: CHUNKED",
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: chunked, gzip",
+            "Transfer-Encoding : chunked",
+            " Transfer-Encoding: chunked",
+            "Transfer-Encoding:\tchunked",
+            "Connection: close",
+            "Connection: keep-alive, Upgrade",
+            "Upgrade: websocket",
+            "Expect: 100-continue",
+            "Expect: nothing",
+            "X-A: \u{7f}",
+        ]);
+        (method, target, version, prop::collection::vec(field, 0..6)).prop_map(
+            |(method, target, version, fields)| {
+                let mut head = format!("{method} {target} {version}\r\n");
+                for field in fields {
+                    head.push_str(field);
+                    head.push_str("\r\n");
+                }
+                head.push_str("\r\n");
+                head.into_bytes()
+            },
+        )
+    }
+
+    /// A head, then up to four bytes replaced, inserted or removed.
+    fn mangled() -> impl Strategy<Value = Vec<u8>> {
+        let edits = prop::collection::vec(
+            (
+                any::<prop::sample::Index>(),
+                0u8..3,
+                prop::sample::select(b"\r\n:; \t\0\x7fa-,".to_vec()),
+            ),
+            0..4,
+        );
+        (head(), edits).prop_map(|(mut head, edits)| {
+            for (at, kind, byte) in edits {
+                let at = at.index(head.len());
+                match kind {
+                    0 => head[at] = byte,
+                    1 => head.insert(at, byte),
+                    _ => {
+                        head.remove(at);
+                    }
+                }
+            }
+            head
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Every input ends in a head, a refusal or a wait for more bytes, never a
+        /// panic; every prefix of it waits or ends the same way; and a head taken
+        /// agrees with httparse on where it ends and what its fields are.
+        #[test]
+        fn a_request_head_has_one_reading(buf in mangled()) {
+            let whole = outcome(&buf);
+            for end in 0..buf.len() {
+                let prefix = outcome(&buf[..end]);
+                prop_assert!(
+                    prefix == "partial" || prefix == whole,
+                    "prefix {end} of {:?}: {prefix} against {whole}", String::from_utf8_lossy(&buf)
+                );
+            }
+            if let Some(rest) = whole.strip_prefix("head ") {
+                let mut fields = [httparse::EMPTY_HEADER; 32];
+                let mut request = httparse::Request::new(&mut fields);
+                let status = request.parse(&buf);
+                let Ok(httparse::Status::Complete(len)) = status else {
+                    panic!("taken here, not by httparse: {:?}", String::from_utf8_lossy(&buf));
+                };
+                let same_end = rest.starts_with(&format!("{len} "));
+                prop_assert!(same_end, "ends differ from httparse's {len}: {rest}");
+                // A head with framing fields is read one way: chunked alone, or one
+                // agreed length.
+                let te = request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).count();
+                let cl = request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).count();
+                prop_assert!(!(te > 0 && cl > 0), "both framings taken: {:?}", String::from_utf8_lossy(&buf));
+            }
+        }
+    }
+}

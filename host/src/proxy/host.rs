@@ -65,6 +65,36 @@ pub fn client_host(
     })
 }
 
+/// Bytes of a reg-name (RFC 3986): letters, digits, `-._~`, sub-delims and `%`.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// `uri-host [ ":" port ]` (RFC 3986): a bracketed IP literal or a reg-name (letters,
 /// digits, `-._~`, sub-delims, escapes), then digits after a colon. Empty is allowed
 /// (RFC 9112 §3.2: a target with no authority).
@@ -88,9 +118,7 @@ fn is_host_port(value: &[u8]) -> bool {
             None => (value, &value[..0]),
         }
     };
-    let host_ok = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let host_ok = host.iter().all(|&b| REG_NAME[b as usize]);
     let port_ok = match port.split_first() {
         None => true,
         Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),

@@ -174,14 +174,14 @@ pub async fn round_trip(
     req: &Request<Bytes>,
     wanted: FieldsWanted,
 ) -> Result<Head, Error> {
-    encode_request(&mut conn.write, req)?;
+    let facts = encode_request(&mut conn.write, req)?;
     conn.unacked = false;
     conn.io.write_all(&conn.write).await?;
     conn.io.flush().await?;
     if conn.write.capacity() > KEEP_WRITE_BUFFER {
         conn.write = Vec::new();
     }
-    let mut reading = HeadReader::new(req.method(), req.headers(), wanted);
+    let mut reading = HeadReader::new(req.method(), facts.upgrade, wanted);
     loop {
         if let Some(head) = reading.take(conn)? {
             return Ok(head);
@@ -204,11 +204,11 @@ pub(super) struct HeadReader {
 }
 
 impl HeadReader {
-    pub(super) fn new(method: &Method, headers: &HeaderMap, wanted: FieldsWanted) -> Self {
+    pub(super) fn new(method: &Method, upgrade: bool, wanted: FieldsWanted) -> Self {
         Self {
             is_head: method == Method::HEAD,
             wanted,
-            upgrade: headers.contains_key(UPGRADE),
+            upgrade,
             interim: 0,
             received: false,
         }
@@ -324,24 +324,32 @@ impl Head {
 }
 
 /// Writes the request head (and the body, which is in memory) into `out`.
-fn encode_request(out: &mut Vec<u8>, req: &Request<Bytes>) -> Result<(), Error> {
+fn encode_request(out: &mut Vec<u8>, req: &Request<Bytes>) -> Result<HeadFacts, Error> {
     let body = req.body();
-    if req.headers().contains_key(CONTENT_LENGTH)
-        && content_length(req.headers())? != Some(body.len() as u64)
-    {
-        return Err(Error::Framing(
-            "request Content-Length does not match its body",
-        ));
-    }
-    encode_head(
+    let facts = encode_head(
         out,
         req.method(),
         req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
         req.headers(),
         RequestFraming::Length(body.len() as u64),
     );
+    if facts.has_length && content_length(req.headers())? != Some(body.len() as u64) {
+        return Err(Error::Framing(
+            "request Content-Length does not match its body",
+        ));
+    }
     out.extend_from_slice(body);
-    Ok(())
+    Ok(facts)
+}
+
+/// What writing a request head found among its fields (noted on the way, so that
+/// no field is looked up again).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct HeadFacts {
+    /// It carries a `Content-Length` of its own.
+    pub(super) has_length: bool,
+    /// It asks for an upgrade: a `101` is its answer.
+    pub(super) upgrade: bool,
 }
 
 /// How a request's body goes on the wire.
@@ -359,7 +367,8 @@ pub(super) fn encode_head(
     target: &str,
     headers: &HeaderMap,
     framing: RequestFraming,
-) {
+) -> HeadFacts {
+    let mut facts = HeadFacts::default();
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -368,12 +377,15 @@ pub(super) fn encode_head(
     let mut has_length = false;
     for (name, value) in headers {
         if name == CONTENT_LENGTH {
+            facts.has_length = true;
             if has_length || framing == RequestFraming::Chunked {
                 continue;
             }
             has_length = true;
         } else if name == TRANSFER_ENCODING {
             continue;
+        } else if name == UPGRADE {
+            facts.upgrade = true;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -397,6 +409,7 @@ pub(super) fn encode_head(
         }
     }
     out.extend_from_slice(b"\r\n");
+    facts
 }
 
 // Unboxed: a head is parsed once per response and taken apart at once; a box would

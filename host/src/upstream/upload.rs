@@ -50,7 +50,7 @@ where
         },
     };
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    encode_head(
+    let facts = encode_head(
         &mut conn.write,
         &parts.method,
         target,
@@ -68,7 +68,7 @@ where
         body_done: false,
         write_failed: None,
     };
-    let mut reading = HeadReader::new(&parts.method, &parts.headers, wanted);
+    let mut reading = HeadReader::new(&parts.method, facts.upgrade, wanted);
     let sent = match poll_fn(|cx| upload.poll(conn, &mut reading, started, cx)).await {
         Ok(sent) => sent,
         Err(e) => return Err((e, upload.body)),

@@ -244,9 +244,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
             Signals::set(&signals.reading, false);
             // A drain that began meanwhile closes the connection after this response.
             let draining = || Signals::get(&signals.draining);
-            let served = match head.body {
-                None => self.serve_bodiless(direct, head, draining).await,
-                Some(plan) => self.serve_with_body(direct, head, plan, draining).await,
+            let served = if let Some(plan) = head.body {
+                self.serve_with_body(direct, head, plan, draining).await
+            } else if head.upgrade.is_some() {
+                self.serve_upgrade(direct, head, draining).await
+            } else {
+                // The common request, inline: no body, no upgrade.
+                let head_only = head.request.method() == Method::HEAD;
+                let version = head.request.version();
+                let mut response = direct.call(head.request, FieldsWanted::Raw).await;
+                let raw = D::take_raw_fields(response.body_mut());
+                let keep_alive = head.keep_alive && !draining();
+                let responded = self
+                    .output
+                    .respond(&mut self.io, response, raw, head_only, keep_alive, version)
+                    .await;
+                served(responded, Some(BodyEnd::Complete))
             };
             match served {
                 Served::KeepAlive => {
@@ -268,7 +281,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
         }
     }
 
-    async fn serve_bodiless<D: Direct>(
+    /// A request that asked for an upgrade: a `101` hands the connection over.
+    async fn serve_upgrade<D: Direct>(
         &mut self,
         direct: &D,
         head: Head,
@@ -276,12 +290,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     ) -> Served {
         let head_only = head.request.method() == Method::HEAD;
         let version = head.request.version();
-        let wanted = match head.upgrade {
-            // A `101` is written from the header map (its `Upgrade` goes on).
-            Some(_) => FieldsWanted::Map,
-            None => FieldsWanted::Raw,
-        };
-        let mut response = direct.call(head.request, wanted).await;
+        // A `101` is written from the header map (its `Upgrade` goes on).
+        let mut response = direct.call(head.request, FieldsWanted::Map).await;
         if let (Some(grant), StatusCode::SWITCHING_PROTOCOLS) = (head.upgrade, response.status()) {
             return match self.output.switch_protocols(&mut self.io, response).await {
                 Ok(()) => Served::Upgraded(grant),

@@ -36,6 +36,31 @@ async fn run_binary(
     (child, addr)
 }
 
+/// Whether the child's standard error shows a line containing `needle` within 5 s.
+async fn stderr_shows(child: &mut std::process::Child, needle: &'static str) -> bool {
+    use std::io::BufRead;
+    let Some(stderr) = child.stderr.take() else {
+        return false;
+    };
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    // Blocking reads on a thread of their own; the thread ends when the child does.
+    std::thread::spawn(move || {
+        let mut found_tx = Some(found_tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(needle) {
+                if let Some(tx) = found_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), found_rx).await,
+        Ok(Ok(()))
+    )
+}
+
 fn terminate(child: &std::process::Child) {
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -266,7 +291,16 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         let client = client.clone();
         async move { get(&client, addr, "/slow?ms=1000", &[]).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The signal comes once the request is in flight: it has reached the origin.
+    let app_hits = app.clone();
+    assert!(
+        eventually(Duration::from_secs(5), move || {
+            let hit = app_hits.hits() >= 1;
+            async move { hit }
+        })
+        .await,
+        "the slow request reaches the origin"
+    );
     terminate(&child);
 
     let finished = in_flight.await.unwrap();
@@ -317,7 +351,11 @@ async fn sigusr1_reopens_the_access_log() {
         .status()
         .unwrap()
         .success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proxy says when it has taken the signal; the next line goes to a new file.
+    assert!(
+        stderr_shows(&mut child, "SIGUSR1: reopening the access log").await,
+        "the proxy takes SIGUSR1"
+    );
     get(&client, addr, "/after-rotation", &[]).await;
     assert!(logged("/after-rotation").await, "new file gets new lines");
     assert!(

@@ -333,7 +333,16 @@ async fn a_full_pool_answers_503_and_never_skips_an_allow_plugin() {
             get(&client, addr, "/slow?ms=1500", &[("x-api-key", "k-1")]).await
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Both hold their instance once they have reached the origin.
+    let holding = app.clone();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), move || {
+            let reached = holding.hits() >= 2;
+            async move { reached }
+        })
+        .await,
+        "both slow requests reach the origin"
+    );
     let hits_before = app.hits();
 
     // A flood without a key while the pool is full.

@@ -193,14 +193,7 @@ impl Connector {
         // As in `send_own`; a pooled connection found dead is replaced only while no
         // piece of the body has been taken.
         loop {
-            let mut conn = match self.pools.take_own(slot, server) {
-                Some(conn) => conn,
-                None => {
-                    let dial = Box::pin(self.dial_with_ack(server));
-                    let (io, ack) = dial.await?;
-                    h1::Conn::new(io, ack)
-                }
-            };
+            let mut conn = self.checkout_own(slot, server).await?;
             let mut started = false;
             let sent = upload::round_trip(&mut conn, &parts, body, wanted, &mut started).await;
             match sent {
@@ -230,15 +223,7 @@ impl Connector {
         // connection out, and a new connection's failure is final, so this ends.
         // (One call site: each `round_trip` future would take room of its own.)
         loop {
-            let mut conn = match self.pools.take_own(slot, server) {
-                Some(conn) => conn,
-                None => {
-                    // Boxed: connecting is rare, and its future is large.
-                    let dial = Box::pin(self.dial_with_ack(server));
-                    let (io, ack) = dial.await?;
-                    h1::Conn::new(io, ack)
-                }
-            };
+            let mut conn = self.checkout_own(slot, server).await?;
             match h1::round_trip(&mut conn, &req, wanted).await {
                 Ok(head) if head.is_switching() => return Ok(head.into_upgraded(*conn)),
                 Ok(head) => return Ok(head.into_response(conn, Some(self.home(slot, server)))),
@@ -248,6 +233,21 @@ impl Connector {
                 Err(e) => return Err(SendError::Request(e.into())),
             }
         }
+    }
+
+    /// A pooled connection of the own client to `server`, else a new one.
+    async fn checkout_own(
+        &self,
+        slot: usize,
+        server: &Authority,
+    ) -> Result<Box<h1::Conn>, SendError> {
+        if let Some(conn) = self.pools.take_own(slot, server) {
+            return Ok(conn);
+        }
+        // Boxed: connecting is rare, and its future is large.
+        let dial = Box::pin(self.dial_with_ack(server));
+        let (io, ack) = dial.await?;
+        Ok(h1::Conn::new(io, ack))
     }
 
     fn home(&self, slot: usize, server: &Authority) -> Home {

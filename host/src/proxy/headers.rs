@@ -103,17 +103,6 @@ fn connection_names(value: &HeaderValue, names: &mut Vec<HeaderName>) {
     }
 }
 
-/// True when an HTTP/1.1 request asks to switch protocols (e.g. WebSocket).
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade && headers.contains_key(header::UPGRADE)
-}
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -268,7 +257,6 @@ mod tests {
     #[test]
     fn upgrade_survives_only_for_upgrades() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(wants_upgrade(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");

@@ -138,7 +138,7 @@ where
                 }
             }
             if self.pending.is_empty() && !self.body_done {
-                match self.poll_body(conn, cx) {
+                match self.poll_body(cx) {
                     Poll::Ready(Ok(())) => progressed = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
@@ -200,7 +200,7 @@ where
                 Poll::Pending => {}
             }
             if self.write_failed.is_none() && self.pending.is_empty() && !self.body_done {
-                match self.poll_body(conn, cx) {
+                match self.poll_body(cx) {
                     Poll::Ready(Ok(())) => {
                         *started = true;
                         progressed = true;
@@ -224,9 +224,9 @@ where
     }
 
     /// Takes the next body frame into `pending` (or the end of the body).
-    fn poll_body(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(self.queue_frame(frame, conn)),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(self.queue_frame(frame)),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Err(Error::RequestBody(e.into()))),
             Poll::Ready(None) => Poll::Ready(self.finish_body()),
             Poll::Pending => Poll::Pending,
@@ -264,22 +264,17 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn queue_frame(
-        &mut self,
-        frame: http_body::Frame<Bytes>,
-        conn: &mut Conn,
-    ) -> Result<(), Error> {
+    fn queue_frame(&mut self, frame: http_body::Frame<Bytes>) -> Result<(), Error> {
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
                 // Trailers go out with a chunked body only.
                 if let (Ok(trailers), None) = (frame.into_trailers(), self.remaining) {
                     let names: Vec<_> = trailers.keys().cloned().collect();
-                    conn.write.clear();
-                    conn.write.extend_from_slice(b"0\r\n");
-                    encode_trailers(&mut conn.write, &trailers, &names);
-                    conn.write.extend_from_slice(b"\r\n");
-                    self.pending.push_back(Bytes::copy_from_slice(&conn.write));
+                    let mut end = b"0\r\n".to_vec();
+                    encode_trailers(&mut end, &trailers, &names);
+                    end.extend_from_slice(b"\r\n");
+                    self.pending.push_back(Bytes::from(end));
                     self.body_done = true;
                 }
                 return Ok(());

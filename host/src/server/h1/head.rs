@@ -45,13 +45,8 @@ impl BodyPlan {
     }
 }
 
-/// A head the own server does not serve as a request.
-pub(super) enum HeadEnd {
-    /// Answered with an error, then the connection closes.
-    Refuse(Refusal),
-}
-
-/// An error answer to a head, and why (for the debug log).
+/// An error answer to a head the own server does not serve, and why (for the debug
+/// log); the connection closes after it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Refusal {
     pub(super) status: StatusCode,
@@ -92,8 +87,8 @@ pub(super) fn parse_head<'b>(
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
     spans: &mut [[u32; 4]],
     limits: HeadLimits,
-) -> Result<Option<ParsedHead>, HeadEnd> {
-    let bad = |why| Err(HeadEnd::Refuse(Refusal::bad_request(why)));
+) -> Result<Option<ParsedHead>, Refusal> {
+    let bad = |why| Err(Refusal::bad_request(why));
     let mut parsed = httparse::Request::new(&mut []);
     let room = limits.max_headers.min(slots.len());
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -104,15 +99,15 @@ pub(super) fn parse_head<'b>(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadEnd::Refuse(Refusal {
+            return Err(Refusal {
                 status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 why: "more header fields than server.max_headers",
-            }))
+            })
         }
         Err(_) => return bad("malformed request head"),
     };
     if len > limits.max_bytes {
-        return Err(HeadEnd::Refuse(Refusal::HEAD_TOO_LARGE));
+        return Err(Refusal::HEAD_TOO_LARGE);
     }
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
@@ -129,10 +124,10 @@ pub(super) fn parse_head<'b>(
         return bad("no request target");
     };
     if target.len() > MAX_URI_LEN {
-        return Err(HeadEnd::Refuse(Refusal {
+        return Err(Refusal {
             status: StatusCode::URI_TOO_LONG,
             why: "request target too long",
-        }));
+        });
     }
     let target = span_of(buf, target.as_bytes());
     let mut fields = FramingFields::default();
@@ -157,10 +152,10 @@ pub(super) fn parse_head<'b>(
                     .trim_ascii()
                     .eq_ignore_ascii_case(b"100-continue")
                 {
-                    return Err(HeadEnd::Refuse(Refusal {
+                    return Err(Refusal {
                         status: StatusCode::EXPECTATION_FAILED,
                         why: "an expectation other than 100-continue",
-                    }));
+                    });
                 }
                 // HTTP/1.0 clients cannot ask for it (RFC 9110 §10.1.1).
                 expect_continue = version == Version::HTTP_11;
@@ -183,10 +178,10 @@ pub(super) fn parse_head<'b>(
         Ok(framing) => framing,
         Err(RequestFramingError::Ambiguous(why)) => return bad(why),
         Err(RequestFramingError::UnknownCoding) => {
-            return Err(HeadEnd::Refuse(Refusal {
+            return Err(Refusal {
                 status: StatusCode::NOT_IMPLEMENTED,
                 why: "a transfer coding other than chunked",
-            }))
+            })
         }
     };
     Ok(Some(ParsedHead {
@@ -241,7 +236,7 @@ mod tests {
                 head.keep_alive,
                 head.expect_continue
             ),
-            Err(HeadEnd::Refuse(refusal)) => format!("refused {}", refusal.status),
+            Err(refusal) => format!("refused {}", refusal.status),
         }
     }
 

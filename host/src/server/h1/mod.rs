@@ -37,7 +37,7 @@ use crate::protocol::wire::framing::BodyFraming;
 use crate::proxy::body::ReceivedBody;
 use crate::proxy::headers::FORWARDING_HEADERS;
 use crate::upstream::raw_fields::{FieldsWanted, RawFields};
-use head::{parse_head, BodyPlan, Head, HeadEnd, ParsedHead, Refusal, MAX_OWN_HEADERS};
+use head::{parse_head, BodyPlan, Head, ParsedHead, Refusal, MAX_OWN_HEADERS};
 use request_body::{read_body, BodyEnd, SharedIo, BODY_READ};
 use respond::{write_date, Output, OUT_KEPT};
 
@@ -228,7 +228,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
                         Ok(Some(head)) => break head,
                         Ok(None) if self.buf.len() < limits.max_bytes => {}
                         Ok(None) => return self.refuse(Refusal::HEAD_TOO_LARGE).await,
-                        Err(HeadEnd::Refuse(refusal)) => return self.refuse(refusal).await,
+                        Err(refusal) => return self.refuse(refusal).await,
                     }
                 }
                 self.buf.reserve(READ_CHUNK);
@@ -417,11 +417,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
 
     /// The next request head, when the buffer holds a complete one (`Ok(None)`:
     /// incomplete; `Err`: a head refused).
-    fn take_head(&mut self, limits: HeadLimits) -> Result<Option<Head>, HeadEnd> {
+    fn take_head(&mut self, limits: HeadLimits) -> Result<Option<Head>, Refusal> {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_OWN_HEADERS];
         let mut spans = [[0u32; 4]; MAX_OWN_HEADERS];
         let parsed = match parse_head(&self.buf, &mut slots, &mut spans, limits) {
-            Err(HeadEnd::Refuse(refusal))
+            Err(refusal)
                 if refusal.status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
                     && limits.max_headers > MAX_OWN_HEADERS =>
             {
@@ -443,8 +443,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
     }
 
     /// The request from a parsed head, taken out of the buffer.
-    fn build_head(&mut self, parsed: ParsedHead, spans: &[[u32; 4]]) -> Result<Head, HeadEnd> {
-        let bad = |why| HeadEnd::Refuse(Refusal::bad_request(why));
+    fn build_head(&mut self, parsed: ParsedHead, spans: &[[u32; 4]]) -> Result<Head, Refusal> {
+        let bad = |why| Refusal::bad_request(why);
         let mut headers = self.output.spare_headers.take().unwrap_or_default();
         // With room for the forwarding headers the proxy adds: the map is sized once.
         headers.reserve(parsed.count + FORWARDING_HEADERS);

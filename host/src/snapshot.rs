@@ -14,8 +14,8 @@ use crate::plugin::engine::PluginLabels;
 use crate::plugin::host_api::PluginScope;
 use crate::plugin::preinit::{self, check_init};
 use crate::plugin::{
-    BoundPlugin, CallLimits, CompileCache, GuardLimits, LoadedPlugin, PluginEngine, PluginGuard,
-    PluginRegistry, Reuse, SnapshotSlot,
+    BodyLimits, BoundPlugin, CallLimits, CompileCache, GuardLimits, LoadedPlugin, PluginEngine,
+    PluginGuard, PluginRegistry, Reuse, SnapshotSlot,
 };
 use crate::router::Router;
 use crate::services::Services;
@@ -43,6 +43,8 @@ pub struct Snapshot {
     pub https_redirect: bool,
     /// Upgraded connections (WebSocket) idle this long are closed.
     pub tunnel_idle_timeout: std::time::Duration,
+    /// Longest pause of a client while its request body is buffered for plugins.
+    pub plugin_body_timeout: std::time::Duration,
 }
 
 /// Compiled plugins by name.
@@ -160,6 +162,7 @@ impl Snapshot {
             tunnel_idle_timeout: std::time::Duration::from_millis(
                 config.server.tunnel_idle_timeout_ms,
             ),
+            plugin_body_timeout: std::time::Duration::from_millis(config.plugins.body_timeout_ms),
         })
     }
 
@@ -219,9 +222,22 @@ async fn bind(
         deadline_ms: plugin.deadline_ms.unwrap_or(config.plugins.deadline_ms),
         memory_limit_bytes,
     };
-    let hooks = check_init(engine, &loaded, &scope, &config_json, limits)
+    let declaration = check_init(engine, &loaded, &scope, &config_json, limits)
         .await
         .map_err(|fault| anyhow::anyhow!("{fault}"))?;
+    let hooks = declaration.hooks;
+    let bodies = BodyLimits::resolve(
+        &declaration,
+        config.plugins.body_max_bytes,
+        plugin.body_max_bytes,
+        config.plugins.body_ceiling_bytes,
+    );
+    if plugin.body_max_bytes.is_some()
+        && !hooks.contains(Hooks::ON_REQUEST_BODY)
+        && !hooks.contains(Hooks::ON_RESPONSE_BODY)
+    {
+        anyhow::bail!("body_max_bytes is set, but the plugin reads no body");
+    }
     if hooks == Hooks::empty() {
         tracing::warn!(target: "sluice::plugin", plugin = %loaded.name, "plugin declares no hooks, so it never runs");
     }
@@ -240,6 +256,7 @@ async fn bind(
         on_error: plugin.on_error,
         limits,
         hooks,
+        bodies,
         snapshot,
         reuse: Reuse::new(
             plugin.instance.unwrap_or(config.plugins.instance),

@@ -46,6 +46,7 @@ pub mod bindings {
     });
 }
 
+mod body;
 mod headers;
 pub mod log;
 pub mod metrics;
@@ -55,10 +56,11 @@ mod response;
 pub mod state;
 pub mod time;
 
+pub use body::Body;
 pub use headers::{Headers, IntoBytes};
 #[doc(hidden)]
 pub use plugin::__private;
-pub use plugin::{Action, Hooks, NoConfig, Plugin, ResponseAction};
+pub use plugin::{Action, BodyLimits, Hooks, NoConfig, Oversize, Plugin, ResponseAction};
 pub use request::{form_decode, parse_query, Client, ClientCert, Request};
 pub use response::{Reply, Response};
 pub use time::{monotonic_ns, now_ms};
@@ -116,8 +118,8 @@ pub mod prelude {
     pub use crate::serde::Deserialize;
     pub use crate::serde_json::json;
     pub use crate::{
-        config, plugin, Action, Client, Headers, Hooks, NoConfig, Plugin, Reply, Request, Response,
-        ResponseAction,
+        config, plugin, Action, Body, BodyLimits, Client, Headers, Hooks, NoConfig, Oversize,
+        Plugin, Reply, Request, Response, ResponseAction,
     };
 }
 
@@ -187,14 +189,15 @@ mod tests {
             P::HOOKS,
             Hooks {
                 on_request: true,
-                on_response: true
+                on_response: true,
+                ..Hooks::default()
             }
         );
         assert_eq!(
             RequestOnly::HOOKS,
             Hooks {
                 on_request: true,
-                on_response: false
+                ..Hooks::default()
             }
         );
     }

@@ -120,6 +120,7 @@ pub struct Request {
     headers: Headers,
     upstream: Option<String>,
     hash_key: Option<String>,
+    skip_body: bool,
 }
 
 impl Request {
@@ -267,14 +268,26 @@ impl Request {
         self.hash_key = Some(key.into());
     }
 
-    pub(crate) fn into_parts(self) -> (RequestHead, Option<String>, Option<String>) {
+    /// This plugin's `on_request_body` is not called for this request (e.g. a login
+    /// gate that reads only its own form posts): the body streams on unless another
+    /// plugin reads it.
+    pub fn skip_body(&mut self) {
+        self.skip_body = true;
+    }
+
+    /// True when [`skip_body`](Request::skip_body) was called.
+    pub fn body_skipped(&self) -> bool {
+        self.skip_body
+    }
+
+    pub(crate) fn into_parts(self) -> (RequestHead, Option<String>, Option<String>, bool) {
         let head = RequestHead {
             method: self.method,
             path: self.path,
             query: self.query,
             headers: self.headers.into_vec(),
         };
-        (head, self.upstream, self.hash_key)
+        (head, self.upstream, self.hash_key, self.skip_body)
     }
 }
 
@@ -287,6 +300,7 @@ impl From<RequestHead> for Request {
             headers: Headers::from_vec(h.headers),
             upstream: None,
             hash_key: None,
+            skip_body: false,
         }
     }
 }

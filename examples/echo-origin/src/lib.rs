@@ -6,6 +6,9 @@
 //! - `/download?bytes=N` streams N bytes (`x` repeated).
 //! - `/slow?ms=N` waits N ms before answering.
 //! - `/status?code=N` answers status N with the text `<name> answered N`.
+//! - `/echo` answers with the request body itself (up to 1 MiB; larger: `413`), its
+//!   `content-type`, and the request's `content-length` (or `none`) in
+//!   `x-request-content-length`.
 //! - `/hop` answers with hop-by-hop headers a proxy must strip
 //!   (`connection: x-hop`, `x-hop`, `keep-alive`, `proxy-authenticate`).
 
@@ -111,6 +114,7 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr, name: &str) -> Respons
                 .insert(header::CONTENT_LENGTH, bytes.into());
             return response;
         }
+        "/echo" => return echo(req).await,
         "/hop" => {
             let mut response = Response::new(Either::Left(Full::new(Bytes::from_static(b"hop\n"))));
             let h = response.headers_mut();
@@ -232,4 +236,40 @@ pub mod download {
             Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
         }
     }
+}
+
+/// Largest body `/echo` sends back.
+const MAX_ECHO: usize = 1 << 20;
+
+/// The request body, sent back as it came.
+async fn echo(req: Request<Incoming>) -> Response<OriginBody> {
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .cloned()
+        .unwrap_or(http::HeaderValue::from_static("none"));
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_ECHO)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(
+                b"echo: body too large or broken\n",
+            ))));
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return r;
+        }
+    };
+    let mut response = Response::new(Either::Left(Full::new(body)));
+    response
+        .headers_mut()
+        .insert("x-request-content-length", length);
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
 }

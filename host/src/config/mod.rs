@@ -316,6 +316,17 @@ pub struct PluginsConfig {
     /// pass it gets 503 (not its plugin's fault, never skipped).
     #[serde(default = "defaults::memory_budget_mib")]
     pub memory_budget_mib: u64,
+    /// Largest body a body hook reads when its plugin declares no size (0) in `init`.
+    #[serde(default = "defaults::body_max_bytes")]
+    pub body_max_bytes: usize,
+    /// No plugin reads a larger body, whatever it declares: the most memory one request
+    /// body (and one response body) may take while plugins read it.
+    #[serde(default = "defaults::body_ceiling_bytes")]
+    pub body_ceiling_bytes: usize,
+    /// Longest pause between two pieces of a request body the proxy buffers for
+    /// plugins; a client that stalls longer gets `408`.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
 }
 
 impl Default for PluginsConfig {
@@ -337,6 +348,9 @@ impl Default for PluginsConfig {
             breaker_faults: defaults::breaker_faults(),
             breaker_backoff_ms: defaults::breaker_backoff_ms(),
             memory_budget_mib: defaults::memory_budget_mib(),
+            body_max_bytes: defaults::body_max_bytes(),
+            body_ceiling_bytes: defaults::body_ceiling_bytes(),
+            body_timeout_ms: defaults::body_timeout_ms(),
         }
     }
 }
@@ -569,6 +583,9 @@ pub struct RoutePluginConfig {
     pub memory_limit_mib: Option<u64>,
     /// Overrides `[plugins] instance`.
     pub instance: Option<InstanceMode>,
+    /// Lowers the body size this plugin's body hooks read on this route (what it
+    /// declares, or `[plugins] body_max_bytes`); never raises it.
+    pub body_max_bytes: Option<usize>,
 }
 
 /// How plugin instances map to requests.
@@ -637,6 +654,15 @@ mod defaults {
     }
     pub fn memory_limit_mib() -> u64 {
         16
+    }
+    pub fn body_max_bytes() -> usize {
+        1 << 20
+    }
+    pub fn body_ceiling_bytes() -> usize {
+        16 << 20
+    }
+    pub fn body_timeout_ms() -> u64 {
+        60_000
     }
     pub fn max_instances() -> u32 {
         1000

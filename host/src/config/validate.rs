@@ -115,6 +115,17 @@ impl Config {
         if p.memory_limit_mib > 4096 {
             return Err(err("plugins.memory_limit_mib", "must be at most 4096"));
         }
+        positive("plugins.body_max_bytes", p.body_max_bytes as u64)?;
+        positive("plugins.body_timeout_ms", p.body_timeout_ms)?;
+        if p.body_max_bytes > p.body_ceiling_bytes {
+            return Err(err(
+                "plugins.body_max_bytes",
+                format!(
+                    "{} exceeds plugins.body_ceiling_bytes ({})",
+                    p.body_max_bytes, p.body_ceiling_bytes
+                ),
+            ));
+        }
         if p.compile_cache && same_dir(&p.cache_dir, &p.dir) {
             return Err(err(
                 "plugins.cache_dir",
@@ -208,6 +219,9 @@ impl Config {
                     .map_err(|problem| err(format!("{pkey}.name"), problem))?;
                 if let Some(ms) = plugin.deadline_ms {
                     positive(&format!("{pkey}.deadline_ms"), ms)?;
+                }
+                if let Some(bytes) = plugin.body_max_bytes {
+                    positive(&format!("{pkey}.body_max_bytes"), bytes as u64)?;
                 }
                 if let Some(mib) = plugin.memory_limit_mib {
                     positive(&format!("{pkey}.memory_limit_mib"), mib)?;

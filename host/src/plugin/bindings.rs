@@ -8,4 +8,4 @@ wasmtime::component::bindgen!({
     imports: { "sluice:plugin/state": async },
 });
 
-pub use self::sluice::plugin::types::{ClientCert, Forward, LogLevel, Response};
+pub use self::sluice::plugin::types::{ClientCert, Forward, Hooks, LogLevel, Oversize, Response};

@@ -50,13 +50,24 @@ impl Default for CallSeconds {
 pub enum Hook {
     Request,
     Response,
+    RequestBody,
+    ResponseBody,
 }
+
+const HOOKS: [Hook; 4] = [
+    Hook::Request,
+    Hook::Response,
+    Hook::RequestBody,
+    Hook::ResponseBody,
+];
 
 impl Hook {
     pub fn name(self) -> &'static str {
         match self {
             Hook::Request => "on-request",
             Hook::Response => "on-response",
+            Hook::RequestBody => "on-request-body",
+            Hook::ResponseBody => "on-response-body",
         }
     }
 }
@@ -100,8 +111,8 @@ impl Outcome {
 
 /// One plugin's call metrics on one route.
 pub struct CallMetrics {
-    counts: [[Counter; 4]; 2],
-    seconds: [Histogram; 2],
+    counts: [[Counter; 4]; 4],
+    seconds: [Histogram; 4],
 }
 
 impl CallMetrics {
@@ -111,8 +122,7 @@ impl CallMetrics {
         plugin: &str,
         route: &str,
     ) -> Self {
-        let hooks = [Hook::Request, Hook::Response];
-        let counts = hooks.map(|hook| {
+        let counts = HOOKS.map(|hook| {
             OUTCOMES.map(|outcome| {
                 calls
                     .get_or_create(&CallLabels {
@@ -124,7 +134,7 @@ impl CallMetrics {
                     .clone()
             })
         });
-        let seconds = hooks.map(|hook| {
+        let seconds = HOOKS.map(|hook| {
             call_seconds
                 .0
                 .get_or_create(&HookLabels {

@@ -1,13 +1,13 @@
-//! Running a route's plugin chain for one request: `on-request` in route order,
-//! `on-response` in reverse, only the hooks each plugin declares, failure policy per
-//! plugin. An instance is held only while the plugin still has a hook to run.
+//! Running a route's plugin chain for one request: `on-request` in route order (the
+//! later passes are in `stage`), only the hooks each plugin declares, failure policy
+//! per plugin. An instance is held only while the plugin still has a hook to run.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::bindings::{
-    ClientInfo, Hooks, RequestAction, RequestHead, Response, ResponseAction, ResponseHead,
+    ClientInfo, Declaration, Hooks, Oversize, RequestAction, RequestHead, Response,
 };
 use super::calls::{CallMetrics, Hook, Outcome};
 use super::engine::PluginEngine;
@@ -16,6 +16,7 @@ use super::host_api::PluginScope;
 use super::instance::{classify, new_store, CallLimits, Instance, PluginFault};
 use super::loader::LoadedPlugin;
 use super::preinit::SnapshotSlot;
+use super::stage::{PluginStage, Waiting};
 use crate::config::{InstanceMode, OnError};
 use crate::repeat_log::{self, Level};
 
@@ -28,6 +29,8 @@ pub struct BoundPlugin {
     pub limits: CallLimits,
     /// The hooks the plugin declared when `init` ran at load.
     pub hooks: Hooks,
+    /// How much of the bodies its body hooks read here.
+    pub bodies: BodyLimits,
     /// The initialized snapshot requests start from, once prepared.
     pub snapshot: Arc<SnapshotSlot>,
     pub reuse: Option<Reuse>,
@@ -39,6 +42,35 @@ pub struct BoundPlugin {
     pub scope: Arc<PluginScope>,
     /// Calls and their durations on `/metrics`.
     pub calls: CallMetrics,
+}
+
+/// How much of the bodies a plugin's body hooks read on one route: what it declared
+/// (0: the default), lowered by the route, never above the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    pub request_max: usize,
+    pub response_max: usize,
+    pub response_oversize: Oversize,
+}
+
+impl BodyLimits {
+    pub fn resolve(
+        declared: &Declaration,
+        default: usize,
+        route_max: Option<usize>,
+        ceiling: usize,
+    ) -> Self {
+        let limit = |declared: u64| {
+            let declared = usize::try_from(declared).unwrap_or(usize::MAX);
+            let wanted = if declared == 0 { default } else { declared };
+            wanted.min(route_max.unwrap_or(usize::MAX)).min(ceiling)
+        };
+        Self {
+            request_max: limit(declared.request_body_max),
+            response_max: limit(declared.response_body_max),
+            response_oversize: declared.response_oversize,
+        }
+    }
 }
 
 /// Keeping initialized instances for later requests (`instance = "reuse"`).
@@ -128,12 +160,12 @@ impl BoundPlugin {
         }
     }
 
-    fn has(&self, hook: Hooks) -> bool {
+    pub(super) fn has(&self, hook: Hooks) -> bool {
         self.hooks.contains(hook)
     }
 
     /// Runs `call` (instance + hook) if the guard admits it, and tells the guard how it went.
-    async fn guarded<T>(
+    pub(super) async fn guarded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, PluginFault>>,
     ) -> Result<T, PluginFault> {
@@ -167,33 +199,9 @@ pub enum RequestDecision {
     Fail(ChainFailure),
 }
 
-/// Plugins still to run `on-response`, with the instance that ran their `on-request`
-/// (it holds the request's context), or none for a plugin with no `on-request`.
-pub struct ResponseStage<'a> {
-    engine: &'a PluginEngine,
-    chain: &'a [BoundPlugin],
-    waiting: Vec<(usize, Option<Instance>)>,
-}
-
-impl Drop for ResponseStage<'_> {
-    /// A request that ends before its response pass (upstream error, client gone)
-    /// still returns its healthy instances.
-    fn drop(&mut self) {
-        for (index, instance) in self.waiting.drain(..) {
-            if let Some(instance) = instance {
-                self.chain[index].release(self.engine, instance);
-            }
-        }
-    }
-}
-
-/// Outcome of the `on-response` pass.
-pub enum ResponseDecision {
-    /// Send this head with the upstream body.
-    Continue(ResponseHead),
-    /// Send this complete response; the upstream body is dropped.
-    Replace(Response),
-    Fail(ChainFailure),
+/// The hooks that run after `on-request`.
+fn later_hooks() -> Hooks {
+    Hooks::ON_RESPONSE | Hooks::ON_REQUEST_BODY | Hooks::ON_RESPONSE_BODY
 }
 
 /// Runs a chain over one request. `trail` collects a short decision log for the access log.
@@ -203,18 +211,15 @@ pub async fn run_on_request<'a>(
     client: &ClientInfo,
     mut head: RequestHead,
     trail: &mut String,
-) -> (RequestDecision, ResponseStage<'a>) {
-    let mut stage = ResponseStage {
-        engine,
-        chain,
-        waiting: Vec::with_capacity(chain.len()),
-    };
+) -> (RequestDecision, PluginStage<'a>) {
+    let mut stage = PluginStage::new(engine, chain);
     let mut upstream = None;
     let mut hash_key = None;
     for (index, bound) in chain.iter().enumerate() {
         if !bound.has(Hooks::ON_REQUEST) {
-            if bound.has(Hooks::ON_RESPONSE) {
-                stage.waiting.push((index, None));
+            let left = bound.hooks & later_hooks();
+            if left != Hooks::empty() {
+                stage.push(Waiting::new(index, None, left));
             }
             continue;
         }
@@ -236,6 +241,10 @@ pub async fn run_on_request<'a>(
             .record(Hook::Request, counted, started.elapsed());
         match outcome {
             Ok((RequestAction::Continue(forward), instance)) => {
+                let mut left = bound.hooks & later_hooks();
+                if forward.skip_request_body {
+                    left &= !Hooks::ON_REQUEST_BODY;
+                }
                 head = forward.request;
                 if forward.hash_key.is_some() {
                     hash_key = forward.hash_key;
@@ -246,8 +255,8 @@ pub async fn run_on_request<'a>(
                 } else {
                     let _ = write!(trail, "{}:continue ", bound.name());
                 }
-                if bound.has(Hooks::ON_RESPONSE) {
-                    stage.waiting.push((index, Some(instance)));
+                if left != Hooks::empty() {
+                    stage.push(Waiting::new(index, Some(instance), left));
                 } else {
                     // Nothing left to run: the slot is free before the upstream wait.
                     bound.release(engine, instance);
@@ -275,75 +284,10 @@ pub async fn run_on_request<'a>(
     )
 }
 
-impl ResponseStage<'_> {
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Runs `on-response` of the waiting plugins in reverse route order.
-    pub async fn run(
-        mut self,
-        client: &ClientInfo,
-        mut head: ResponseHead,
-        trail: &mut String,
-    ) -> ResponseDecision {
-        let mut replaced_body: Option<Vec<u8>> = None;
-        while let Some((index, instance)) = self.waiting.pop() {
-            let bound = &self.chain[index];
-            let engine = self.engine;
-            let started = Instant::now();
-            let outcome = bound
-                .guarded(async {
-                    let mut instance = match instance {
-                        Some(instance) => instance,
-                        None => bound.acquire(engine).await?,
-                    };
-                    let action = instance.on_response(bound.limits, &head).await?;
-                    bound.release(engine, instance);
-                    Ok(action)
-                })
-                .await;
-            let counted = match &outcome {
-                Ok(ResponseAction::Continue(_)) => Outcome::Continue,
-                Ok(ResponseAction::Replace(_)) => Outcome::Respond,
-                Err(fault) => Outcome::of_fault(fault),
-            };
-            bound
-                .calls
-                .record(Hook::Response, counted, started.elapsed());
-            match outcome {
-                Ok(ResponseAction::Continue(next)) => head = next,
-                Ok(ResponseAction::Replace(response)) => {
-                    let _ = write!(trail, "{}:replace({}) ", bound.name(), response.status);
-                    head = ResponseHead {
-                        status: response.status,
-                        headers: response.headers,
-                    };
-                    replaced_body = Some(response.body);
-                }
-                Err(fault) => {
-                    if let Some(failure) = apply_policy(bound, Hook::Response, fault, client, trail)
-                    {
-                        return ResponseDecision::Fail(failure);
-                    }
-                }
-            }
-        }
-        match replaced_body {
-            Some(body) => ResponseDecision::Replace(Response {
-                status: head.status,
-                headers: head.headers,
-                body,
-            }),
-            None => ResponseDecision::Continue(head),
-        }
-    }
-}
-
 /// Logs a failure at one level, naming plugin, route and hook (a failure that repeats
 /// is summarized, see `repeat_log`); returns the failure when the request must end.
 /// `on_error = "allow"` skips only the plugin's own faults.
-fn apply_policy(
+pub(super) fn apply_policy(
     bound: &BoundPlugin,
     hook: Hook,
     fault: PluginFault,

@@ -5,7 +5,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::{
-    ClientInfo, Hooks, Plugin, RequestAction, RequestHead, ResponseAction, ResponseHead,
+    ClientInfo, Declaration, Plugin, RequestAction, RequestBodyAction, RequestHead, ResponseAction,
+    ResponseBodyAction, ResponseHead,
 };
 use super::engine::{PluginEngine, EPOCH_TICK};
 use super::host_api::{InstanceState, PluginScope};
@@ -175,18 +176,46 @@ impl Instance {
         result.map_err(|e| classify(&self.store, e, limits))
     }
 
-    /// Runs `init`; the hooks the plugin declares, or why it failed.
+    pub async fn on_request_body(
+        &mut self,
+        limits: CallLimits,
+        head: &RequestHead,
+        body: &[u8],
+    ) -> Result<RequestBodyAction, PluginFault> {
+        arm_deadline(&mut self.store, limits.deadline_ms);
+        let result = self
+            .bindings
+            .call_on_request_body(&mut self.store, head, body)
+            .await;
+        result.map_err(|e| classify(&self.store, e, limits))
+    }
+
+    pub async fn on_response_body(
+        &mut self,
+        limits: CallLimits,
+        head: &ResponseHead,
+        body: &[u8],
+    ) -> Result<ResponseBodyAction, PluginFault> {
+        arm_deadline(&mut self.store, limits.deadline_ms);
+        let result = self
+            .bindings
+            .call_on_response_body(&mut self.store, head, body)
+            .await;
+        result.map_err(|e| classify(&self.store, e, limits))
+    }
+
+    /// Runs `init`; what the plugin declares, or why it failed.
     pub async fn init(
         &mut self,
         limits: CallLimits,
         config_json: &str,
-    ) -> Result<Hooks, PluginFault> {
+    ) -> Result<Declaration, PluginFault> {
         arm_deadline(&mut self.store, limits.deadline_ms);
         self.store.data_mut().in_init = true;
         let result = self.bindings.call_init(&mut self.store, config_json).await;
         self.store.data_mut().in_init = false;
         match result {
-            Ok(Ok(hooks)) => Ok(hooks),
+            Ok(Ok(declaration)) => Ok(declaration),
             Ok(Err(message)) => Err(PluginFault::InitRejected(message)),
             Err(e) => Err(classify(&self.store, e, limits)),
         }

@@ -11,10 +11,11 @@ pub mod instance;
 pub mod loader;
 pub mod preinit;
 pub mod registry;
+pub mod stage;
 pub mod stderr;
 
 pub use cache::CompileCache;
-pub use chain::{BoundPlugin, ChainFailure, RequestDecision, ResponseDecision, Reuse};
+pub use chain::{BodyLimits, BoundPlugin, ChainFailure, RequestDecision, Reuse};
 pub use engine::{EngineLimits, PluginEngine};
 pub use guard::{GuardLimits, PluginGuard};
 pub use instance::{CallLimits, PluginFault};

@@ -13,7 +13,7 @@ use wasmtime::component::{Component, Instance as RawInstance, Lift, WasmList};
 use wasmtime::Store;
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-use super::bindings::{Hooks, Plugin, PluginPre};
+use super::bindings::{Declaration, Plugin, PluginPre};
 use super::cache::{compile, CompileCache};
 use super::engine::PluginEngine;
 use super::host_api::{InstanceState, PluginScope};
@@ -74,14 +74,14 @@ impl SnapshotSlot {
 }
 
 /// Instantiates the plugin as loaded (no snapshot) in a load slot and runs `init`.
-/// Returns the declared hooks, the store and the raw instance (for a snapshot).
+/// Returns the declaration, the store and the raw instance (for a snapshot).
 async fn instantiate_and_init(
     engine: &PluginEngine,
     plugin: &LoadedPlugin,
     scope: &Arc<PluginScope>,
     config_json: &str,
     limits: CallLimits,
-) -> Result<(Hooks, Store<InstanceState>, RawInstance), PluginFault> {
+) -> Result<(Declaration, Store<InstanceState>, RawInstance), PluginFault> {
     let mut store = new_store(engine, scope, limits);
     let raw = match plugin
         .pre
@@ -101,13 +101,13 @@ async fn instantiate_and_init(
     let result = bindings.call_init(&mut store, config_json).await;
     store.data_mut().in_init = false;
     match result {
-        Ok(Ok(hooks)) => Ok((hooks, store, raw)),
+        Ok(Ok(declaration)) => Ok((declaration, store, raw)),
         Ok(Err(message)) => Err(PluginFault::InitRejected(message)),
         Err(e) => Err(classify(&store, e, limits)),
     }
 }
 
-/// Runs `init` once on `config_json` (in a load slot) and returns the hooks the plugin
+/// Runs `init` once on `config_json` (in a load slot) and returns what the plugin
 /// declares: the load-time check that a config is accepted.
 pub async fn check_init(
     engine: &PluginEngine,
@@ -115,14 +115,14 @@ pub async fn check_init(
     scope: &Arc<PluginScope>,
     config_json: &str,
     limits: CallLimits,
-) -> Result<Hooks, PluginFault> {
+) -> Result<Declaration, PluginFault> {
     let _slot = engine
         .load_slot()
         .await
         .map_err(|_| PluginFault::Unavailable("the engine is shutting down".into()))?;
     instantiate_and_init(engine, plugin, scope, config_json, limits)
         .await
-        .map(|(hooks, _, _)| hooks)
+        .map(|(declaration, _, _)| declaration)
 }
 
 /// Fills `slot` with the compiled snapshot of `plugin` initialized on `config_json`

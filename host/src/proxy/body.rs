@@ -91,6 +91,8 @@ pub struct UpstreamBody {
     waiting: bool,
     upstream: Arc<str>,
     counters: EdgeCounters,
+    /// What a plugin's body pass read before finding the body too large: sent first.
+    read_back: Option<Bytes>,
     /// Counts the request in flight on its server until the body is done or dropped
     /// (least-conn balancing).
     _in_flight: InFlight,
@@ -116,8 +118,15 @@ impl UpstreamBody {
             waiting: false,
             upstream,
             counters,
+            read_back: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// Puts `read` (what was read of the body) back in front of the rest.
+    pub fn put_back(&mut self, read: Bytes) {
+        debug_assert!(self.read_back.is_none());
+        self.read_back = Some(read).filter(|b| !b.is_empty());
     }
 }
 
@@ -130,6 +139,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = &mut *self;
+        if let Some(read) = this.read_back.take() {
+            return Poll::Ready(Some(Ok(Frame::data(read))));
+        }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
             return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::from)));
@@ -163,10 +175,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.read_back.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let read = self.read_back.as_ref().map_or(0, |b| b.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + read);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
     }
 }

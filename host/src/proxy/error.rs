@@ -29,6 +29,12 @@ pub enum ProxyError {
     RedirectWithoutHost,
     #[error("request body not received in time")]
     ClientBodyTimeout,
+    #[error("request body is larger than the {limit} bytes a plugin on its route reads")]
+    RequestBodyTooLarge { limit: usize },
+    #[error("response body is larger than the {limit} bytes plugin {plugin:?} reads, and it must read every body")]
+    ResponseBodyTooLarge { plugin: String, limit: usize },
+    #[error("reading the upstream's response body for a plugin failed: {0}")]
+    UpstreamBody(String),
     #[error("upstream {upstream} has no healthy server")]
     NoHealthyServer { upstream: String },
     #[error("malformed request body: {0}")]
@@ -73,6 +79,10 @@ impl ProxyError {
             | ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ResponseBodyTooLarge { .. } | ProxyError::UpstreamBody(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Plugin(failure)
                 if !failure.fault.is_plugin_fault()
@@ -110,6 +120,10 @@ impl ProxyError {
                 upstream, server, ..
             } => return format!("protocol|{upstream}|{server}"),
             ProxyError::InvalidPluginOutput(_) => "invalid_plugin_output",
+            ProxyError::ResponseBodyTooLarge { plugin, .. } => {
+                return format!("response_body_too_large|{plugin}")
+            }
+            ProxyError::UpstreamBody(_) => "upstream_body",
             ProxyError::UnknownUpstream(name) => return format!("unknown_upstream|{name}"),
             _ => "other",
         };

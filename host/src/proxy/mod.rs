@@ -2,6 +2,7 @@
 //! on-response chain. Errors become responses in one place (`error.rs`).
 
 pub mod body;
+mod buffer;
 mod error;
 pub mod headers;
 pub mod host;
@@ -27,7 +28,10 @@ use crate::access_log::{AccessLog, Record};
 use crate::admin::metrics::EdgeCounters;
 use crate::ip_text::IpText;
 use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
-use crate::plugin::chain::{self, RequestDecision, ResponseDecision};
+use crate::plugin::chain::{self, RequestDecision};
+use crate::plugin::stage::{
+    PluginStage, RequestBodyDecision, ResponseBodyDecision, ResponseBodyIn, ResponseDecision,
+};
 use crate::plugin::PluginEngine;
 use crate::protocol::upgrade::{ClientUpgrade, Upgraded, UpstreamUpgrade};
 use crate::repeat_log::{self, Level};
@@ -359,7 +363,7 @@ impl Proxy {
                         status: response.status,
                         headers: response.headers,
                     };
-                    let plugin_response = complete_response(head, response.body)?;
+                    let plugin_response = complete_response(head, response.body.into())?;
                     let on_response = boxed_in_place(|| {
                         self.respond_through_chain(
                             response_stage,
@@ -375,6 +379,27 @@ impl Proxy {
             stage = Some((response_stage, client));
         }
 
+        let body = match stage.as_mut() {
+            Some((plugins, client)) if plugins.request_body_max().is_some() => {
+                let pass = boxed_in_place(|| {
+                    self.request_body_pass(snapshot, plugins, client, &mut parts, body, exchange)
+                });
+                match pass.await? {
+                    Ok(body) => body,
+                    Err(plugin_response) => {
+                        let Some((plugins, client)) = stage else {
+                            return Ok(plugin_response);
+                        };
+                        let on_response = boxed_in_place(|| {
+                            self.respond_through_chain(plugins, &client, plugin_response, exchange)
+                        });
+                        return on_response.await;
+                    }
+                }
+            }
+            _ => RequestBody::prepare(body, &upstream).await?,
+        };
+
         headers::add_forwarding(
             &mut parts.headers,
             &exchange.client,
@@ -384,7 +409,7 @@ impl Proxy {
         let key = upstream.key_of(&parts.headers, conn.peer.ip(), plugin_hash_key.as_deref());
         // The upstream's fields stay as received only when no on-response hook reads them.
         let wanted = match &stage {
-            Some((stage, _)) if !stage.is_empty() => FieldsWanted::Map,
+            Some((stage, _)) if stage.has_response_hooks() => FieldsWanted::Map,
             _ => wanted,
         };
         let (response, server) = self
@@ -392,7 +417,7 @@ impl Proxy {
             .await?;
 
         let response = match stage {
-            Some((stage, client)) if !stage.is_empty() => {
+            Some((stage, client)) if stage.has_response_hooks() => {
                 let on_response = boxed_in_place(|| {
                     self.respond_through_chain(stage, &client, response, exchange)
                 });
@@ -423,13 +448,12 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         mut parts: http::request::Parts,
-        body: ReceivedBody,
+        body: RequestBody,
         key: Option<Vec<u8>>,
         wanted: FieldsWanted,
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
         upstream.budget.record_request();
-        let body = RequestBody::prepare(body, upstream).await?;
         let idempotent = is_idempotent(&parts.method);
         let path_and_query = parts
             .uri
@@ -591,37 +615,113 @@ impl Proxy {
         })
     }
 
-    /// Runs `on-response` hooks over `response` (upstream or plugin-made).
-    async fn respond_through_chain(
+    /// Reads the request body for the plugins that read it and runs their body
+    /// hooks: the body to send upstream (replayable), or a plugin's answer.
+    async fn request_body_pass(
         &self,
-        stage: chain::ResponseStage<'_>,
+        snapshot: &Snapshot,
+        plugins: &mut PluginStage<'_>,
         client: &ClientInfo,
-        response: Response<ProxyBody>,
+        parts: &mut http::request::Parts,
+        body: ReceivedBody,
         exchange: &mut Exchange,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if stage.is_empty() {
-            return Ok(response);
-        }
-        let (mut parts, body) = response.into_parts();
-        let head = ResponseHead {
-            status: parts.status.as_u16(),
-            headers: headers::to_wit(&parts.headers),
-        };
-        match stage.run(client, head, &mut exchange.trail).await {
-            ResponseDecision::Continue(head) => {
-                parts.status = status_from(head.status)?;
-                headers::apply_wit(&mut parts.headers, head.headers)
-                    .map_err(ProxyError::InvalidPluginOutput)?;
-                Ok(Response::from_parts(parts, body))
+    ) -> Result<Result<RequestBody, Response<ProxyBody>>, ProxyError> {
+        let max = plugins.request_body_max().unwrap_or(0);
+        let read = buffer::request_body(body, max, snapshot.plugin_body_timeout).await?;
+        let head = request_head(parts);
+        match plugins
+            .run_request_body(client, &head, read, &mut exchange.trail)
+            .await
+        {
+            RequestBodyDecision::Continue { body, replaced } => {
+                if replaced {
+                    // The upstream client writes the length of the new body.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+                Ok(Ok(RequestBody::Kept(body)))
             }
-            ResponseDecision::Replace(response) => {
+            RequestBodyDecision::Respond(response) => {
                 let head = ResponseHead {
                     status: response.status,
                     headers: response.headers,
                 };
-                complete_response(head, response.body)
+                Ok(Err(complete_response(head, response.body.into())?))
             }
-            ResponseDecision::Fail(failure) => Err(failure.into()),
+            RequestBodyDecision::Fail(failure) => Err(failure.into()),
+        }
+    }
+
+    /// Runs the `on-response` hooks and then the response body hooks over `response`
+    /// (upstream or plugin-made).
+    async fn respond_through_chain(
+        &self,
+        mut plugins: PluginStage<'_>,
+        client: &ClientInfo,
+        response: Response<ProxyBody>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if !plugins.has_response_hooks() {
+            return Ok(response);
+        }
+        let (mut parts, mut body) = response.into_parts();
+        if plugins.has_response_head_hooks() {
+            let head = ResponseHead {
+                status: parts.status.as_u16(),
+                headers: headers::to_wit(&parts.headers),
+            };
+            match plugins
+                .run_response(client, head, &mut exchange.trail)
+                .await
+            {
+                ResponseDecision::Continue(head) => {
+                    parts.status = status_from(head.status)?;
+                    headers::apply_wit(&mut parts.headers, head.headers)
+                        .map_err(ProxyError::InvalidPluginOutput)?;
+                }
+                ResponseDecision::Replace(response) => {
+                    let head = ResponseHead {
+                        status: response.status,
+                        headers: response.headers,
+                    };
+                    (parts, body) = complete_response(head, response.body.into())?.into_parts();
+                }
+                ResponseDecision::Fail(failure) => return Err(failure.into()),
+            }
+        }
+        let bodiless = exchange.method == Method::HEAD
+            || parts.status.is_informational()
+            || matches!(
+                parts.status,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            );
+        let max = match plugins.response_body_max() {
+            Some(max) if !bodiless => max,
+            _ => return Ok(Response::from_parts(parts, body)),
+        };
+        let (read, body) = match buffer::response_body(body, max).await? {
+            buffer::ResponseBody::Whole(bytes) => (
+                ResponseBodyIn::Whole(bytes.clone()),
+                Either::Right(Full::new(bytes)),
+            ),
+            buffer::ResponseBody::TooLarge(body) => (ResponseBodyIn::TooLarge, body),
+        };
+        let head = ResponseHead {
+            status: parts.status.as_u16(),
+            headers: headers::to_wit(&parts.headers),
+        };
+        match plugins
+            .run_response_body(client, head, read, &mut exchange.trail)
+            .await
+        {
+            ResponseBodyDecision::Unchanged => Ok(Response::from_parts(parts, body)),
+            ResponseBodyDecision::Replace { head, body } => complete_response(head, body),
+            ResponseBodyDecision::TooLarge { plugin, limit } => {
+                Err(ProxyError::ResponseBodyTooLarge {
+                    plugin: plugin.to_string(),
+                    limit,
+                })
+            }
+            ResponseBodyDecision::Fail(failure) => Err(failure.into()),
         }
     }
 }
@@ -788,8 +888,8 @@ fn status_from(code: u16) -> Result<StatusCode, ProxyError> {
 }
 
 /// A complete response built by a plugin.
-fn complete_response(head: ResponseHead, body: Vec<u8>) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+fn complete_response(head: ResponseHead, body: Bytes) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status_from(head.status)?;
     headers::apply_wit(response.headers_mut(), head.headers)
         .map_err(ProxyError::InvalidPluginOutput)?;

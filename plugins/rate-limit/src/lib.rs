@@ -108,6 +108,7 @@ impl Plugin for RateLimiter {
         Hooks {
             on_request: true,
             on_response: self.headers,
+            ..Hooks::default()
         }
     }
 

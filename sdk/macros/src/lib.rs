@@ -93,7 +93,7 @@ fn without_deserialize(attr: &Group) -> Option<TokenTree> {
 }
 
 /// On an `impl Plugin for T { .. }` block: writes `const HOOKS` from the hook methods the
-/// block defines (`on_request`, `on_response`), and `type Context = ();` when the block
+/// block defines (`on_request`, `on_response`, `on_request_body`, `on_response_body`), and `type Context = ();` when the block
 /// has no `type Context`. The host calls only the hooks listed, so a hook can never be
 /// written but forgotten in the declaration.
 #[proc_macro_attribute]
@@ -120,12 +120,15 @@ pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
     // Top-level items only: a nested `fn on_request` inside a method body does not count.
     let (mut on_request, mut on_response, mut has_context, mut has_hooks) =
         (false, false, false, false);
+    let (mut on_request_body, mut on_response_body) = (false, false);
     let items: Vec<TokenTree> = body.stream().into_iter().collect();
     for pair in items.windows(2) {
         if let (TokenTree::Ident(kind), TokenTree::Ident(name)) = (&pair[0], &pair[1]) {
             match (kind.to_string().as_str(), name.to_string().as_str()) {
                 ("fn", "on_request") => on_request = true,
                 ("fn", "on_response") => on_response = true,
+                ("fn", "on_request_body") => on_request_body = true,
+                ("fn", "on_response_body") => on_response_body = true,
                 ("type", "Context") => has_context = true,
                 ("const", "HOOKS") => has_hooks = true,
                 _ => {}
@@ -136,7 +139,7 @@ pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut extra = String::new();
     if !has_hooks {
         extra.push_str(&format!(
-            "const HOOKS: ::sluice_sdk::Hooks = ::sluice_sdk::Hooks {{ on_request: {on_request}, on_response: {on_response} }};"
+            "const HOOKS: ::sluice_sdk::Hooks = ::sluice_sdk::Hooks {{ on_request: {on_request}, on_response: {on_response}, on_request_body: {on_request_body}, on_response_body: {on_response_body} }};"
         ));
     }
     if !has_context {

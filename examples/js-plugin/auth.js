@@ -5,7 +5,12 @@
 // this route in the current minute in `x-user-requests` (a counter in the host's state
 // service, shared by every instance and, with Redis, every proxy).
 //
-// Config: { tokens = { "t-1" = "alice" }, realm = "api" }
+// With `require_json = ["field", ...]` in the config, a POST, PUT or PATCH body must be
+// a JSON object with those fields, or the request is answered 422 before it goes
+// upstream (the host buffers the body for onRequestBody, up to 64 KiB here: larger is
+// 413). Other requests skip the body hook, so their bodies stream past unbuffered.
+//
+// Config: { tokens = { "t-1" = "alice" }, realm = "api", require_json = ["order"] }
 //
 // `init` runs once per route config at load and the proxy snapshots the engine after
 // it: module-level state set in `init` is what every request starts from. Per-request
@@ -14,8 +19,8 @@
 // request goes through the state service; its calls throw when they fail (the error's
 // `payload` is the WIT state-error, e.g. `{ tag: 'unavailable', val: '...' }`).
 
-import { log } from 'sluice:plugin/host@0.3.1';
-import { increment } from 'sluice:plugin/state@0.3.1';
+import { log } from 'sluice:plugin/host@0.4.0';
+import { increment } from 'sluice:plugin/state@0.4.0';
 
 // Counters are fixed one-minute windows: the TTL starts when a window's first request
 // creates the key.
@@ -23,11 +28,22 @@ const WINDOW_MS = 60_000n;
 
 let tokens = new Map();
 let realm = 'api';
+let requireJson = [];
+// The largest body onRequestBody reads.
+const BODY_MAX = 64n * 1024n;
 let requestUser = null;
 let requestCount = null;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
+
+function jsonError(status, message) {
+  return {
+    status,
+    headers: [['content-type', encoder.encode('application/json')]],
+    body: encoder.encode(JSON.stringify({ error: message })),
+  };
+}
 
 function header(headers, name) {
   for (const [key, value] of headers) {
@@ -43,7 +59,8 @@ export function init(config) {
   } catch (e) {
     throw `invalid config: ${e.message}`;
   }
-  const unknown = Object.keys(parsed).filter((k) => k !== 'tokens' && k !== 'realm');
+  const known = ['tokens', 'realm', 'require_json'];
+  const unknown = Object.keys(parsed).filter((k) => !known.includes(k));
   if (unknown.length > 0) throw `invalid config: unknown key(s) ${unknown.join(', ')}`;
   const entries = Object.entries(parsed.tokens ?? {});
   if (entries.length === 0 || !entries.every(([, user]) => typeof user === 'string')) {
@@ -51,7 +68,16 @@ export function init(config) {
   }
   tokens = new Map(entries);
   realm = String(parsed.realm ?? 'api');
-  return { onRequest: true, onResponse: true };
+  requireJson = parsed.require_json ?? [];
+  if (!Array.isArray(requireJson) || !requireJson.every((f) => typeof f === 'string')) {
+    throw 'require_json: a list of field names';
+  }
+  return {
+    hooks: { onRequest: true, onResponse: true, onRequestBody: requireJson.length > 0 },
+    requestBodyMax: BODY_MAX,
+    responseBodyMax: 0n,
+    responseOversize: 'pass-unread',
+  };
 }
 
 export function onRequest(client, request) {
@@ -87,7 +113,29 @@ export function onRequest(client, request) {
   }
   const headers = request.headers.filter(([k]) => k !== 'authorization' && k !== 'x-auth-user');
   headers.push(['x-auth-user', encoder.encode(user)]);
-  return { tag: 'continue', val: { request: { ...request, headers }, upstream: undefined, hashKey: undefined } };
+  // Only bodies that must be JSON are read; the rest stream past unbuffered.
+  const skipRequestBody = !['POST', 'PUT', 'PATCH'].includes(request.method);
+  return {
+    tag: 'continue',
+    val: { request: { ...request, headers }, upstream: undefined, hashKey: undefined, skipRequestBody },
+  };
+}
+
+export function onRequestBody(request, body) {
+  let doc;
+  try {
+    doc = JSON.parse(decoder.decode(body));
+  } catch {
+    return { tag: 'respond', val: jsonError(422, 'the body is not JSON') };
+  }
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
+    return { tag: 'respond', val: jsonError(422, 'the body is not a JSON object') };
+  }
+  const missing = requireJson.filter((field) => !(field in doc));
+  if (missing.length > 0) {
+    return { tag: 'respond', val: jsonError(422, `missing ${missing.join(', ')}`) };
+  }
+  return { tag: 'continue' };
 }
 
 export function onResponse(response) {
@@ -98,4 +146,9 @@ export function onResponse(response) {
     ['x-user-requests', encoder.encode(count)],
   ];
   return { tag: 'continue', val: { ...response, headers } };
+}
+
+// Not declared in init, so never called.
+export function onResponseBody(response, body) {
+  return { tag: 'continue' };
 }

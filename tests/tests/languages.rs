@@ -1,7 +1,8 @@
 //! Plugins in Python (componentize-py) and JavaScript (componentize-js), built by
 //! `examples/*/build.sh` into target/examples: the same behaviour in fresh and reuse
 //! mode, `init` once, per-request data reset between requests, a counter kept in the
-//! host's state service across instances, and a guest error that fails only its request.
+//! host's state service across instances, a body hook that checks JSON fields, and a
+//! guest error that fails only its request.
 
 mod common;
 
@@ -40,7 +41,7 @@ upstream = "app"
   [[routes.plugins]]
   name = "{plugin}"
   instance = "{mode}"
-  config = {{ tokens = {{ "t-1" = "alice", "t-2" = "bob" }}, realm = "tests" }}
+  config = {{ tokens = {{ "t-1" = "alice", "t-2" = "bob" }}, realm = "tests", require_json = ["order"] }}
 "#
             ));
         }
@@ -96,6 +97,20 @@ upstream = "app"
                     Some(count),
                     "{what}: the user's count lives in the state service, not the instance"
                 );
+            }
+            // The body hook: a JSON body needs its `order` field.
+            for (body, status) in [(r#"{"order": 7}"#, 200), (r#"{"item": 7}"#, 422), ("[", 422)] {
+                let req = http::Request::post(format!("http://{}{base}/orders", proxy.addr))
+                    .header("authorization", "Bearer t-2")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .unwrap();
+                let reply = send(&client, req).await;
+                assert_eq!(reply.status, status, "{plugin} {mode} {body}: {}", reply.text());
+                if status == 200 {
+                    assert_eq!(reply.json()["body_bytes"], body.len(), "{plugin} {mode}");
+                } else {
+                    assert!(reply.json()["error"].is_string(), "{plugin} {mode}");
+                }
             }
             // A guest exception fails its own request; the next one is served.
             let boom = get(&client, proxy.addr, &format!("{base}/boom"), &[]).await;

@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use sluice::config::{InstanceMode, OnError};
 use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice::plugin::calls::CallMetrics;
-use sluice::plugin::chain::{run_on_request, RequestDecision, ResponseDecision};
+use sluice::plugin::chain::{run_on_request, RequestDecision};
 use sluice::plugin::host_api::PluginScope;
 use sluice::plugin::preinit::{check_init, prepare};
+use sluice::plugin::stage::ResponseDecision;
 use sluice::plugin::{
-    load_plugin, plugin_path, BoundPlugin, CallLimits, EngineLimits, GuardLimits, LoadedPlugin,
-    PluginEngine, PluginGuard, Reuse, SnapshotSlot,
+    load_plugin, plugin_path, BodyLimits, BoundPlugin, CallLimits, EngineLimits, GuardLimits,
+    LoadedPlugin, PluginEngine, PluginGuard, Reuse, SnapshotSlot,
 };
 use sluice::services::Services;
 
@@ -42,9 +43,10 @@ async fn bound(
         memory_limit_bytes: 64 << 20,
     };
     let scope = PluginScope::new(loaded.name.clone(), "bench".into(), Services::in_memory());
-    let hooks = check_init(engine, loaded, &scope, &config_json, limits)
+    let declaration = check_init(engine, loaded, &scope, &config_json, limits)
         .await
         .map_err(|f| anyhow::anyhow!("{f}"))?;
+    let bodies = BodyLimits::resolve(&declaration, 1 << 20, None, 16 << 20);
     let snapshot = if mode == Mode::FreshInit {
         SnapshotSlot::disabled()
     } else {
@@ -65,7 +67,8 @@ async fn bound(
         config_json,
         on_error: OnError::Deny,
         limits,
-        hooks,
+        hooks: declaration.hooks,
+        bodies,
         snapshot,
         reuse: Reuse::new(instance_mode, 10_000, 4, 32 << 20),
         instance_wait: Duration::from_secs(1),
@@ -147,13 +150,13 @@ async fn chain_once(
     client: &ClientInfo,
 ) -> anyhow::Result<()> {
     let mut trail = String::new();
-    let (decision, stage) = run_on_request(engine, chain, client, request(), &mut trail).await;
+    let (decision, mut stage) = run_on_request(engine, chain, client, request(), &mut trail).await;
     match decision {
         RequestDecision::Forward { .. } => {}
         RequestDecision::Respond(r) => anyhow::bail!("chain answered {} ({trail})", r.status),
         RequestDecision::Fail(f) => anyhow::bail!("{f}"),
     }
-    match stage.run(client, response(), &mut trail).await {
+    match stage.run_response(client, response(), &mut trail).await {
         ResponseDecision::Continue(_) => Ok(()),
         ResponseDecision::Replace(r) => {
             anyhow::bail!("chain replaced the response with {}", r.status)

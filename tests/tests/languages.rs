@@ -99,13 +99,22 @@ upstream = "app"
                 );
             }
             // The body hook: a JSON body needs its `order` field.
-            for (body, status) in [(r#"{"order": 7}"#, 200), (r#"{"item": 7}"#, 422), ("[", 422)] {
+            for (body, status) in [
+                (r#"{"order": 7}"#, 200),
+                (r#"{"item": 7}"#, 422),
+                ("[", 422),
+            ] {
                 let req = http::Request::post(format!("http://{}{base}/orders", proxy.addr))
                     .header("authorization", "Bearer t-2")
                     .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                     .unwrap();
                 let reply = send(&client, req).await;
-                assert_eq!(reply.status, status, "{plugin} {mode} {body}: {}", reply.text());
+                assert_eq!(
+                    reply.status,
+                    status,
+                    "{plugin} {mode} {body}: {}",
+                    reply.text()
+                );
                 if status == 200 {
                     assert_eq!(reply.json()["body_bytes"], body.len(), "{plugin} {mode}");
                 } else {

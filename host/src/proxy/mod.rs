@@ -42,6 +42,7 @@ use crate::tls::TlsInfo;
 use crate::upstream::body::IncomingBody;
 use crate::upstream::connect::SendError;
 use crate::upstream::raw_fields::FieldsWanted;
+use crate::upstream::retry::{is_idempotent, Failure, RetryPlan, Verdict};
 use crate::upstream::servers::InFlight;
 use crate::upstream::{NoServer, SendBody, Upstream};
 
@@ -440,10 +441,8 @@ impl Proxy {
     }
 
     /// Sends the request to a server of `upstream` and returns its response head.
-    /// Failures are retried on another server (up to `retries`, within the retry
-    /// budget): a failed connect for every method, a timeout, a broken connection or a
-    /// `retry_on_status` status for idempotent methods; only while the request body is
-    /// at hand again (none, or small enough to keep) and before anything reached the client.
+    /// Failures are retried on another server as the request's `RetryPlan` allows
+    /// (`upstream/retry.rs`), before anything reached the client.
     async fn forward(
         &self,
         upstream: &Upstream,
@@ -454,21 +453,21 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
         upstream.budget.record_request();
-        let idempotent = is_idempotent(&parts.method);
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let can_retry = upstream.config.retries > 0 && body.is_replayable();
+        let mut plan = RetryPlan::new(
+            upstream.config.retries,
+            upstream.servers.len(),
+            body.is_replayable(),
+            is_idempotent(&parts.method),
+        );
         let mut body = Some(body);
-        // At most `retries + 1` (<= 11, validated) entries: kept inline, no allocation.
-        let mut tried = [usize::MAX; MAX_TRIES];
-        let mut tries = 0;
         let mut last_failure = None;
         loop {
-            // `tries < MAX_TRIES` here: a try that reaches it is the last.
-            let index = match upstream.select(key.as_deref(), &tried[..tries]) {
+            let index = match upstream.select(key.as_deref(), plan.tried()) {
                 Ok(index) => index,
                 Err(NoServer) => {
                     return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
@@ -476,16 +475,7 @@ impl Proxy {
                     }))
                 }
             };
-            if let Some(slot) = tried.get_mut(tries) {
-                *slot = index;
-            }
-            tries += 1;
-            // Every server tried is the end too: a retry never goes to the same server,
-            // so a one-server pool needs no copy of the request for one.
-            let last_try = !can_retry
-                || tries > upstream.config.retries as usize
-                || tries >= upstream.servers.len()
-                || tries >= MAX_TRIES;
+            let last_try = plan.begin(index);
             let server = &upstream.servers[index];
             exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
             let in_flight = server.state.begin();
@@ -526,7 +516,8 @@ impl Proxy {
             }
             .await;
             let server_name = &server.addr;
-            let failure = match sent {
+            let take_budget = || upstream.budget.try_retry();
+            let (failure, verdict) = match sent {
                 Ok(Ok(response)) => {
                     server.state.record_latency(started.elapsed());
                     let status = response.status();
@@ -535,8 +526,9 @@ impl Proxy {
                     } else {
                         server.state.record_success();
                     }
-                    let retry_status = upstream.config.retry_on_status.contains(&status.as_u16());
-                    if retry_status && idempotent && !last_try && upstream.budget.try_retry() {
+                    if upstream.config.retry_on_status.contains(&status.as_u16())
+                        && plan.after_status(take_budget) == Verdict::Retry
+                    {
                         upstream
                             .retries
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -556,13 +548,14 @@ impl Proxy {
                     return Err(ProxyError::BadRequestBody(error_chain(&e)))
                 }
                 Ok(Err(e)) => {
-                    let connect_failed = e.is_connect();
+                    let kind = if e.is_connect() {
+                        Failure::Connect
+                    } else {
+                        Failure::Broken
+                    };
                     let error = upstream_error(upstream, server_name.as_str(), e);
                     self.record_failure(upstream, index, &error.to_string());
-                    if !(connect_failed || idempotent) {
-                        return Err(error);
-                    }
-                    error
+                    (error, plan.after_failure(kind, take_budget))
                 }
                 Err(_) => {
                     let error = ProxyError::UpstreamTimeout {
@@ -571,13 +564,10 @@ impl Proxy {
                         timeout_ms: upstream.response_timeout.as_millis(),
                     };
                     self.record_failure(upstream, index, &error.to_string());
-                    if !idempotent {
-                        return Err(error);
-                    }
-                    error
+                    (error, plan.after_failure(Failure::Timeout, take_budget))
                 }
             };
-            if last_try || !upstream.budget.try_retry() {
+            if verdict == Verdict::GiveUp {
                 return Err(failure);
             }
             upstream
@@ -747,17 +737,6 @@ fn upstream_error(upstream: &Upstream, server: &str, e: SendError) -> ProxyError
             reason,
         },
     }
-}
-
-/// Tries of one request at most (`retries` is at most 10).
-const MAX_TRIES: usize = 11;
-
-/// Methods a retry may repeat (RFC 9110 idempotent methods).
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// The client's request body as the upstream tries need it.

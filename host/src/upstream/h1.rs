@@ -249,7 +249,7 @@ impl HeadReader {
 /// the connection had died while idle (nothing came back) and the method is one the
 /// server would not mind seeing twice.
 pub fn may_retry_on_new_connection(conn: &Conn, error: &Error, method: &Method) -> bool {
-    conn.reused && error.is_stale_connection() && crate::proxy::is_idempotent(method)
+    conn.reused && error.is_stale_connection() && super::retry::is_idempotent(method)
 }
 
 /// A response head and how its body is framed.

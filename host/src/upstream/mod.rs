@@ -11,6 +11,7 @@ mod health;
 mod pool;
 mod quick_ack;
 pub mod raw_fields;
+pub mod retry;
 pub mod select;
 pub mod servers;
 mod upload;

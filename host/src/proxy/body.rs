@@ -179,7 +179,9 @@ impl Body for UpstreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let read = self.read_back.as_ref().map_or(0, |b| b.len() as u64);
+        let Some(read) = self.read_back.as_ref().map(|b| b.len() as u64) else {
+            return self.inner.size_hint();
+        };
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + read);

@@ -7,6 +7,7 @@ mod error;
 pub mod headers;
 pub mod host;
 pub mod path;
+mod phases;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,7 +36,6 @@ use crate::plugin::stage::{
 use crate::plugin::PluginEngine;
 use crate::protocol::upgrade::{ClientUpgrade, Upgraded, UpstreamUpgrade};
 use crate::repeat_log::{self, Level};
-use crate::router::normalize_host;
 use crate::server::{Activity, ConnTimeouts, TrackedIo};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
@@ -264,48 +264,17 @@ impl Proxy {
         wanted: FieldsWanted,
         exchange: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::ConnectMethod);
-        }
-        let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-        if target_len > snapshot.max_uri_bytes {
-            return Err(ProxyError::UriTooLong {
-                len: target_len,
-                max: snapshot.max_uri_bytes,
-            });
-        }
-        // The client's host: the URI authority (HTTP/2, absolute form) or the Host header.
-        // It replaces the Host header upstream when it came from the target.
         let host::ClientHost {
             value: client_host,
             replace_header: replace_host,
-        } = host::client_host(req.version(), req.uri(), req.headers())?;
+        } = phases::admit(&req, snapshot.max_uri_bytes)?;
         if snapshot.https_redirect && conn.tls.is_none() {
             if let Some(&tls_port) = self.tls_port.get() {
                 return https_redirect(&req, tls_port);
             }
         }
-        // Route, plugins and upstream all see the canonical path.
-        let mut has_encoded_slash = false;
-        if path::needs_normalizing(req.uri().path(), snapshot.merge_slashes) {
-            let canonical = path::normalize(req.uri().path(), snapshot.merge_slashes)?;
-            has_encoded_slash = canonical.has_encoded_slash;
-            if canonical.path != req.uri().path() {
-                *req.uri_mut() = with_path(req.uri(), canonical.path)
-                    .map_err(|e| ProxyError::BadPath(path::PathError::Unparsable(e)))?;
-            }
-        }
-        let host = client_host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(normalize_host)
-            .unwrap_or_default();
-        let Some(route_index) = snapshot.router.lookup(&host, req.uri().path()) else {
-            return Err(ProxyError::NoRoute {
-                host: host.into_owned(),
-                path: req.uri().path().to_owned(),
-            });
-        };
+        let has_encoded_slash = phases::normalize(&mut req, snapshot.merge_slashes)?;
+        let route_index = phases::route(&snapshot.router, client_host.as_ref(), req.uri().path())?;
         let route = &snapshot.routes[route_index];
         exchange.route = Some(route_index);
         if has_encoded_slash && !route.allow_encoded_slashes {
@@ -802,13 +771,6 @@ impl RequestBody {
             }
         }
     }
-}
-
-/// `uri` with its path replaced (query, scheme and authority kept).
-fn with_path(uri: &Uri, path: String) -> Result<Uri, String> {
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(request_target(path, uri.query()).map_err(|e| e.to_string())?);
-    Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
 /// `path?query`, or `path` alone when there is no query.

@@ -4,6 +4,7 @@ pub mod bindings;
 pub mod cache;
 pub mod calls;
 pub mod chain;
+pub mod convert;
 pub mod engine;
 pub mod guard;
 pub mod host_api;

@@ -156,36 +156,6 @@ pub fn add_forwarding(
     }
 }
 
-/// Headers as the plugin interface carries them.
-pub fn to_wit(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect()
-}
-
-/// Replaces the plugin-visible headers of `headers` with `list`, keeping host-owned ones.
-pub fn apply_wit(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Result<(), String> {
-    let mut next = HeaderMap::with_capacity(list.len() + 2);
-    for (name, value) in list {
-        let name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?}"))?;
-        if is_host_owned(&name) {
-            continue;
-        }
-        let value = HeaderValue::from_bytes(&value)
-            .map_err(|_| format!("value of header {:?}", name.as_str()))?;
-        next.append(name, value);
-    }
-    for (name, value) in headers.iter() {
-        if is_host_owned(name) {
-            next.append(name.clone(), value.clone());
-        }
-    }
-    *headers = next;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,23 +288,21 @@ mod tests {
     #[test]
     fn plugins_cannot_touch_framing_headers() {
         let mut h = map(&[("content-length", "5"), ("x-a", "1")]);
-        apply_wit(
+        crate::plugin::convert::apply_headers(
             &mut h,
             vec![
                 ("content-length".into(), b"99".to_vec()),
+                ("transfer-encoding".into(), b"chunked".to_vec()),
+                ("proxy-authorization".into(), b"x".to_vec()),
                 ("x-b".into(), b"2".to_vec()),
             ],
+            is_host_owned,
         )
         .unwrap();
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("proxy-authorization").is_none());
         assert_eq!(h.get("content-length").unwrap(), "5");
         assert!(h.get("x-a").is_none());
         assert_eq!(h.get("x-b").unwrap(), "2");
-    }
-
-    #[test]
-    fn invalid_plugin_header_is_reported() {
-        let mut h = HeaderMap::new();
-        let e = apply_wit(&mut h, vec![("bad name".into(), b"x".to_vec())]).unwrap_err();
-        assert!(e.contains("bad name"));
     }
 }

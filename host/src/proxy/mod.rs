@@ -19,7 +19,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 
 use body::{ClientBody, ReceivedBody, UpstreamBody};
@@ -30,6 +30,7 @@ use crate::admin::metrics::EdgeCounters;
 use crate::ip_text::IpText;
 use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision};
+use crate::plugin::convert;
 use crate::plugin::stage::{
     PluginStage, RequestBodyDecision, ResponseBodyDecision, ResponseBodyIn, ResponseDecision,
 };
@@ -299,7 +300,7 @@ impl Proxy {
         let mut plugin_hash_key = None;
         if !route.chain.is_empty() {
             let client = conn.client_info(&route.name);
-            let head = request_head(&parts);
+            let head = convert::request_head(&parts);
             // Plugin calls are boxed (built in place): their large futures would
             // otherwise size (and be copied with) every request's pipeline, plugins or not.
             let on_request = boxed_in_place(|| {
@@ -587,7 +588,7 @@ impl Proxy {
     ) -> Result<Result<RequestBody, Response<ProxyBody>>, ProxyError> {
         let max = plugins.request_body_max().unwrap_or(0);
         let read = buffer::request_body(body, max, snapshot.plugin_body_timeout).await?;
-        let head = request_head(parts);
+        let head = convert::request_head(parts);
         match plugins
             .run_request_body(client, &head, read, &mut exchange.trail)
             .await
@@ -626,7 +627,7 @@ impl Proxy {
         if plugins.has_response_head_hooks() {
             let head = ResponseHead {
                 status: parts.status.as_u16(),
-                headers: headers::to_wit(&parts.headers),
+                headers: convert::headers_to_wit(&parts.headers),
             };
             match plugins
                 .run_response(client, head, &mut exchange.trail)
@@ -634,8 +635,7 @@ impl Proxy {
             {
                 ResponseDecision::Continue(head) => {
                     parts.status = status_from(head.status)?;
-                    headers::apply_wit(&mut parts.headers, head.headers)
-                        .map_err(ProxyError::InvalidPluginOutput)?;
+                    apply_headers(&mut parts.headers, head.headers)?;
                 }
                 ResponseDecision::Replace(response) => {
                     let head = ResponseHead {
@@ -666,7 +666,7 @@ impl Proxy {
         };
         let head = ResponseHead {
             status: parts.status.as_u16(),
-            headers: headers::to_wit(&parts.headers),
+            headers: convert::headers_to_wit(&parts.headers),
         };
         match plugins
             .run_response_body(client, head, read, &mut exchange.trail)
@@ -792,15 +792,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         .join(": ")
 }
 
-fn request_head(parts: &http::request::Parts) -> RequestHead {
-    RequestHead {
-        method: parts.method.as_str().to_owned(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or("").to_owned(),
-        headers: headers::to_wit(&parts.headers),
-    }
-}
-
 /// Applies a plugin-rewritten request head to the outgoing request.
 fn apply_request_head(
     parts: &mut http::request::Parts,
@@ -808,7 +799,7 @@ fn apply_request_head(
     merge_slashes: bool,
 ) -> Result<(), ProxyError> {
     let invalid = |what: &str| ProxyError::InvalidPluginOutput(what.to_string());
-    parts.method = Method::from_bytes(head.method.as_bytes()).map_err(|_| invalid("method"))?;
+    parts.method = convert::method(&head.method).map_err(ProxyError::InvalidPluginOutput)?;
     // A rewritten path is held to the same rules as the client's.
     let path = path::normalize(&head.path, merge_slashes)
         .map_err(|e| invalid(&format!("path {:?}: {e}", head.path)))?
@@ -816,24 +807,25 @@ fn apply_request_head(
     let path_and_query = request_target(path, Some(head.query.as_str()).filter(|q| !q.is_empty()))
         .map_err(|_| invalid("path or query"))?;
     parts.uri = Uri::from(path_and_query);
-    headers::apply_wit(&mut parts.headers, head.headers)
-        .map_err(ProxyError::InvalidPluginOutput)?;
+    apply_headers(&mut parts.headers, head.headers)?;
     Ok(())
 }
 
+/// A plugin's headers onto `headers`; the host keeps its own framing and hop-by-hop ones.
+fn apply_headers(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Result<(), ProxyError> {
+    convert::apply_headers(headers, list, headers::is_host_owned)
+        .map_err(ProxyError::InvalidPluginOutput)
+}
+
 fn status_from(code: u16) -> Result<StatusCode, ProxyError> {
-    StatusCode::from_u16(code)
-        .ok()
-        .filter(|s| !s.is_informational())
-        .ok_or_else(|| ProxyError::InvalidPluginOutput(format!("status {code}")))
+    convert::status(code).map_err(ProxyError::InvalidPluginOutput)
 }
 
 /// A complete response built by a plugin.
 fn complete_response(head: ResponseHead, body: Bytes) -> Result<Response<ProxyBody>, ProxyError> {
     let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status_from(head.status)?;
-    headers::apply_wit(response.headers_mut(), head.headers)
-        .map_err(ProxyError::InvalidPluginOutput)?;
+    apply_headers(response.headers_mut(), head.headers)?;
     Ok(response)
 }
 

@@ -320,3 +320,50 @@ async fn a_retried_post_whose_body_a_plugin_read_reaches_the_second_server_whole
     assert_eq!(app.hits(), 6, "every POST reached the live server once");
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_head_response_keeps_its_length_and_passes_no_body_hook() {
+    let app = spawn_origin("app").await.expect("origin");
+    let (_site, running) = proxy(
+        &format!("servers = [\"{}\"]", app.addr),
+        "config = { response_from = \"x\", response_to = \"y\" }",
+    )
+    .await;
+    let req = Request::head(format!("http://{}/download?bytes=100", running.addr))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = send(&h1_client(), req).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.header("content-length"),
+        Some("100"),
+        "the length a GET would get, not the empty body's"
+    );
+    let reply = get(&h1_client(), running.addr, "/download?bytes=100", &[]).await;
+    assert_eq!(
+        reply.body,
+        Bytes::from(vec![b'y'; 100]),
+        "a GET's body is rewritten"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_breaks_while_a_plugin_reads_its_body_is_a_502_not_a_short_200() {
+    let broken = RawOrigin::start(
+        true,
+        Arc::new(|_: &Received| {
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b".to_vec()]
+        }),
+    )
+    .await;
+    // The origin keeps the connection open after its short body: stall it out fast.
+    let (_site, running) = proxy(
+        &format!("servers = [\"{}\"]\nread_timeout_ms = 300", broken.addr),
+        "config = { response_max = 1000 }",
+    )
+    .await;
+    let reply = get(&h1_client(), running.addr, "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    running.shutdown().await;
+}

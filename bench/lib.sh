@@ -49,3 +49,21 @@ wait_ports() {
     for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   done
 }
+
+# measure_row ROW [WRK_ARGS...]: one wrk run (DURATION s, CONNS connections, on
+# LOAD_CPU) against `/` on row_port[ROW]; appends its req/s, p99 (ms) and the CPU µs
+# per request of row_pid[ROW] to rps[ROW], p99[ROW] and cpu[ROW] (associative arrays
+# the caller declares). Warns when the row answered anything but 2xx.
+measure_row() {
+  local row=$1; shift
+  local pid=${row_pid[$row]} before after out reqs
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CPU" timeout $((DURATION + 10)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+    "$@" "http://127.0.0.1:${row_port[$row]}/")
+  after=$(cpu_ticks "$pid")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  if grep -q 'Non-2xx' <<<"$out"; then echo "row $row answered non-2xx: $(grep Non-2xx <<<"$out")" >&2; fi
+  rps[$row]+=" $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+  p99[$row]+=" $(awk '$1 == "99%" {v=$2; if (v ~ /us$/) v=v/1000; else if (v ~ /ms$/) v=v+0; else if (v ~ /s$/) v=v*1000; print v}' <<<"$out")"
+  cpu[$row]+=" $(awk -v t=$((after - before)) -v r="$reqs" 'BEGIN {printf "%.2f", t * 10000 / r}')"
+}

@@ -82,21 +82,9 @@ for r in $all_rows; do
 done
 
 declare -A rps p99 cpu
-measure() { # row
-  local pid=${row_pid[$1]} before after out reqs
-  before=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPU" timeout $((DURATION + 10)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
-    -H 'x-api-key: k-123' "http://127.0.0.1:${row_port[$1]}/")
-  after=$(cpu_ticks "$pid")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  if grep -q 'Non-2xx' <<<"$out"; then echo "row $1 answered non-2xx: $(grep Non-2xx <<<"$out")" >&2; fi
-  rps[$1]+=" $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-  p99[$1]+=" $(awk '$1 == "99%" {v=$2; if (v ~ /us$/) v=v/1000; else if (v ~ /ms$/) v=v+0; else if (v ~ /s$/) v=v*1000; print v}' <<<"$out")"
-  cpu[$1]+=" $(awk -v t=$((after - before)) -v r="$reqs" 'BEGIN {printf "%.2f", t * 10000 / r}')"
-}
 for i in $(seq "$ROUNDS"); do
   order=$rows; [ $((i % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$rows" | tac | tr '\n' ' ')
-  for r in $order; do measure "$r"; done
+  for r in $order; do measure_row "$r" -H 'x-api-key: k-123'; done
 done
 base=$(median <<<"${cpu[nginx-limit]}")
 printf '%-13s %10s %8s %12s %15s\n' row 'req/s' 'p99 ms' 'cpu us/req' 'cpu/nginx-limit'

@@ -1,51 +1,48 @@
-//! The request pipeline, top to bottom: route, on-request chain, upstream,
-//! on-response chain. Errors become responses in one place (`error.rs`).
+//! The request pipeline, top to bottom (`Proxy::pipeline`): admit, normalize and route
+//! (`phases`), the `on-request` chain, the request body pass and the response passes
+//! (`plugins`), the upstream tries (`forward`), the tunnel after a `101` (`tunnel`).
+//! Errors become responses in one place (`error.rs`).
 
 pub mod body;
 mod buffer;
 mod error;
+mod forward;
 pub mod headers;
 pub mod host;
 pub mod path;
 mod phases;
+mod plugins;
+mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 
-use body::{ClientBody, ReceivedBody, UpstreamBody};
+use body::{ReceivedBody, UpstreamBody};
 pub use error::{plain_response, ProxyError};
 
 use crate::access_log::{AccessLog, Record};
 use crate::admin::metrics::EdgeCounters;
 use crate::ip_text::IpText;
-use crate::plugin::bindings::{ClientCert, ClientInfo, RequestHead, ResponseHead};
+use crate::plugin::bindings::{ClientCert, ClientInfo, ResponseHead};
 use crate::plugin::chain::{self, RequestDecision};
 use crate::plugin::convert;
-use crate::plugin::stage::{
-    PluginStage, RequestBodyDecision, ResponseBodyDecision, ResponseBodyIn, ResponseDecision,
-};
 use crate::plugin::PluginEngine;
-use crate::protocol::upgrade::{ClientUpgrade, Upgraded, UpstreamUpgrade};
-use crate::repeat_log::{self, Level};
-use crate::server::{Activity, ConnTimeouts, TrackedIo};
+use crate::protocol::upgrade::ClientUpgrade;
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
-use crate::upstream::body::IncomingBody;
-use crate::upstream::connect::SendError;
 use crate::upstream::raw_fields::FieldsWanted;
-use crate::upstream::retry::{is_idempotent, Failure, RetryPlan, Verdict};
-use crate::upstream::servers::InFlight;
-use crate::upstream::{NoServer, SendBody, Upstream};
+use forward::RequestBody;
+use plugins::{apply_request_head, complete_response};
+use tunnel::tunnel;
 
 /// The client connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -409,368 +406,6 @@ impl Proxy {
         }
         Ok(response)
     }
-
-    /// Sends the request to a server of `upstream` and returns its response head.
-    /// Failures are retried on another server as the request's `RetryPlan` allows
-    /// (`upstream/retry.rs`), before anything reached the client.
-    async fn forward(
-        &self,
-        upstream: &Upstream,
-        mut parts: http::request::Parts,
-        body: RequestBody,
-        key: Option<Vec<u8>>,
-        wanted: FieldsWanted,
-        exchange: &mut Exchange,
-    ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
-        upstream.budget.record_request();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut plan = RetryPlan::new(
-            upstream.config.retries,
-            upstream.servers.len(),
-            body.is_replayable(),
-            is_idempotent(&parts.method),
-        );
-        let mut body = Some(body);
-        let mut last_failure = None;
-        loop {
-            let index = match upstream.select(key.as_deref(), plan.tried()) {
-                Ok(index) => index,
-                Err(NoServer) => {
-                    return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
-                        upstream: upstream.name.to_string(),
-                    }))
-                }
-            };
-            let last_try = plan.begin(index);
-            let server = &upstream.servers[index];
-            exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
-            let in_flight = server.state.begin();
-            let started = Instant::now();
-            let client_body_failed;
-            // The request is built in this block so that its locals end before the
-            // await: a moved-from local still holds its room in the future otherwise.
-            let sent = {
-                // The last possible try takes the originals; earlier ones send copies.
-                // (Used in place, not moved to locals: each would take room of its own.)
-                let (attempt_headers, attempt_body) = if last_try {
-                    (
-                        std::mem::take(&mut parts.headers),
-                        body.take().map(RequestBody::into_body),
-                    )
-                } else {
-                    (
-                        parts.headers.clone(),
-                        body.as_ref().and_then(RequestBody::replay),
-                    )
-                };
-                let Some((attempt_body, failed)) = attempt_body else {
-                    return Err(ProxyError::InvalidPluginOutput(
-                        "request body already sent".into(),
-                    ));
-                };
-                client_body_failed = failed;
-                let mut request = Request::new(attempt_body);
-                *request.method_mut() = parts.method.clone();
-                // Origin-form; the connector adds scheme and authority for HTTP/2.
-                *request.uri_mut() = Uri::from(path_and_query.clone());
-                *request.version_mut() = Version::HTTP_11;
-                *request.headers_mut() = attempt_headers;
-                tokio::time::timeout(
-                    upstream.response_timeout,
-                    upstream.connector.send(&server.addr, request, wanted),
-                )
-            }
-            .await;
-            let server_name = &server.addr;
-            let take_budget = || upstream.budget.try_retry();
-            let (failure, verdict) = match sent {
-                Ok(Ok(response)) => {
-                    server.state.record_latency(started.elapsed());
-                    let status = response.status();
-                    if status.is_server_error() {
-                        self.record_failure(upstream, index, &format!("status {status}"));
-                    } else {
-                        server.state.record_success();
-                    }
-                    if upstream.config.retry_on_status.contains(&status.as_u16())
-                        && plan.after_status(take_budget) == Verdict::Retry
-                    {
-                        upstream
-                            .retries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, server = %server_name, "retrying on another server after status {status}");
-                        continue;
-                    }
-                    return Ok((
-                        self.upstream_response(upstream, response, in_flight),
-                        server_name.clone(),
-                    ));
-                }
-                // The client's body broke (bad chunk framing, reset): the client's fault.
-                Ok(Err(e))
-                    if client_body_failed
-                        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) =>
-                {
-                    return Err(ProxyError::BadRequestBody(error_chain(&e)))
-                }
-                Ok(Err(e)) => {
-                    let kind = if e.is_connect() {
-                        Failure::Connect
-                    } else {
-                        Failure::Broken
-                    };
-                    let error = upstream_error(upstream, server_name.as_str(), e);
-                    self.record_failure(upstream, index, &error.to_string());
-                    (error, plan.after_failure(kind, take_budget))
-                }
-                Err(_) => {
-                    let error = ProxyError::UpstreamTimeout {
-                        upstream: upstream.name.to_string(),
-                        server: server_name.to_string(),
-                        timeout_ms: upstream.response_timeout.as_millis(),
-                    };
-                    self.record_failure(upstream, index, &error.to_string());
-                    (error, plan.after_failure(Failure::Timeout, take_budget))
-                }
-            };
-            if verdict == Verdict::GiveUp {
-                return Err(failure);
-            }
-            upstream
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, "retrying on another server after: {failure}");
-            last_failure = Some(failure);
-        }
-    }
-
-    /// Passive health: counts a failed try against its server.
-    fn record_failure(&self, upstream: &Upstream, index: usize, why: &str) {
-        let server = &upstream.servers[index];
-        if let Some(ejected_for) = server.state.record_failure(why, &upstream.config.passive) {
-            tracing::warn!(target: "sluice::upstream", upstream = %upstream.name, server = %server.addr, "server ejected for {} ms after {} failures in a row: {why}", ejected_for.as_millis(), upstream.config.passive.failures);
-        }
-    }
-
-    fn upstream_response(
-        &self,
-        upstream: &Upstream,
-        mut response: Response<IncomingBody>,
-        in_flight: InFlight,
-    ) -> Response<ProxyBody> {
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(response.headers_mut(), switching);
-        response.map(|body| {
-            Either::Left(Box::new(UpstreamBody::new(
-                body,
-                upstream.read_timeout,
-                upstream.name.clone(),
-                self.counters.clone(),
-                in_flight,
-            )))
-        })
-    }
-
-    /// Reads the request body for the plugins that read it and runs their body
-    /// hooks: the body to send upstream (replayable), or a plugin's answer.
-    async fn request_body_pass(
-        &self,
-        snapshot: &Snapshot,
-        plugins: &mut PluginStage<'_>,
-        client: &ClientInfo,
-        parts: &mut http::request::Parts,
-        body: ReceivedBody,
-        exchange: &mut Exchange,
-    ) -> Result<Result<RequestBody, Response<ProxyBody>>, ProxyError> {
-        let max = plugins.request_body_max().unwrap_or(0);
-        let read = buffer::request_body(body, max, snapshot.plugin_body_timeout).await?;
-        let head = convert::request_head(parts);
-        match plugins
-            .run_request_body(client, &head, read, &mut exchange.trail)
-            .await
-        {
-            RequestBodyDecision::Continue { body, replaced } => {
-                if replaced {
-                    // The upstream client writes the length of the new body.
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                }
-                Ok(Ok(RequestBody::Kept(body)))
-            }
-            RequestBodyDecision::Respond(response) => {
-                let head = ResponseHead {
-                    status: response.status,
-                    headers: response.headers,
-                };
-                Ok(Err(complete_response(head, response.body.into())?))
-            }
-            RequestBodyDecision::Fail(failure) => Err(failure.into()),
-        }
-    }
-
-    /// Runs the `on-response` hooks and then the response body hooks over `response`
-    /// (upstream or plugin-made).
-    async fn respond_through_chain(
-        &self,
-        mut plugins: PluginStage<'_>,
-        client: &ClientInfo,
-        response: Response<ProxyBody>,
-        exchange: &mut Exchange,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if !plugins.has_response_hooks() {
-            return Ok(response);
-        }
-        let (mut parts, mut body) = response.into_parts();
-        if plugins.has_response_head_hooks() {
-            let head = ResponseHead {
-                status: parts.status.as_u16(),
-                headers: convert::headers_to_wit(&parts.headers),
-            };
-            match plugins
-                .run_response(client, head, &mut exchange.trail)
-                .await
-            {
-                ResponseDecision::Continue(head) => {
-                    parts.status = status_from(head.status)?;
-                    apply_headers(&mut parts.headers, head.headers)?;
-                }
-                ResponseDecision::Replace(response) => {
-                    let head = ResponseHead {
-                        status: response.status,
-                        headers: response.headers,
-                    };
-                    (parts, body) = complete_response(head, response.body.into())?.into_parts();
-                }
-                ResponseDecision::Fail(failure) => return Err(failure.into()),
-            }
-        }
-        let bodiless = exchange.method == Method::HEAD
-            || parts.status.is_informational()
-            || matches!(
-                parts.status,
-                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-            );
-        let max = match plugins.response_body_max() {
-            Some(max) if !bodiless => max,
-            _ => return Ok(Response::from_parts(parts, body)),
-        };
-        let (read, body) = match buffer::response_body(body, max).await? {
-            buffer::ResponseBody::Whole(bytes) => (
-                ResponseBodyIn::Whole(bytes.clone()),
-                Either::Right(Full::new(bytes)),
-            ),
-            buffer::ResponseBody::TooLarge(body) => (ResponseBodyIn::TooLarge, body),
-        };
-        let head = ResponseHead {
-            status: parts.status.as_u16(),
-            headers: convert::headers_to_wit(&parts.headers),
-        };
-        match plugins
-            .run_response_body(client, head, read, &mut exchange.trail)
-            .await
-        {
-            ResponseBodyDecision::Unchanged => Ok(Response::from_parts(parts, body)),
-            ResponseBodyDecision::Replace { head, body } => complete_response(head, body),
-            ResponseBodyDecision::TooLarge { plugin, limit } => {
-                Err(ProxyError::ResponseBodyTooLarge {
-                    plugin: plugin.to_string(),
-                    limit,
-                })
-            }
-            ResponseBodyDecision::Fail(failure) => Err(failure.into()),
-        }
-    }
-}
-
-fn upstream_error(upstream: &Upstream, server: &str, e: SendError) -> ProxyError {
-    let timed_out = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    let reason = error_chain(&e);
-    match (e.is_connect(), timed_out) {
-        (true, true) => ProxyError::UpstreamConnectTimeout {
-            upstream: upstream.name.to_string(),
-            server: server.to_string(),
-        },
-        (true, false) => ProxyError::UpstreamConnect {
-            upstream: upstream.name.to_string(),
-            server: server.to_string(),
-            reason,
-        },
-        _ => ProxyError::UpstreamProtocol {
-            upstream: upstream.name.to_string(),
-            server: server.to_string(),
-            reason,
-        },
-    }
-}
-
-/// The client's request body as the upstream tries need it.
-enum RequestBody {
-    /// Kept in memory (none, or small enough): every try can send it.
-    Kept(Bytes),
-    /// Streamed through once; no retry.
-    Streamed(ReceivedBody),
-}
-
-impl RequestBody {
-    /// Keeps bodies up to `retry_body_max_bytes` when the upstream may retry.
-    async fn prepare(body: ReceivedBody, upstream: &Upstream) -> Result<Self, ProxyError> {
-        use http_body::Body as _;
-        if body.is_end_stream() {
-            return Ok(RequestBody::Kept(Bytes::new()));
-        }
-        let small = body
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n <= upstream.config.retry_body_max_bytes as u64);
-        if upstream.config.retries == 0 || !small {
-            return Ok(RequestBody::Streamed(body));
-        }
-        // Boxed (in a statement of its own): rare, and it would otherwise size every
-        // request's future.
-        let keep = Box::pin(Self::keep(body, upstream));
-        keep.await
-    }
-
-    async fn keep(body: ReceivedBody, upstream: &Upstream) -> Result<Self, ProxyError> {
-        let limit = upstream.config.retry_body_max_bytes;
-        let collected = tokio::time::timeout(
-            upstream.response_timeout,
-            http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit)),
-        )
-        .await
-        .map_err(|_| ProxyError::ClientBodyTimeout)?
-        .map_err(|e| ProxyError::BadRequestBody(e.to_string()))?;
-        Ok(RequestBody::Kept(collected.to_bytes()))
-    }
-
-    fn is_replayable(&self) -> bool {
-        matches!(self, RequestBody::Kept(_))
-    }
-
-    /// A copy for one more try (kept bodies only); a kept body cannot fail mid-send.
-    fn replay(&self) -> Option<(SendBody, Option<Arc<AtomicBool>>)> {
-        match self {
-            RequestBody::Kept(bytes) => Some((SendBody::Kept(bytes.clone()), None)),
-            RequestBody::Streamed(_) => None,
-        }
-    }
-
-    /// The body for the last try, with the flag a streamed body sets when the client
-    /// breaks it.
-    fn into_body(self) -> (SendBody, Option<Arc<AtomicBool>>) {
-        match self {
-            RequestBody::Kept(bytes) => (SendBody::Kept(bytes), None),
-            RequestBody::Streamed(body) => {
-                let (body, failed) = ClientBody::new(body);
-                (SendBody::Streamed(body), Some(failed))
-            }
-        }
-    }
 }
 
 /// `path?query`, or `path` alone when there is no query.
@@ -782,51 +417,6 @@ fn request_target(
         Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
         None => PathAndQuery::try_from(path),
     }
-}
-
-/// An error and its sources, joined.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(e), |e| e.source())
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
-/// Applies a plugin-rewritten request head to the outgoing request.
-fn apply_request_head(
-    parts: &mut http::request::Parts,
-    head: RequestHead,
-    merge_slashes: bool,
-) -> Result<(), ProxyError> {
-    let invalid = |what: &str| ProxyError::InvalidPluginOutput(what.to_string());
-    parts.method = convert::method(&head.method).map_err(ProxyError::InvalidPluginOutput)?;
-    // A rewritten path is held to the same rules as the client's.
-    let path = path::normalize(&head.path, merge_slashes)
-        .map_err(|e| invalid(&format!("path {:?}: {e}", head.path)))?
-        .path;
-    let path_and_query = request_target(path, Some(head.query.as_str()).filter(|q| !q.is_empty()))
-        .map_err(|_| invalid("path or query"))?;
-    parts.uri = Uri::from(path_and_query);
-    apply_headers(&mut parts.headers, head.headers)?;
-    Ok(())
-}
-
-/// A plugin's headers onto `headers`; the host keeps its own framing and hop-by-hop ones.
-fn apply_headers(headers: &mut HeaderMap, list: Vec<(String, Vec<u8>)>) -> Result<(), ProxyError> {
-    convert::apply_headers(headers, list, headers::is_host_owned)
-        .map_err(ProxyError::InvalidPluginOutput)
-}
-
-fn status_from(code: u16) -> Result<StatusCode, ProxyError> {
-    convert::status(code).map_err(ProxyError::InvalidPluginOutput)
-}
-
-/// A complete response built by a plugin.
-fn complete_response(head: ResponseHead, body: Bytes) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut response = Response::new(Either::Right(Full::new(body)));
-    *response.status_mut() = status_from(head.status)?;
-    apply_headers(response.headers_mut(), head.headers)?;
-    Ok(response)
 }
 
 /// `308` to the same host and target on the TLS listener (nginx
@@ -863,83 +453,6 @@ fn https_redirect(
     let mut response = plain_response(StatusCode::PERMANENT_REDIRECT);
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
-}
-
-/// After a `101`, splices the client and upstream connections together until either
-/// side closes or no byte moves either way for `idle_timeout`.
-fn tunnel(
-    client_upgrade: ClientUpgrade,
-    mut response: Response<ProxyBody>,
-    server: Authority,
-    idle_timeout: std::time::Duration,
-    counters: EdgeCounters,
-) -> Response<ProxyBody> {
-    let upstream = response
-        .extensions_mut()
-        .remove::<UpstreamUpgrade>()
-        .and_then(|upgrade| upgrade.take());
-    let client = client_upgrade.take();
-    tokio::spawn(async move {
-        let (Some(upstream), Some(client)) = (upstream, client) else {
-            return;
-        };
-        // The client's connection comes once its `101` has been written.
-        let Ok(client) = client.await else {
-            tracing::debug!(target: "sluice::proxy", server = %server, "client left before its upgrade");
-            return;
-        };
-        if let Err(e) = splice(client, upstream, idle_timeout, &counters).await {
-            let kind = format!("upgrade|{server}");
-            if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || {
-                format!("tunnel through {server} failed: {e}")
-            }) {
-                tracing::warn!(target: "sluice::proxy", server = %server, "{line}");
-            }
-        }
-    });
-    response
-}
-
-/// Carries bytes both ways between two upgraded connections (first what each side
-/// read past its head, which belongs to the other) until one closes or both go
-/// quiet for `idle_timeout`.
-async fn splice(
-    client: Upgraded,
-    upstream: Upgraded,
-    idle_timeout: std::time::Duration,
-    counters: &EdgeCounters,
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let Upgraded {
-        io: client_io,
-        read_ahead: from_client,
-    } = client;
-    let Upgraded {
-        io: mut upstream_io,
-        read_ahead: from_upstream,
-    } = upstream;
-    // Every byte either way passes the client side, so its activity is the tunnel's.
-    let activity = Activity::new();
-    drop(activity.begin_request());
-    let mut client_io = TrackedIo::new(client_io, activity.clone());
-    let limits = ConnTimeouts {
-        header_read: idle_timeout,
-        idle: idle_timeout,
-        send: idle_timeout,
-    };
-    let copy = async {
-        upstream_io.write_all(&from_client).await?;
-        client_io.write_all(&from_upstream).await?;
-        tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await
-    };
-    tokio::select! {
-        copied = copy => copied.map(|_| ()),
-        _ = activity.expired(&limits) => {
-            counters.timeout("tunnel_idle");
-            tracing::debug!(target: "sluice::proxy", "tunnel closed after {idle_timeout:?} idle");
-            Ok(())
-        }
-    }
 }
 
 /// Boxes the future `make` builds. The box is allocated first so that the future can be

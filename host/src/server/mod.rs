@@ -27,7 +27,7 @@ pub use trim::release_free_memory;
 pub use watchdog::{Activity, ConnTimeouts, Expired, TrackedBody, TrackedIo};
 
 use crate::config::ServerConfig;
-use crate::proxy::body::ReceivedBody;
+use crate::protocol::body::ReceivedBody;
 use crate::proxy::{ClientConn, Proxy, ProxyBody};
 use crate::tls::Terminator;
 use crate::upstream::raw_fields::{FieldsWanted, RawFields};

@@ -7,9 +7,9 @@ use std::mem::MaybeUninit;
 use http::{Method, Request, StatusCode, Version};
 
 use super::HeadLimits;
+use crate::protocol::body::ReceivedBody;
 use crate::protocol::upgrade::GrantUpgrade;
 use crate::protocol::wire::framing::{BodyFraming, FramingFields, RequestFramingError};
-use crate::proxy::body::ReceivedBody;
 
 /// The own parser keeps this many header slots on the stack; a head with more (up to
 /// `max_headers`) is parsed again with room for them on the heap.

@@ -19,7 +19,8 @@ echo "== example plugins in Python and JavaScript"
 "$root/examples/python-plugin/build.sh"
 "$root/examples/js-plugin/build.sh"
 
-echo "== plugin unit tests (native)"
+echo "== SDK and plugin unit tests (native)"
+cargo test --manifest-path sdk/Cargo.toml --target-dir "$root/target" -q
 cargo test --manifest-path plugins/Cargo.toml --target-dir "$root/target" -q
 
 echo "== proxy build"

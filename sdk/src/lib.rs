@@ -305,4 +305,81 @@ mod tests {
         let bad: Result<NoConfig, _> = serde_json::from_str(r#"{"a":1}"#);
         assert!(bad.is_err());
     }
+
+    /// Reads bodies only: two later hooks and no `on_request` of its own.
+    struct Bodies;
+
+    #[plugin]
+    impl Plugin for Bodies {
+        type Config = NoConfig;
+        type Context = usize;
+        fn new(_: NoConfig) -> Result<Self, String> {
+            Ok(Self)
+        }
+        fn body_limits(&self) -> BodyLimits {
+            BodyLimits {
+                request_max: 10,
+                response_oversize: Oversize::Fail,
+                ..BodyLimits::default()
+            }
+        }
+        fn on_request_body(&self, seen: &mut usize, _: &Request, body: &mut Body) -> Action {
+            *seen = body.len();
+            match body.text() {
+                Some("deny") => Reply::text(422, "no").into(),
+                Some("swap") => {
+                    body.set("swapped");
+                    Action::Continue
+                }
+                _ => Action::Continue,
+            }
+        }
+        fn on_response_body(
+            &self,
+            seen: &mut usize,
+            _: &Response,
+            body: &mut Body,
+        ) -> ResponseAction {
+            body.set(format!("{seen}"));
+            ResponseAction::Continue
+        }
+    }
+
+    #[test]
+    fn body_hooks_replace_refuse_and_declare_their_limits() {
+        use crate::__private::{
+            declaration, run_request_body, run_response_body, RequestBodyAction,
+            ResponseBodyAction, WitHooks, WitOversize,
+        };
+        let p = Bodies::from_json("{}").expect("config");
+        let declared = declaration(&p);
+        assert_eq!(declared.request_body_max, 10);
+        assert!(matches!(declared.response_oversize, WitOversize::Fail));
+        // Two later hooks: a default on-request is declared so the context starts fresh.
+        assert!(declared.hooks.contains(WitHooks::ON_REQUEST));
+        assert!(declared.hooks.contains(WitHooks::ON_REQUEST_BODY));
+        assert!(declared.hooks.contains(WitHooks::ON_RESPONSE_BODY));
+        assert!(!declared.hooks.contains(WitHooks::ON_RESPONSE));
+        let mut seen = 0;
+        match run_request_body(&p, &mut seen, head(), b"swap".to_vec()) {
+            RequestBodyAction::Replace(new) => assert_eq!(new, b"swapped"),
+            _ => panic!("expected a replaced body"),
+        }
+        assert!(matches!(
+            run_request_body(&p, &mut seen, head(), b"keep".to_vec()),
+            RequestBodyAction::Continue
+        ));
+        match run_request_body(&p, &mut seen, head(), b"deny".to_vec()) {
+            RequestBodyAction::Respond(r) => assert_eq!(r.status, 422),
+            _ => panic!("expected an answer"),
+        }
+        let resp = ResponseHead {
+            status: 200,
+            headers: vec![],
+        };
+        match run_response_body(&p, &mut seen, resp, b"x".to_vec()) {
+            ResponseBodyAction::Replace(new) => assert_eq!(new, b"4", "the context carried"),
+            _ => panic!("expected a replaced body"),
+        }
+    }
 }

@@ -406,9 +406,11 @@ mod tests {
         };
         let mut r = Request::from(head);
         r.set_upstream("b");
-        let (head, upstream, _) = r.into_parts();
+        r.skip_body();
+        let (head, upstream, _, skip_body) = r.into_parts();
         assert_eq!(head.method, "POST");
         assert_eq!(head.headers.len(), 1);
         assert_eq!(upstream.as_deref(), Some("b"));
+        assert!(skip_body);
     }
 }

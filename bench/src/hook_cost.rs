@@ -10,18 +10,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::config::{InstanceMode, OnError};
-use sluice::plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
-use sluice::plugin::calls::CallMetrics;
-use sluice::plugin::chain::{run_on_request, RequestDecision};
-use sluice::plugin::host_api::PluginScope;
-use sluice::plugin::preinit::{check_init, prepare};
-use sluice::plugin::stage::ResponseDecision;
-use sluice::plugin::{
+use sluice_config::{InstanceMode, OnError};
+use sluice_plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
+use sluice_plugin::calls::CallMetrics;
+use sluice_plugin::chain::{run_on_request, RequestDecision};
+use sluice_plugin::host_api::PluginScope;
+use sluice_plugin::preinit::{check_init, prepare};
+use sluice_plugin::services::Services;
+use sluice_plugin::stage::ResponseDecision;
+use sluice_plugin::{
     load_plugin, plugin_path, BodyLimits, BoundPlugin, CallLimits, EngineLimits, GuardLimits,
     LoadedPlugin, PluginEngine, PluginGuard, Reuse, SnapshotSlot,
 };
-use sluice::services::Services;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {

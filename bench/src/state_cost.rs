@@ -11,9 +11,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice::config::{StateBackendKind, StateConfig};
-use sluice::services::state::RateLimit;
-use sluice::services::StateService;
+use sluice_config::{StateBackendKind, StateConfig};
+use sluice_plugin::services::state::RateLimit;
+use sluice_plugin::services::StateService;
 
 const LIMIT: RateLimit = RateLimit {
     requests: 1_000_000,

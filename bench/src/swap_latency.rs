@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     std::fs::write(&config_path, toml)?;
-    let config = sluice::config::Config::load(&config_path)?;
+    let config = sluice_config::Config::load(&config_path)?;
     let running = sluice::app::start(&config_path, config).await?;
     let url = format!("http://{}/r{}/", running.addr, route_count - 1);
     let probe: HttpClient = Client::builder(TokioExecutor::new()).build_http();

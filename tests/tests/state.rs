@@ -328,7 +328,7 @@ async fn state_calls_in_init_fail_the_load_with_a_clear_message() {
         "{SERVER}[upstreams.none]\nservers = [\"127.0.0.1:9\"]\n[[routes]]\npath = \"/\"\nupstream = \"none\"\n[[routes.plugins]]\nname = \"probe\"\nconfig = {{ state_in_init = true }}\n"
     );
     let path = site.write_config(&toml);
-    let config = sluice::config::Config::load(&path).expect("valid config");
+    let config = sluice_config::Config::load(&path).expect("valid config");
     let error = match sluice::app::start(&path, config).await {
         Ok(_) => panic!("a plugin whose init needs state was loaded"),
         Err(e) => format!("{e:#}"),

@@ -1,8 +1,8 @@
 //! The memory backend stays within `memory_max_mib` however many keys arrive. Its own
 //! test binary: the resident set measured is this process's, with nothing else running.
 
-use sluice::config::StateConfig;
-use sluice::services::StateService;
+use sluice_config::StateConfig;
+use sluice_plugin::services::StateService;
 
 /// Resident memory of this process, in bytes.
 fn rss() -> usize {

@@ -853,7 +853,7 @@ async fn check_names_the_file_of_a_broken_pair() {
     let stray = t.ca.issue(&["b.test"], false);
     write_atomic(&t.site.dir.path().join("b.key"), &stray.key_pem);
     let path = t.site.write_config(&t.config("", ""));
-    let config = sluice::config::Config::load(&path).unwrap();
+    let config = sluice_config::Config::load(&path).unwrap();
     let e = sluice::app::check(&config).await.unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("certificates[1]"), "{msg}");

@@ -48,7 +48,7 @@ async fn a_port_another_proxy_serves_is_refused_not_shared() {
     let taken = first.addr.to_string();
     let second_site = Site::new();
     let path = second_site.write_config(&config(&taken, app.addr, 2));
-    let loaded = sluice::config::Config::load(&path).expect("valid config");
+    let loaded = sluice_config::Config::load(&path).expect("valid config");
     let error = match sluice::app::start(&path, loaded).await {
         Ok(_) => panic!("a second proxy joined {taken}"),
         Err(e) => format!("{e:#}"),

@@ -97,7 +97,7 @@ impl Site {
     /// Writes the config and starts the proxy in-process.
     pub async fn start(&self, toml: &str) -> Running {
         let path = self.write_config(toml);
-        let config = sluice::config::Config::load(&path).expect("valid config");
+        let config = sluice_config::Config::load(&path).expect("valid config");
         sluice::app::start(&path, config)
             .await
             .expect("proxy starts")

@@ -413,7 +413,7 @@ fn plugins_compile_in_a_child_process_and_a_broken_one_still_gets_its_real_error
         "{SERVER}{UPSTREAM}[[routes]]\nname = \"api\"\npath = \"/\"\nupstream = \"app\"\n[[routes.plugins]]\nname = \"api-key\"\nconfig = {{ keys = [\"k\"] }}\n"
     ));
     let out = Command::new(sluice_bin())
-        .env("SLUICE_LOG", "sluice_plugin=debug")
+        .env("SLUICE_LOG", "sluice::plugin=debug")
         .arg("check")
         .arg(&path)
         .output()

@@ -11,22 +11,26 @@ use std::time::Duration;
 pub struct Stamp(u64);
 
 impl Stamp {
+    #[inline]
     pub fn now() -> Self {
         Self(now_nanos())
     }
 
     /// Time from `earlier` to `self`; zero when `earlier` is later.
+    #[inline]
     pub fn duration_since(self, earlier: Stamp) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
     /// Time since `self`.
+    #[inline]
     pub fn elapsed(self) -> Duration {
         Stamp::now().duration_since(self)
     }
 }
 
 #[cfg(target_os = "linux")]
+#[inline]
 fn now_nanos() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,

@@ -70,17 +70,26 @@ impl Router {
 
 /// Lowercase host without port or trailing dot; `[::1]:80` becomes `[::1]`.
 pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
-    let host = if authority.starts_with('[') {
-        match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
+    // One pass over the bytes: where the host ends (the port's `:`, or just past an
+    // IPv6 literal's `]`) and whether it has upper case (most clients send none).
+    let bytes = authority.as_bytes();
+    let bracketed = bytes.first() == Some(&b'[');
+    let mut end = bytes.len();
+    let mut upper = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if bracketed && b == b']' {
+            end = i + 1;
+            break;
         }
-    } else {
-        authority.split(':').next().unwrap_or(authority)
-    };
-    let host = host.trim_end_matches('.');
-    // Most clients send it lower-case already: no copy then.
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        if !bracketed && b == b':' {
+            end = i;
+            break;
+        }
+        upper |= b.is_ascii_uppercase();
+    }
+    // `end` is at an ASCII byte or the end: a char boundary.
+    let host = authority[..end].trim_end_matches('.');
+    if upper {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(host)
@@ -140,5 +149,10 @@ mod tests {
         );
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("[FE80::A]:443"), "[fe80::a]");
+        assert_eq!(normalize_host("[::1"), "[::1");
+        assert_eq!(normalize_host("A.com.:80"), "a.com");
+        assert_eq!(normalize_host(":80"), "");
+        assert_eq!(normalize_host(""), "");
     }
 }

@@ -38,6 +38,7 @@ impl Body for IncomingBody {
     type Data = Bytes;
     type Error = BodyError;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -52,6 +53,7 @@ impl Body for IncomingBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
             IncomingBody::Own(body) => body.is_end_stream(),

@@ -36,6 +36,7 @@ impl RetryBudget {
     }
 
     /// The current second's bucket, emptied first when it held an older second.
+    #[inline]
     fn bucket(&self) -> (u64, &Bucket) {
         let stamp = self.started.elapsed().as_secs() + 1;
         let bucket = &self.buckets[(stamp % WINDOW_SECS as u64) as usize];
@@ -53,6 +54,7 @@ impl RetryBudget {
     }
 
     /// Counts a request (its first try).
+    #[inline]
     pub fn record_request(&self) {
         self.bucket().1.requests.fetch_add(1, Ordering::Relaxed);
     }

@@ -141,6 +141,7 @@ impl Conn {
         )
     }
 
+    #[inline]
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < self.read_size / 4 {
             self.read.reserve(self.read_size);
@@ -204,6 +205,7 @@ pub(super) struct HeadReader {
 }
 
 impl HeadReader {
+    #[inline]
     pub(super) fn new(method: &Method, upgrade: bool, wanted: FieldsWanted) -> Self {
         Self {
             is_head: method == Method::HEAD,
@@ -693,6 +695,7 @@ impl Body for ResponseBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         matches!(self.framing, Framing::Done)
     }

@@ -53,6 +53,7 @@ pub struct RetryPlan {
 impl RetryPlan {
     /// A plan for `retries` retries over `servers` servers; `replayable` when the
     /// request body is at hand for another try (none, or kept in memory).
+    #[inline]
     pub fn new(retries: u32, servers: usize, replayable: bool, idempotent: bool) -> Self {
         let max_tries = if retries == 0 || !replayable {
             1
@@ -71,6 +72,7 @@ impl RetryPlan {
     }
 
     /// The servers tried so far: a retry never picks one of them again.
+    #[inline]
     pub fn tried(&self) -> &[usize] {
         &self.tried[..self.tries]
     }

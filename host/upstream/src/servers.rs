@@ -90,6 +90,7 @@ impl ServerState {
     }
 
     /// A request succeeded: the failure run ends.
+    #[inline]
     pub fn record_success(&self) {
         if self.failures_in_row.load(Ordering::Relaxed) != 0 {
             self.failures_in_row.store(0, Ordering::Relaxed);
@@ -152,6 +153,7 @@ impl ServerState {
     }
 
     /// Time from sending a request to its response head.
+    #[inline]
     pub fn record_latency(&self, took: Duration) {
         let secs = took.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {

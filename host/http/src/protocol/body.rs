@@ -56,6 +56,7 @@ impl Body for ReceivedBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
             ReceivedBody::Empty => true,
@@ -249,6 +250,7 @@ impl BodyReceiver {
         Poll::Pending
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.ended || self.remaining == Some(0) && self.shared.lock().finished
     }
@@ -309,6 +311,7 @@ impl Body for ClientBody {
         polled
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }

@@ -105,6 +105,7 @@ impl Activity {
         })
     }
 
+    #[inline]
     fn now(&self) -> u64 {
         self.opened_stamp.elapsed().as_nanos() as u64
     }
@@ -113,11 +114,13 @@ impl Activity {
         self.opened + Duration::from_nanos(nanos)
     }
 
+    #[inline]
     fn progress(&self) {
         self.last_progress.store(self.now(), Ordering::Relaxed);
     }
 
     /// A request head arrived; the guard marks the request in flight until dropped.
+    #[inline]
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.head_started.store(NEVER, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +130,7 @@ impl Activity {
 
     /// HTTP/1.1 bytes arrived: with nothing in flight they start the next request
     /// head, whose clock runs from now.
+    #[inline]
     pub fn request_bytes(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let _ = self.head_started.compare_exchange(
@@ -245,6 +249,7 @@ impl InFlight {
 }
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
         self.0.progress();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -414,6 +419,7 @@ impl<B: Body<Data = Bytes> + Unpin, D: ResponseDone> Body for TrackedBody<B, D> 
         polled
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }

@@ -25,11 +25,13 @@ thread_local! {
 }
 
 /// How many upstream client pools to build (fixed before the first config is loaded).
+#[inline]
 pub fn pool_slots() -> usize {
     POOL_SLOTS.load(Ordering::Relaxed)
 }
 
 /// The upstream client pool this thread uses.
+#[inline]
 pub fn pool_slot() -> usize {
     POOL_SLOT.with(Cell::get)
 }

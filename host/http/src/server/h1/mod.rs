@@ -100,10 +100,12 @@ struct Signals {
 }
 
 impl Signals {
+    #[inline]
     fn get(flag: &AtomicBool) -> bool {
         flag.load(Ordering::Relaxed)
     }
 
+    #[inline]
     fn set(flag: &AtomicBool, value: bool) {
         flag.store(value, Ordering::Relaxed);
     }
@@ -498,6 +500,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send> Conn<I> {
 }
 
 /// How a request ended from how its response was written and how its body was read.
+#[inline]
 fn served(responded: std::io::Result<bool>, read: Option<BodyEnd>) -> Served {
     match (responded, read) {
         (Ok(true), Some(BodyEnd::Complete)) => Served::KeepAlive,

@@ -50,6 +50,7 @@ mod body;
 mod headers;
 pub mod log;
 pub mod metrics;
+pub mod outbound;
 mod plugin;
 mod request;
 mod response;

@@ -586,6 +586,15 @@ pub struct RoutePluginConfig {
     /// Lowers the body size this plugin's body hooks read on this route (what it
     /// declares, or `[plugins] body_max_bytes`); never raises it.
     pub body_max_bytes: Option<usize>,
+    /// Upstreams this plugin may send outbound calls to (none by default).
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    /// Default and ceiling of an outbound call's time, response body included.
+    #[serde(default = "defaults::outbound_timeout_ms")]
+    pub outbound_timeout_ms: u64,
+    /// Default and ceiling of an outbound call's response body.
+    #[serde(default = "defaults::outbound_max_bytes")]
+    pub outbound_max_bytes: usize,
 }
 
 /// How plugin instances map to requests.
@@ -633,6 +642,12 @@ mod defaults {
     }
     pub fn h2_max_concurrent_streams() -> u32 {
         128
+    }
+    pub fn outbound_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn outbound_max_bytes() -> usize {
+        1024 * 1024
     }
     pub fn access_log_buffer_kib() -> usize {
         4 * 1024

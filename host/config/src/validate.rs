@@ -223,6 +223,36 @@ impl Config {
                 if let Some(bytes) = plugin.body_max_bytes {
                     positive(&format!("{pkey}.body_max_bytes"), bytes as u64)?;
                 }
+                for (k, name) in plugin.outbound.iter().enumerate() {
+                    if !self.upstreams.contains_key(name) {
+                        return Err(err(
+                            format!("{pkey}.outbound[{k}]"),
+                            format!(
+                                "unknown upstream {name:?} (defined: {})",
+                                self.upstream_names()
+                            ),
+                        ));
+                    }
+                }
+                let timeout_key = format!("{pkey}.outbound_timeout_ms");
+                positive(&timeout_key, plugin.outbound_timeout_ms)?;
+                if plugin.outbound_timeout_ms > MAX_OUTBOUND_TIMEOUT_MS {
+                    return Err(err(
+                        timeout_key,
+                        format!("must be at most {MAX_OUTBOUND_TIMEOUT_MS} (a minute)"),
+                    ));
+                }
+                let bytes_key = format!("{pkey}.outbound_max_bytes");
+                positive(&bytes_key, plugin.outbound_max_bytes as u64)?;
+                if plugin.outbound_max_bytes > p.body_ceiling_bytes {
+                    return Err(err(
+                        bytes_key,
+                        format!(
+                            "{} exceeds plugins.body_ceiling_bytes ({})",
+                            plugin.outbound_max_bytes, p.body_ceiling_bytes
+                        ),
+                    ));
+                }
                 if let Some(mib) = plugin.memory_limit_mib {
                     positive(&format!("{pkey}.memory_limit_mib"), mib)?;
                     if mib > p.memory_limit_mib {
@@ -402,6 +432,9 @@ fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
         _ => a == b,
     }
 }
+
+/// Longest an outbound call may wait: a plugin holds its request (and an instance) meanwhile.
+const MAX_OUTBOUND_TIMEOUT_MS: u64 = 60_000;
 
 fn positive(key: &str, value: u64) -> Result<(), ValidationError> {
     if value == 0 {

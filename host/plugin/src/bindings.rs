@@ -4,8 +4,9 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "plugin",
     exports: { default: async },
-    // State calls may wait on Redis: they never block a worker thread.
-    imports: { "sluice:plugin/state": async },
+    // State calls may wait on Redis and outbound calls on an upstream: neither blocks
+    // a worker thread.
+    imports: { "sluice:plugin/state": async, "sluice:plugin/outbound": async },
 });
 
 pub use self::sluice::plugin::types::{ClientCert, Forward, Hooks, LogLevel, Oversize, Response};

@@ -1,6 +1,7 @@
 //! What a plugin instance may call: logging, clocks, the state and metrics services
-//! (in its own namespace), and an empty WASI context (no preopened directories, no
-//! environment, no arguments, no network).
+//! (in its own namespace), outbound calls to the upstreams its route allows, and an
+//! empty WASI context (no preopened directories, no environment, no arguments, no
+//! network).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -9,9 +10,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::sluice::plugin::{host, metrics, state, types};
+use super::bindings::sluice::plugin::{host, metrics, outbound, state, types};
 use super::bindings::LogLevel;
+use super::convert;
 use super::engine::{MemoryBudget, StoreTicket};
+use super::outbound::{is_host_owned, OutboundAllowance, OutboundFailure, OutboundRequest};
 use super::stderr::StderrCapture;
 use crate::services::metrics::{MetricKind, MetricSpec, Recording};
 use crate::services::state::{ttl_of, RateLimit, StateError};
@@ -19,19 +22,31 @@ use crate::services::Services;
 use sluice_base::repeat_log::{self, Level};
 
 /// Where a plugin runs, for the services it calls: its name (its state namespace and
-/// metric label), its route, and the services of the process.
+/// metric label), its route, the services of the process, and the upstreams it may
+/// call (none without its route entry's `outbound` list).
 pub struct PluginScope {
     pub plugin: Arc<str>,
     pub route: Arc<str>,
     pub services: Arc<Services>,
+    pub outbound: Option<OutboundAllowance>,
 }
 
 impl PluginScope {
     pub fn new(plugin: Arc<str>, route: Arc<str>, services: Arc<Services>) -> Arc<Self> {
+        Self::with_outbound(plugin, route, services, None)
+    }
+
+    pub fn with_outbound(
+        plugin: Arc<str>,
+        route: Arc<str>,
+        services: Arc<Services>,
+        outbound: Option<OutboundAllowance>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             plugin,
             route,
             services,
+            outbound,
         })
     }
 }
@@ -350,5 +365,60 @@ impl InstanceState {
             .services
             .metrics
             .record(metric, how, &scope.plugin, &scope.route, labels, value);
+    }
+}
+
+impl outbound::Host for InstanceState {
+    async fn send(
+        &mut self,
+        request: outbound::OutboundRequest,
+    ) -> Result<outbound::OutboundResponse, outbound::OutboundError> {
+        use outbound::OutboundError as E;
+        if self.in_init {
+            return Err(E::InInit);
+        }
+        // The scope outlives this call's borrow of the store's state.
+        let scope = self.scope.clone();
+        let Some(allowance) = scope.outbound.as_ref() else {
+            return Err(E::NotAllowed(format!(
+                "upstream {:?}: this plugin's route entry lists no `outbound` upstreams",
+                request.upstream
+            )));
+        };
+        if !allowance.allows(&request.upstream) {
+            return Err(E::NotAllowed(format!(
+                "upstream {:?} is not in this plugin's `outbound` list",
+                request.upstream
+            )));
+        }
+        let method = convert::method(&request.method).map_err(E::Invalid)?;
+        if !request.path_and_query.starts_with('/') {
+            return Err(E::Invalid(format!(
+                "path {:?} does not start with \"/\"",
+                request.path_and_query
+            )));
+        }
+        let target = http::Uri::try_from(request.path_and_query.as_str())
+            .map_err(|_| E::Invalid(format!("path {:?}", request.path_and_query)))?;
+        let mut headers = http::HeaderMap::new();
+        convert::apply_headers(&mut headers, request.headers, is_host_owned).map_err(E::Invalid)?;
+        let call = OutboundRequest {
+            method,
+            target,
+            headers,
+            body: request.body.into(),
+            timeout: allowance.timeout_for(request.timeout_ms),
+            max_response_bytes: allowance.max_bytes_for(request.max_response_bytes),
+        };
+        match allowance.client.send(&request.upstream, call).await {
+            Ok(response) => Ok(outbound::OutboundResponse {
+                status: response.status.as_u16(),
+                headers: convert::headers_to_wit(&response.headers),
+                body: response.body.into(),
+            }),
+            Err(OutboundFailure::Timeout(_)) => Err(E::Timeout),
+            Err(OutboundFailure::TooLarge(_)) => Err(E::TooLarge),
+            Err(OutboundFailure::Failed(why)) => Err(E::Failed(why)),
+        }
     }
 }

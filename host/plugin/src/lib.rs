@@ -10,6 +10,7 @@ pub mod guard;
 pub mod host_api;
 pub mod instance;
 pub mod loader;
+pub mod outbound;
 pub mod preinit;
 pub mod registry;
 pub mod services;

@@ -10,6 +10,7 @@ mod forward;
 pub mod headers;
 pub mod host;
 pub mod metrics;
+mod outbound;
 pub mod path;
 mod phases;
 mod plugins;

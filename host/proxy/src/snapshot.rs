@@ -3,16 +3,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::metrics::RouteMetrics;
+use crate::outbound::UpstreamCalls;
 use crate::router::Router;
 use sluice_config::{Config, RoutePluginConfig};
 use sluice_plugin::bindings::Hooks;
 use sluice_plugin::calls::CallMetrics;
 use sluice_plugin::engine::PluginLabels;
 use sluice_plugin::host_api::PluginScope;
+use sluice_plugin::outbound::{OutboundAllowance, OutboundClient};
 use sluice_plugin::preinit::{self, check_init};
 use sluice_plugin::services::Services;
 use sluice_plugin::{
@@ -104,6 +107,10 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), upstream);
         }
+        // Plugins' outbound calls go through this snapshot's pools.
+        let calls: Arc<dyn OutboundClient> = Arc::new(UpstreamCalls {
+            upstreams: upstreams.clone(),
+        });
         let mut router = Router::default();
         let mut routes = Vec::with_capacity(config.routes.len());
         // Idle reused instances hold pool slots: keep them to a quarter of the pool,
@@ -126,10 +133,21 @@ impl Snapshot {
             })?;
             let mut chain = Vec::with_capacity(route.plugins.len());
             for (j, plugin) in route.plugins.iter().enumerate() {
-                let scope = PluginScope::new(
+                let outbound = (!plugin.outbound.is_empty()).then(|| OutboundAllowance {
+                    upstreams: plugin
+                        .outbound
+                        .iter()
+                        .map(|u| Arc::from(u.as_str()))
+                        .collect(),
+                    timeout: Duration::from_millis(plugin.outbound_timeout_ms),
+                    max_response_bytes: plugin.outbound_max_bytes,
+                    client: calls.clone(),
+                });
+                let scope = PluginScope::with_outbound(
                     Arc::from(plugin.name.as_str()),
                     Arc::from(name.as_str()),
                     services.clone(),
+                    outbound,
                 );
                 let bound = bind(config, scope, plugin, plugins, max_idle, &mut slots, engine)
                     .await

@@ -5,6 +5,7 @@
 
 pub mod body;
 mod budget;
+mod call;
 pub mod connect;
 pub mod h1;
 mod health;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderName};
 
 pub use budget::RetryBudget;
+pub use call::CallError;
 pub use connect::{Connector, SendBody};
 use select::Selector;
 use servers::Server;

@@ -1,0 +1,158 @@
+//! Outbound calls: HTTP requests a plugin sends to an upstream of the config. The
+//! plugin runtime knows no upstream pools: it checks the call against the route's
+//! allowance (which upstreams, how long, how large) and hands it to an
+//! [`OutboundClient`] the pipeline provides.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+
+/// A request as the host sends it: host-owned fields already dropped.
+#[derive(Debug)]
+pub struct OutboundRequest {
+    pub method: Method,
+    /// Origin form (`/path?query`).
+    pub target: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// For the whole exchange, the body read included.
+    pub timeout: Duration,
+    /// Largest response body read.
+    pub max_response_bytes: usize,
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct OutboundResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why a call sent by the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundFailure {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("response body over {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The future of one call.
+pub type OutboundFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<OutboundResponse, OutboundFailure>> + Send + 'a>>;
+
+/// Sends plugins' calls to upstreams (the pipeline's pools).
+pub trait OutboundClient: Send + Sync {
+    /// Sends `request` to a server of `upstream`, which the allowance has checked.
+    fn send(&self, upstream: &str, request: OutboundRequest) -> OutboundFuture<'_>;
+}
+
+/// What one plugin on one route may call: from its route entry's `outbound` keys.
+pub struct OutboundAllowance {
+    pub upstreams: Vec<Arc<str>>,
+    /// Default and ceiling of a call's timeout.
+    pub timeout: Duration,
+    /// Default and ceiling of a call's response body.
+    pub max_response_bytes: usize,
+    pub client: Arc<dyn OutboundClient>,
+}
+
+impl OutboundAllowance {
+    /// Whether `upstream` is one this plugin may call.
+    pub fn allows(&self, upstream: &str) -> bool {
+        self.upstreams.iter().any(|u| &**u == upstream)
+    }
+
+    /// The timeout of a call asking for `ms` (0: the default); never over the ceiling.
+    pub fn timeout_for(&self, ms: u32) -> Duration {
+        match ms {
+            0 => self.timeout,
+            ms => Duration::from_millis(u64::from(ms)).min(self.timeout),
+        }
+    }
+
+    /// The body limit of a call asking for `bytes` (0: the default); never over the ceiling.
+    pub fn max_bytes_for(&self, bytes: u32) -> usize {
+        match bytes {
+            0 => self.max_response_bytes,
+            bytes => (bytes as usize).min(self.max_response_bytes),
+        }
+    }
+}
+
+/// Request fields the host sets or refuses on an outbound call: framing, hop-by-hop,
+/// `host` (the server's authority) and `proxy-*`.
+pub fn is_host_owned(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    matches!(
+        name,
+        "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+    ) || name.starts_with("proxy-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nowhere;
+
+    impl OutboundClient for Nowhere {
+        fn send(&self, _: &str, _: OutboundRequest) -> OutboundFuture<'_> {
+            Box::pin(async { Err(OutboundFailure::Failed("nowhere".into())) })
+        }
+    }
+
+    fn allowance() -> OutboundAllowance {
+        OutboundAllowance {
+            upstreams: vec![Arc::from("auth")],
+            timeout: Duration::from_secs(2),
+            max_response_bytes: 1000,
+            client: Arc::new(Nowhere),
+        }
+    }
+
+    #[test]
+    fn only_listed_upstreams_and_never_over_the_ceilings() {
+        let a = allowance();
+        assert!(a.allows("auth"));
+        assert!(!a.allows("app") && !a.allows("aut") && !a.allows(""));
+        assert_eq!(a.timeout_for(0), Duration::from_secs(2));
+        assert_eq!(a.timeout_for(500), Duration::from_millis(500));
+        assert_eq!(a.timeout_for(u32::MAX), Duration::from_secs(2));
+        assert_eq!(a.max_bytes_for(0), 1000);
+        assert_eq!(a.max_bytes_for(10), 10);
+        assert_eq!(a.max_bytes_for(u32::MAX), 1000);
+    }
+
+    #[test]
+    fn framing_hop_by_hop_and_host_stay_the_hosts() {
+        for name in [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "proxy-authorization",
+            "expect",
+        ] {
+            assert!(is_host_owned(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["authorization", "x-forwarded-for", "accept", "cookie"] {
+            assert!(!is_host_owned(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+}

@@ -25,7 +25,7 @@ async fn calls(auth_servers: &str) -> Calls {
     let entry = "[[routes.plugins]]\nname = \"caller\"\nconfig = { upstream = \"auth\" }\n";
     let allowed = "outbound = [\"auth\"]\noutbound_timeout_ms = 1000\noutbound_max_bytes = 4096\n";
     let toml = format!(
-        "{SERVER}[upstreams.auth]\nservers = [{auth_servers}\"{}\"]\n[upstreams.app]\nservers = [\"{}\"]\n\
+        "{SERVER}[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.auth]\nservers = [{auth_servers}\"{}\"]\n[upstreams.app]\nservers = [\"{}\"]\n\
          [[routes]]\npath = \"/\"\nupstream = \"app\"\n{entry}{allowed}\
          [[routes]]\npath = \"/none/\"\nupstream = \"app\"\n{entry}\
          [[routes]]\npath = \"/tight/\"\nupstream = \"app\"\n{entry}{allowed}deadline_ms = 30\n",
@@ -169,6 +169,26 @@ async fn a_slow_upstream_times_out_and_a_large_answer_is_refused() {
     assert_eq!(answer["error"], "too-large", "{answer}");
     // The proxy serves on after them.
     assert_eq!(seen(&call(&c, "/", &[]).await)["path"], "/");
+}
+
+#[tokio::test]
+async fn calls_are_counted_by_plugin_upstream_and_result() {
+    let c = calls("").await;
+    call(&c, "/", &[]).await;
+    call(&c, "/", &[]).await;
+    call(&c, "/", &[("x-call-path", "/download?bytes=5000")]).await;
+    call(&c, "/", &[("x-call-upstream", "app")]).await;
+    let admin = c.proxy.admin_addr.expect("admin listener");
+    let text = get(&h1_client(), admin, "/metrics", &[]).await.text();
+    for line in [
+        "sluice_outbound_calls_total{plugin=\"caller\",upstream=\"auth\",result=\"ok\"} 2",
+        "sluice_outbound_calls_total{plugin=\"caller\",upstream=\"auth\",result=\"too_large\"} 1",
+        // A refused call names no upstream: a plugin cannot grow the label set.
+        "sluice_outbound_calls_total{plugin=\"caller\",upstream=\"\",result=\"not_allowed\"} 1",
+        "sluice_outbound_call_duration_seconds_count{plugin=\"caller\",upstream=\"auth\"} 3",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
 }
 
 #[tokio::test]

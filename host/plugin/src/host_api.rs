@@ -373,12 +373,55 @@ impl outbound::Host for InstanceState {
         &mut self,
         request: outbound::OutboundRequest,
     ) -> Result<outbound::OutboundResponse, outbound::OutboundError> {
+        // The scope outlives this call's borrow of the store's state.
+        let scope = self.scope.clone();
+        let counters = &scope.services.outbound;
+        let (allowance, upstream, call) = match self.outbound_call(&scope, request) {
+            Ok(checked) => checked,
+            Err(refused) => {
+                let result = match &refused {
+                    outbound::OutboundError::InInit => "in_init",
+                    outbound::OutboundError::Invalid(_) => "invalid",
+                    _ => "not_allowed",
+                };
+                counters.refused(&scope.plugin, result);
+                return Err(refused);
+            }
+        };
+        let started = Instant::now();
+        let sent = allowance.client.send(&upstream, call).await;
+        let result = match &sent {
+            Ok(_) => "ok",
+            Err(OutboundFailure::Timeout(_)) => "timeout",
+            Err(OutboundFailure::TooLarge(_)) => "too_large",
+            Err(OutboundFailure::Failed(_)) => "failed",
+        };
+        counters.sent(&scope.plugin, &upstream, result, started.elapsed());
+        match sent {
+            Ok(response) => Ok(outbound::OutboundResponse {
+                status: response.status.as_u16(),
+                headers: convert::headers_to_wit(&response.headers),
+                body: response.body.into(),
+            }),
+            Err(OutboundFailure::Timeout(_)) => Err(outbound::OutboundError::Timeout),
+            Err(OutboundFailure::TooLarge(_)) => Err(outbound::OutboundError::TooLarge),
+            Err(OutboundFailure::Failed(why)) => Err(outbound::OutboundError::Failed(why)),
+        }
+    }
+}
+
+impl InstanceState {
+    /// The call `request` asks for, with the allowance that lets its plugin make it
+    /// here and now and the upstream's name.
+    fn outbound_call<'s>(
+        &self,
+        scope: &'s PluginScope,
+        request: outbound::OutboundRequest,
+    ) -> Result<(&'s OutboundAllowance, String, OutboundRequest), outbound::OutboundError> {
         use outbound::OutboundError as E;
         if self.in_init {
             return Err(E::InInit);
         }
-        // The scope outlives this call's borrow of the store's state.
-        let scope = self.scope.clone();
         let Some(allowance) = scope.outbound.as_ref() else {
             return Err(E::NotAllowed(format!(
                 "upstream {:?}: this plugin's route entry lists no `outbound` upstreams",
@@ -410,15 +453,6 @@ impl outbound::Host for InstanceState {
             timeout: allowance.timeout_for(request.timeout_ms),
             max_response_bytes: allowance.max_bytes_for(request.max_response_bytes),
         };
-        match allowance.client.send(&request.upstream, call).await {
-            Ok(response) => Ok(outbound::OutboundResponse {
-                status: response.status.as_u16(),
-                headers: convert::headers_to_wit(&response.headers),
-                body: response.body.into(),
-            }),
-            Err(OutboundFailure::Timeout(_)) => Err(E::Timeout),
-            Err(OutboundFailure::TooLarge(_)) => Err(E::TooLarge),
-            Err(OutboundFailure::Failed(why)) => Err(E::Failed(why)),
-        }
+        Ok((allowance, request.upstream, call))
     }
 }

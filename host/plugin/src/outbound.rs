@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A request as the host sends it: host-owned fields already dropped.
 #[derive(Debug)]
@@ -84,6 +88,73 @@ impl OutboundAllowance {
             0 => self.max_response_bytes,
             bytes => (bytes as usize).min(self.max_response_bytes),
         }
+    }
+}
+
+/// Outbound calls by plugin, upstream and result (`ok`, `timeout`, `too_large`,
+/// `failed`; refused calls as `not_allowed`, `invalid`, `in_init` with no upstream, so
+/// a plugin cannot grow the label set with names of its own), and their durations.
+pub struct OutboundCounters {
+    pub calls: Family<OutboundLabels, Counter>,
+    pub seconds: Family<OutboundUpstreamLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for OutboundCounters {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            seconds: Family::new_with_constructor(call_histogram),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    pub plugin: String,
+    pub upstream: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundUpstreamLabels {
+    pub plugin: String,
+    pub upstream: String,
+}
+
+/// From a millisecond on loopback to the longest timeout allowed.
+const CALL_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 60.0,
+];
+
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS)
+}
+
+impl OutboundCounters {
+    /// Counts a call that was sent to `upstream` and took `took`.
+    pub fn sent(&self, plugin: &str, upstream: &str, result: &'static str, took: Duration) {
+        self.count(plugin, upstream, result);
+        self.seconds
+            .get_or_create(&OutboundUpstreamLabels {
+                plugin: plugin.to_string(),
+                upstream: upstream.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a call refused before anything was sent.
+    pub fn refused(&self, plugin: &str, result: &'static str) {
+        self.count(plugin, "", result);
+    }
+
+    fn count(&self, plugin: &str, upstream: &str, result: &'static str) {
+        self.calls
+            .get_or_create(&OutboundLabels {
+                plugin: plugin.to_string(),
+                upstream: upstream.to_string(),
+                result,
+            })
+            .inc();
     }
 }
 

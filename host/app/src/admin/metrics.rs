@@ -146,6 +146,16 @@ impl Metrics {
             "Plugin metric samples dropped: series cap reached, unknown metric, wrong labels or kind",
             services.metrics.dropped.clone(),
         );
+        registry.register(
+            "outbound_calls",
+            "Plugins' outbound calls by plugin, upstream and result (ok, timeout, too_large, failed; refused before sending, with no upstream: not_allowed, invalid, in_init)",
+            services.outbound.calls.clone(),
+        );
+        registry.register(
+            "outbound_call_duration_seconds",
+            "Time of the plugins' outbound calls sent, response body included, by plugin and upstream",
+            services.outbound.seconds.clone(),
+        );
         registry.register_collector(Box::new(PluginMetricsCollector(services.metrics.clone())));
         Self {
             registry,

@@ -1,5 +1,5 @@
 //! Services the host offers every plugin, whatever its language: shared state (an
-//! embedded store or Redis) and metrics. Built once per process from `[state]` and
+//! embedded store or Redis), metrics, and the counters of outbound calls. Built once per process from `[state]` and
 //! `[metrics]`; a plugin reaches them only through its own namespace.
 
 pub mod metrics;
@@ -7,6 +7,7 @@ pub mod state;
 
 use std::sync::Arc;
 
+use crate::outbound::OutboundCounters;
 use sluice_config::Config;
 
 pub use metrics::PluginMetrics;
@@ -16,6 +17,7 @@ pub use state::StateService;
 pub struct Services {
     pub state: StateService,
     pub metrics: Arc<PluginMetrics>,
+    pub outbound: OutboundCounters,
 }
 
 impl Services {
@@ -24,6 +26,7 @@ impl Services {
         Ok(Arc::new(Self {
             state: StateService::new(&config.state)?,
             metrics: Arc::new(PluginMetrics::new(config.metrics.max_series_per_metric)),
+            outbound: OutboundCounters::default(),
         }))
     }
 
@@ -51,6 +54,7 @@ impl Services {
             metrics: Arc::new(PluginMetrics::new(
                 sluice_config::MetricsConfig::default().max_series_per_metric,
             )),
+            outbound: OutboundCounters::default(),
         })
     }
 }

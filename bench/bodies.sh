@@ -70,15 +70,7 @@ for r in $rows; do
 done
 
 declare -A rps p99 cpu
-for i in $(seq "$ROUNDS"); do
-  order=$rows; [ $((i % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$rows" | tac | tr '\n' ' ')
-  for r in $order; do measure_row "$r" -s "$run/post.lua"; done
-done
-base=$(median <<<"${cpu[plain]}")
+measure_rounds -s "$run/post.lua"
 echo "POST, JSON body of $BODY_BYTES bytes"
-printf '%-11s %10s %8s %12s %11s\n' row 'req/s' 'p99 ms' 'cpu us/req' 'cpu/plain'
-for r in $rows; do
-  c=$(median <<<"${cpu[$r]}")
-  printf '%-11s %10s %8s %12s %11s\n' "$r" "$(median <<<"${rps[$r]}")" "$(median <<<"${p99[$r]}")" "$c" "$(awk -v c="$c" -v n="$base" 'BEGIN {printf "%.2f", c / n}')"
-done
+print_rows plain
 echo "binary = $bin"

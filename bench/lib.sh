@@ -67,3 +67,25 @@ measure_row() {
   p99[$row]+=" $(awk '$1 == "99%" {v=$2; if (v ~ /us$/) v=v/1000; else if (v ~ /ms$/) v=v+0; else if (v ~ /s$/) v=v*1000; print v}' <<<"$out")"
   cpu[$row]+=" $(awk -v t=$((after - before)) -v r="$reqs" 'BEGIN {printf "%.2f", t * 10000 / r}')"
 }
+
+# measure_rounds [WRK_ARGS...]: ROUNDS rounds of measure_row over every row of $rows,
+# the order reversed every other round (so no row always runs first).
+measure_rounds() {
+  local i r order
+  for i in $(seq "$ROUNDS"); do
+    order=$rows; [ $((i % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$rows" | tac | tr '\n' ' ')
+    for r in $order; do measure_row "$r" "$@"; done
+  done
+}
+
+# print_rows BASE_ROW: the median req/s, p99 and CPU per request of every row, and its
+# CPU as a ratio to BASE_ROW's.
+print_rows() {
+  local base c r
+  base=$(median <<<"${cpu[$1]}")
+  printf '%-13s %10s %8s %12s %15s\n' row 'req/s' 'p99 ms' 'cpu us/req' "cpu/$1"
+  for r in $rows; do
+    c=$(median <<<"${cpu[$r]}")
+    printf '%-13s %10s %8s %12s %15s\n' "$r" "$(median <<<"${rps[$r]}")" "$(median <<<"${p99[$r]}")" "$c" "$(awk -v c="$c" -v n="$base" 'BEGIN {printf "%.2f", c / n}')"
+  done
+}

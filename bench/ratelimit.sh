@@ -82,14 +82,6 @@ for r in $all_rows; do
 done
 
 declare -A rps p99 cpu
-for i in $(seq "$ROUNDS"); do
-  order=$rows; [ $((i % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$rows" | tac | tr '\n' ' ')
-  for r in $order; do measure_row "$r" -H 'x-api-key: k-123'; done
-done
-base=$(median <<<"${cpu[nginx-limit]}")
-printf '%-13s %10s %8s %12s %15s\n' row 'req/s' 'p99 ms' 'cpu us/req' 'cpu/nginx-limit'
-for r in $rows; do
-  c=$(median <<<"${cpu[$r]}")
-  printf '%-13s %10s %8s %12s %15s\n' "$r" "$(median <<<"${rps[$r]}")" "$(median <<<"${p99[$r]}")" "$c" "$(awk -v c="$c" -v n="$base" 'BEGIN {printf "%.2f", c / n}')"
-done
+measure_rounds -H 'x-api-key: k-123'
+print_rows nginx-limit
 echo "binary = $bin"

@@ -14,7 +14,7 @@ use super::bindings::sluice::plugin::{host, metrics, outbound, state, types};
 use super::bindings::LogLevel;
 use super::convert;
 use super::engine::{MemoryBudget, StoreTicket};
-use super::outbound::{is_host_owned, OutboundAllowance, OutboundFailure, OutboundRequest};
+use super::outbound::{OutboundAllowance, OutboundFailure, OutboundRequest};
 use super::stderr::StderrCapture;
 use crate::services::metrics::{MetricKind, MetricSpec, Recording};
 use crate::services::state::{ttl_of, RateLimit, StateError};
@@ -444,7 +444,11 @@ impl InstanceState {
         let target = http::Uri::try_from(request.path_and_query.as_str())
             .map_err(|_| E::Invalid(format!("path {:?}", request.path_and_query)))?;
         let mut headers = http::HeaderMap::new();
-        convert::apply_headers(&mut headers, request.headers, is_host_owned).map_err(E::Invalid)?;
+        let client = &allowance.client;
+        convert::apply_headers(&mut headers, request.headers, |name| {
+            client.owns_field(name)
+        })
+        .map_err(E::Invalid)?;
         let call = OutboundRequest {
             method,
             target,

@@ -1,7 +1,8 @@
 //! Outbound calls: HTTP requests a plugin sends to an upstream of the config. The
 //! plugin runtime knows no upstream pools: it checks the call against the route's
 //! allowance (which upstreams, how long, how large) and hands it to an
-//! [`OutboundClient`] the pipeline provides.
+//! [`OutboundClient`] the pipeline provides, which also says which request fields are
+//! its own.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,6 +57,10 @@ pub type OutboundFuture<'a> =
 pub trait OutboundClient: Send + Sync {
     /// Sends `request` to a server of `upstream`, which the allowance has checked.
     fn send(&self, upstream: &str, request: OutboundRequest) -> OutboundFuture<'_>;
+
+    /// Whether a request field is the client's to set (framing, hop-by-hop, `host`):
+    /// a plugin's copy of it is dropped.
+    fn owns_field(&self, name: &HeaderName) -> bool;
 }
 
 /// What one plugin on one route may call: from its route entry's `outbound` keys.
@@ -158,24 +163,6 @@ impl OutboundCounters {
     }
 }
 
-/// Request fields the host sets or refuses on an outbound call: framing, hop-by-hop,
-/// `host` (the server's authority) and `proxy-*`.
-pub fn is_host_owned(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    matches!(
-        name,
-        "host"
-            | "connection"
-            | "content-length"
-            | "transfer-encoding"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-    ) || name.starts_with("proxy-")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +172,10 @@ mod tests {
     impl OutboundClient for Nowhere {
         fn send(&self, _: &str, _: OutboundRequest) -> OutboundFuture<'_> {
             Box::pin(async { Err(OutboundFailure::Failed("nowhere".into())) })
+        }
+
+        fn owns_field(&self, _: &HeaderName) -> bool {
+            false
         }
     }
 
@@ -208,22 +199,5 @@ mod tests {
         assert_eq!(a.max_bytes_for(0), 1000);
         assert_eq!(a.max_bytes_for(10), 10);
         assert_eq!(a.max_bytes_for(u32::MAX), 1000);
-    }
-
-    #[test]
-    fn framing_hop_by_hop_and_host_stay_the_hosts() {
-        for name in [
-            "host",
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "proxy-authorization",
-            "expect",
-        ] {
-            assert!(is_host_owned(&HeaderName::from_static(name)), "{name}");
-        }
-        for name in ["authorization", "x-forwarded-for", "accept", "cookie"] {
-            assert!(!is_host_owned(&HeaderName::from_static(name)), "{name}");
-        }
     }
 }

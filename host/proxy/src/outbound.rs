@@ -3,11 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::Request;
+use http::{header, HeaderName, Request};
 use sluice_plugin::outbound::{
     OutboundClient, OutboundFailure, OutboundFuture, OutboundRequest, OutboundResponse,
 };
 use sluice_upstream::{CallError, Upstream};
+
+use crate::headers;
 
 /// The pools of one snapshot, as plugins call them.
 pub struct UpstreamCalls {
@@ -15,6 +17,12 @@ pub struct UpstreamCalls {
 }
 
 impl OutboundClient for UpstreamCalls {
+    /// What the proxy owns on a forwarded request, and `host` (the server's
+    /// authority) and `expect` (the body is sent whole).
+    fn owns_field(&self, name: &HeaderName) -> bool {
+        headers::is_host_owned(name) || name == header::HOST || name == header::EXPECT
+    }
+
     fn send(&self, upstream: &str, call: OutboundRequest) -> OutboundFuture<'_> {
         let pool = self.upstreams.get(upstream).cloned();
         let name = upstream.to_string();
@@ -43,5 +51,30 @@ impl OutboundClient for UpstreamCalls {
                 body,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_hop_by_hop_and_host_stay_the_hosts() {
+        let calls = UpstreamCalls {
+            upstreams: HashMap::new(),
+        };
+        for name in [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "proxy-authorization",
+            "expect",
+        ] {
+            assert!(calls.owns_field(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["authorization", "x-forwarded-for", "accept", "cookie"] {
+            assert!(!calls.owns_field(&HeaderName::from_static(name)), "{name}");
+        }
     }
 }

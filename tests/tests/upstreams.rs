@@ -66,8 +66,12 @@ impl Stoppable {
     }
 
     fn stop(&mut self) {
+        // Wait until the origin's worker has stopped, so no request it had begun
+        // counts a hit after the stop; off this task's thread, where blocking is allowed.
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
+            std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(5)))
+                .join()
+                .expect("the origin's runtime shuts down");
         }
     }
 

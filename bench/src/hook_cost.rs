@@ -5,6 +5,8 @@
 //! and reuse.
 //!
 //! Usage: hook-cost [PLUGINS_DIR] [ITERATIONS]
+//!
+//! Every plugin may call an `auth` upstream, answered in-process.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +17,9 @@ use sluice_plugin::bindings::{ClientInfo, RequestHead, ResponseHead};
 use sluice_plugin::calls::CallMetrics;
 use sluice_plugin::chain::{run_on_request, RequestDecision};
 use sluice_plugin::host_api::PluginScope;
+use sluice_plugin::outbound::{
+    OutboundAllowance, OutboundClient, OutboundFuture, OutboundRequest, OutboundResponse,
+};
 use sluice_plugin::preinit::{check_init, prepare};
 use sluice_plugin::services::Services;
 use sluice_plugin::stage::ResponseDecision;
@@ -42,7 +47,17 @@ async fn bound(
         deadline_ms: 100,
         memory_limit_bytes: 64 << 20,
     };
-    let scope = PluginScope::new(loaded.name.clone(), "bench".into(), Services::in_memory());
+    let scope = PluginScope::with_outbound(
+        loaded.name.clone(),
+        "bench".into(),
+        Services::in_memory(),
+        Some(OutboundAllowance {
+            upstreams: vec!["auth".into()],
+            timeout: Duration::from_secs(1),
+            max_response_bytes: 1 << 20,
+            client: Arc::new(StubAuth),
+        }),
+    );
     let declaration = check_init(engine, loaded, &scope, &config_json, limits)
         .await
         .map_err(|f| anyhow::anyhow!("{f}"))?;
@@ -90,6 +105,29 @@ async fn bound(
         ),
         scope,
     })
+}
+
+/// The `auth` upstream every plugin here may call, answered in-process (204 with
+/// `x-auth-user`), so a plugin's outbound call costs its own work and the host's
+/// conversions, not a network exchange.
+struct StubAuth;
+
+impl OutboundClient for StubAuth {
+    fn send(&self, _: &str, _: OutboundRequest) -> OutboundFuture<'_> {
+        Box::pin(async {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-auth-user", http::HeaderValue::from_static("bench"));
+            Ok(OutboundResponse {
+                status: http::StatusCode::NO_CONTENT,
+                headers,
+                body: bytes::Bytes::new(),
+            })
+        })
+    }
+
+    fn owns_field(&self, name: &http::HeaderName) -> bool {
+        name == http::header::HOST || name == http::header::CONTENT_LENGTH
+    }
 }
 
 fn request() -> RequestHead {

@@ -117,6 +117,36 @@ impl Call {
         self
     }
 
+    /// The upstream called.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// The method.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The path and query.
+    pub fn path_and_query(&self) -> &str {
+        &self.path_and_query
+    }
+
+    /// The header fields set so far.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The timeout asked for, if any.
+    pub fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     /// Sends the call and waits for the whole response.
     pub fn send(self) -> Result<CallResponse, OutboundError> {
         let timeout_ms = self.timeout.map_or(0, |t| {

@@ -130,13 +130,25 @@ impl OutboundClient for StubAuth {
     }
 }
 
+/// `Authorization` of every request: `Bearer t-1`, or `Bearer $HOOK_COST_BEARER`
+/// (a JWT, say).
+fn authorization() -> &'static str {
+    static VALUE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VALUE.get_or_init(|| {
+        format!(
+            "Bearer {}",
+            std::env::var("HOOK_COST_BEARER").unwrap_or_else(|_| "t-1".into())
+        )
+    })
+}
+
 fn request() -> RequestHead {
     let headers = [
         ("host", "127.0.0.1:8080"),
         ("user-agent", "wrk"),
         ("accept", "*/*"),
         ("x-api-key", "k-123"),
-        ("authorization", "Bearer t-1"),
+        ("authorization", authorization()),
     ];
     RequestHead {
         method: "GET".into(),

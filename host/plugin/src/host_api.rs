@@ -1,5 +1,6 @@
 //! What a plugin instance may call: logging, clocks, the state and metrics services
-//! (in its own namespace), outbound calls to the upstreams its route allows, and an
+//! (in its own namespace), outbound calls to the upstreams its route allows, signature
+//! checks in native code, and an
 //! empty WASI context (no preopened directories, no environment, no arguments, no
 //! network).
 
@@ -10,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::sluice::plugin::{host, metrics, outbound, state, types};
+use super::bindings::sluice::plugin::{crypto, host, metrics, outbound, state, types};
 use super::bindings::LogLevel;
 use super::convert;
 use super::engine::{MemoryBudget, StoreTicket};
@@ -407,6 +408,34 @@ impl outbound::Host for InstanceState {
             Err(OutboundFailure::TooLarge(_)) => Err(outbound::OutboundError::TooLarge),
             Err(OutboundFailure::Failed(why)) => Err(outbound::OutboundError::Failed(why)),
         }
+    }
+}
+
+impl crypto::Host for InstanceState {
+    fn verify_signature(
+        &mut self,
+        alg: crypto::SignatureAlgorithm,
+        key: String,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, String> {
+        use crate::crypto::SignatureAlgorithm as A;
+        use crypto::SignatureAlgorithm as W;
+        let alg = match alg {
+            W::Rs256 => A::Rs256,
+            W::Rs384 => A::Rs384,
+            W::Rs512 => A::Rs512,
+            W::Ps256 => A::Ps256,
+            W::Ps384 => A::Ps384,
+            W::Ps512 => A::Ps512,
+            W::Es256 => A::Es256,
+            W::Es384 => A::Es384,
+            W::Eddsa => A::EdDsa,
+            W::Hs256 => A::Hs256,
+            W::Hs384 => A::Hs384,
+            W::Hs512 => A::Hs512,
+        };
+        crate::crypto::verify_signature(alg, &key, &message, &signature)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod calls;
 pub mod chain;
 pub mod convert;
+pub mod crypto;
 pub mod engine;
 pub mod guard;
 pub mod host_api;

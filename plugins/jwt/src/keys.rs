@@ -1,10 +1,12 @@
 //! A JWKS as verification keys, each bound to the algorithms its type allows, so a
 //! token cannot pick an algorithm its key was not made for (an HS256 "signature" made
-//! with an RSA public key finds no key).
+//! with an RSA public key finds no key). The proxy checks the signatures
+//! (`sluice_sdk::crypto`) and the key's fit again.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
-use sluice_sdk::serde_json::Value;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sluice_sdk::crypto::SignatureAlgorithm;
+use sluice_sdk::serde_json::{self, Value};
 
 /// Most keys a JWKS may hold.
 const MAX_KEYS: usize = 64;
@@ -19,35 +21,36 @@ enum Kind {
 }
 
 impl Kind {
-    fn fits(self, alg: Algorithm) -> bool {
-        use Algorithm::*;
+    fn fits(self, alg: SignatureAlgorithm) -> bool {
+        use SignatureAlgorithm::*;
         match self {
-            Kind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
-            Kind::P256 => alg == ES256,
-            Kind::P384 => alg == ES384,
-            Kind::Ed25519 => alg == EdDSA,
-            Kind::Secret => matches!(alg, HS256 | HS384 | HS512),
+            Kind::Rsa => matches!(alg, Rs256 | Rs384 | Rs512 | Ps256 | Ps384 | Ps512),
+            Kind::P256 => alg == Es256,
+            Kind::P384 => alg == Es384,
+            Kind::Ed25519 => alg == EdDsa,
+            Kind::Secret => matches!(alg, Hs256 | Hs384 | Hs512),
         }
     }
 }
 
-struct Key {
+pub struct Key {
     kid: Option<String>,
     kind: Kind,
     /// The JWK's own `alg`, which the token's must then equal.
-    alg: Option<Algorithm>,
-    decoding: DecodingKey,
+    alg: Option<SignatureAlgorithm>,
+    /// The JWK as JSON text, as the proxy's signature check takes it.
+    pub jwk: String,
 }
 
 impl Key {
-    fn fits(&self, alg: Algorithm) -> bool {
+    fn fits(&self, alg: SignatureAlgorithm) -> bool {
         self.kind.fits(alg) && self.alg.is_none_or(|own| own == alg)
     }
 }
 
 /// The keys that may verify a token.
 pub enum Lookup<'a> {
-    Keys(Vec<&'a DecodingKey>),
+    Keys(Vec<&'a Key>),
     /// The token names a key id the set does not have.
     UnknownKid,
     /// The named key (or, without a name, every key) is of another type.
@@ -61,8 +64,7 @@ pub struct KeySet {
 impl KeySet {
     /// Keys from the config: every key must be usable.
     pub fn from_config(jwks: &Value) -> Result<Self, String> {
-        let list = key_list(jwks)?;
-        let keys = list
+        let keys = key_list(jwks)?
             .iter()
             .enumerate()
             .map(|(i, k)| key(k).map_err(|e| format!("keys[{i}]: {e}")))
@@ -75,8 +77,7 @@ impl KeySet {
     /// Keys from an identity provider: keys of other types or uses (encryption) are
     /// skipped; at least one must be usable.
     pub fn from_fetched(body: &[u8]) -> Result<Self, String> {
-        let jwks: Value =
-            sluice_sdk::serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let jwks: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         let keys: Vec<Key> = key_list(&jwks)?
             .iter()
             .filter_map(|k| key(k).ok().flatten())
@@ -87,11 +88,11 @@ impl KeySet {
         Ok(Self { keys })
     }
 
-    pub fn has_key_for(&self, alg: Algorithm) -> bool {
+    pub fn has_key_for(&self, alg: SignatureAlgorithm) -> bool {
         self.keys.iter().any(|k| k.fits(alg))
     }
 
-    pub fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup<'_> {
+    pub fn lookup(&self, kid: Option<&str>, alg: SignatureAlgorithm) -> Lookup<'_> {
         let named: Vec<&Key> = match kid {
             Some(kid) => self
                 .keys
@@ -103,11 +104,7 @@ impl KeySet {
         if named.is_empty() {
             return Lookup::UnknownKid;
         }
-        let fitting: Vec<&DecodingKey> = named
-            .into_iter()
-            .filter(|k| k.fits(alg))
-            .map(|k| &k.decoding)
-            .collect();
+        let fitting: Vec<&Key> = named.into_iter().filter(|k| k.fits(alg)).collect();
         if fitting.is_empty() {
             Lookup::WrongType
         } else {
@@ -127,53 +124,81 @@ fn key_list(jwks: &Value) -> Result<&Vec<Value>, String> {
     Ok(list)
 }
 
+fn decoded_len(jwk: &Value, name: &str) -> Result<usize, String> {
+    let text = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no {name:?}"))?;
+    URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map(|b| b.iter().skip_while(|x| name == "n" && **x == 0).count())
+        .map_err(|_| format!("{name:?} is not base64url"))
+}
+
 /// One JWK as a verification key; `None` for an encryption key.
-fn key(value: &Value) -> Result<Option<Key>, String> {
-    let jwk: Jwk = sluice_sdk::serde_json::from_value(value.clone())
-        .map_err(|e| format!("not a supported JWK: {e}"))?;
-    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+fn key(jwk: &Value) -> Result<Option<Key>, String> {
+    let field = |name: &str| jwk.get(name).and_then(Value::as_str);
+    if !jwk.is_object() {
+        return Err("a JWK is an object".into());
+    }
+    if field("use") == Some("enc") {
         return Ok(None);
     }
-    let kind = match &jwk.algorithm {
-        AlgorithmParameters::RSA(p) => {
-            // Fewer than 2048 bits is breakable (RFC 7518 §3.3 requires at least this).
-            if p.n.trim_end_matches('=').len() * 3 / 4 < 255 {
+    let kind = match (field("kty"), field("crv")) {
+        (Some("RSA"), _) => {
+            // Fewer than 2048 bits is breakable (RFC 7518 §3.3 asks for at least this).
+            if decoded_len(jwk, "n")? < 256 {
                 return Err("an RSA key under 2048 bits".into());
             }
+            decoded_len(jwk, "e")?;
             Kind::Rsa
         }
-        AlgorithmParameters::EllipticCurve(p) => match p.curve {
-            EllipticCurve::P256 => Kind::P256,
-            EllipticCurve::P384 => Kind::P384,
-            ref other => return Err(format!("curve {other:?} is not supported")),
-        },
-        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
-            EllipticCurve::Ed25519 => Kind::Ed25519,
-            ref other => return Err(format!("curve {other:?} is not supported")),
-        },
-        AlgorithmParameters::OctetKey(_) => Kind::Secret,
+        (Some("EC"), Some(crv @ ("P-256" | "P-384"))) => {
+            let size = if crv == "P-256" { 32 } else { 48 };
+            if decoded_len(jwk, "x")? != size || decoded_len(jwk, "y")? != size {
+                return Err(format!("{crv} coordinates must be {size} bytes"));
+            }
+            if crv == "P-256" {
+                Kind::P256
+            } else {
+                Kind::P384
+            }
+        }
+        (Some("OKP"), Some("Ed25519")) => {
+            if decoded_len(jwk, "x")? != 32 {
+                return Err("an Ed25519 key is 32 bytes".into());
+            }
+            Kind::Ed25519
+        }
+        (Some("oct"), _) => {
+            if decoded_len(jwk, "k")? < 32 {
+                return Err("an HMAC secret under 32 bytes".into());
+            }
+            Kind::Secret
+        }
+        (kty, crv) => {
+            return Err(format!(
+                "kty {:?} crv {:?} is not a supported signing key",
+                kty.unwrap_or(""),
+                crv.unwrap_or("")
+            ))
+        }
     };
-    let alg = match jwk.common.key_algorithm {
-        Some(a) => Some(
-            a.to_string()
-                .parse::<Algorithm>()
-                .map_err(|_| format!("alg {a} is not a signing algorithm"))?,
-        ),
+    let alg = match field("alg") {
+        Some(name) => {
+            let alg = SignatureAlgorithm::from_name(name)
+                .ok_or_else(|| format!("alg {name:?} is not a signing algorithm"))?;
+            if !kind.fits(alg) {
+                return Err(format!("alg {name} does not fit the key's type"));
+            }
+            Some(alg)
+        }
         None => None,
     };
-    if let Some(alg) = alg {
-        if !kind.fits(alg) {
-            return Err(format!("alg {alg:?} does not fit the key's type"));
-        }
-    }
-    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key: {e}"))?;
-    if kind == Kind::Secret && decoding.as_bytes().len() < 32 {
-        return Err("an HMAC secret under 32 bytes".into());
-    }
     Ok(Some(Key {
-        kid: jwk.common.key_id,
+        kid: field("kid").map(str::to_owned),
         kind,
         alg,
-        decoding,
+        jwk: jwk.to_string(),
     }))
 }

@@ -5,18 +5,20 @@
 
 mod claims;
 mod keys;
+mod token;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, Validation};
+use sluice_sdk::crypto::{verify_signature, SignatureAlgorithm};
 use sluice_sdk::outbound::Call;
 use sluice_sdk::prelude::*;
 use sluice_sdk::{now_ms, state};
 
 use claims::{ClaimRules, Claims};
 use keys::{KeySet, Lookup};
+use token::Token;
 
 /// Longest token accepted; real ones are well under 2 KB.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -30,10 +32,8 @@ const DEFAULT_FRESH_S: u64 = 300;
 const MAX_FRESH_S: u64 = 86_400;
 /// After it goes stale a JWKS is still used, for this long, while its upstream fails.
 const STALE_GRACE_S: u64 = 86_400;
-/// State keys (the state service keeps them per plugin).
-const JWKS_KEY: &str = "jwks";
-const REFRESH_GATE_KEY: &str = "jwks-refresh";
-const KID_GATE_KEY: &str = "jwks-unknown-kid";
+/// Longest `jwks_upstream` + `jwks_path`: they name the state keys (at most 256 bytes).
+const MAX_SOURCE_BYTES: usize = 200;
 
 #[config]
 #[derive(Debug)]
@@ -90,11 +90,19 @@ fn default_leeway() -> u64 {
 /// Where the keys come from.
 enum KeySource {
     Inline(KeySet),
-    Fetched { upstream: String, path: String },
+    Fetched {
+        upstream: String,
+        path: String,
+        /// State keys, per source (the state service keeps keys per plugin, shared by
+        /// its routes): the stored JWKS and the gates of its refetches.
+        stored_key: String,
+        refresh_gate: String,
+        kid_gate: String,
+    },
 }
 
 pub struct Jwt {
-    algorithms: Vec<Algorithm>,
+    algorithms: Vec<SignatureAlgorithm>,
     source: KeySource,
     rules: ClaimRules,
     claims_to_headers: Vec<(String, String)>,
@@ -116,11 +124,11 @@ pub enum Refusal {
     NoKeys(String),
 }
 
-fn algorithm(name: &str) -> Result<Algorithm, String> {
+fn algorithm(name: &str) -> Result<SignatureAlgorithm, String> {
     if name.eq_ignore_ascii_case("none") {
         return Err("\"none\" is never accepted: an unsigned token proves nothing".into());
     }
-    name.parse::<Algorithm>().map_err(|_| {
+    SignatureAlgorithm::from_name(name).ok_or_else(|| {
         format!("{name:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512")
     })
 }
@@ -166,7 +174,16 @@ impl Plugin for Jwt {
                         cfg.jwks_path
                     ));
                 }
+                let source = format!("{upstream}{}", cfg.jwks_path);
+                if source.len() > MAX_SOURCE_BYTES {
+                    return Err(format!(
+                        "jwks_upstream and jwks_path: over {MAX_SOURCE_BYTES} bytes together"
+                    ));
+                }
                 KeySource::Fetched {
+                    stored_key: format!("jwks:{source}"),
+                    refresh_gate: format!("jwks-refresh:{source}"),
+                    kid_gate: format!("jwks-kid:{source}"),
                     upstream,
                     path: cfg.jwks_path,
                 }
@@ -279,22 +296,21 @@ impl Jwt {
                 token.len()
             )));
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| Refusal::Invalid(format!("header: {e}")))?;
-        if header.crit.is_some() {
-            return Err(Refusal::Invalid(
-                "critical header extensions are not understood".into(),
-            ));
-        }
-        if !self.algorithms.contains(&header.alg) {
+        let token = Token::parse(token).map_err(Refusal::Invalid)?;
+        if !self.algorithms.contains(&token.alg) {
             return Err(Refusal::Invalid(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
+                "algorithm {} is not accepted",
+                token.alg.name()
             )));
         }
         let claims = match &self.source {
-            KeySource::Inline(set) => check_with(set, token, &header)?,
-            KeySource::Fetched { .. } => self.check_with_fetched(token, &header)?,
+            KeySource::Inline(set) => check_with(set, &token)?,
+            KeySource::Fetched {
+                stored_key,
+                refresh_gate,
+                kid_gate,
+                ..
+            } => self.check_with_fetched(&token, stored_key, refresh_gate, kid_gate)?,
         };
         self.rules.check(&claims, now_s).map_err(Refusal::Invalid)?;
         Ok(claims)
@@ -304,36 +320,37 @@ impl Jwt {
     /// every few seconds) or when the token names an unknown key (at most every 30 s).
     fn check_with_fetched(
         &self,
-        token: &str,
-        header: &jsonwebtoken::Header,
+        token: &Token,
+        stored_key: &str,
+        refresh_gate: &str,
+        kid_gate: &str,
     ) -> Result<Claims, Refusal> {
         let now = now_ms();
-        let stored = match state::get(JWKS_KEY) {
-            Ok(stored) => stored,
-            // With the state down, a reused instance still has the JWKS it parsed last.
-            Err(e) => {
-                log::warn!("jwt: state unavailable: {e}");
-                self.parsed.borrow().as_ref().map(|(raw, _)| raw.clone())
-            }
-        };
+        let stored = state::get(stored_key).unwrap_or_else(|e| {
+            log::warn!("jwt: state unavailable: {e}");
+            None
+        });
+        // Without a stored copy (the state down, or the JWKS too large for it), a
+        // reused instance still has the JWKS it parsed last.
+        let stored = stored.or_else(|| self.parsed.borrow().as_ref().map(|(raw, _)| raw.clone()));
         let stale = stored
             .as_deref()
             .is_none_or(|s| fresh_until(s).is_none_or(|until| until <= now));
-        let stored = if stale && gate(REFRESH_GATE_KEY, REFRESH_GAP, stored.is_none()) {
-            self.refresh().or(stored)
+        let stored = if stale && gate(refresh_gate, REFRESH_GAP, stored.is_none()) {
+            self.refresh(stored_key).or(stored)
         } else {
             stored
         };
         let Some(stored) = stored else {
             return Err(Refusal::NoKeys("no JWKS could be fetched".into()));
         };
-        match self.with_keys(&stored, |set| check_with(set, token, header)) {
+        match self.with_keys(&stored, |set| check_with(set, token)) {
             Err(Refusal::Invalid(reason)) if reason.starts_with(UNKNOWN_KID) => {
-                if !gate(KID_GATE_KEY, UNKNOWN_KID_REFETCH, false) {
+                if !gate(kid_gate, UNKNOWN_KID_REFETCH, false) {
                     return Err(Refusal::Invalid(reason));
                 }
-                match self.refresh() {
-                    Some(fresh) => self.with_keys(&fresh, |set| check_with(set, token, header)),
+                match self.refresh(stored_key) {
+                    Some(fresh) => self.with_keys(&fresh, |set| check_with(set, token)),
                     None => Err(Refusal::Invalid(reason)),
                 }
             }
@@ -364,8 +381,8 @@ impl Jwt {
     }
 
     /// Fetches the JWKS, stores it with its freshness, and returns what was stored.
-    fn refresh(&self) -> Option<Vec<u8>> {
-        let KeySource::Fetched { upstream, path } = &self.source else {
+    fn refresh(&self, stored_key: &str) -> Option<Vec<u8>> {
+        let KeySource::Fetched { upstream, path, .. } = &self.source else {
             return None;
         };
         let answer = match Call::get(upstream, path)
@@ -399,7 +416,7 @@ impl Jwt {
         let mut stored = until.to_be_bytes().to_vec();
         stored.extend_from_slice(&answer.body);
         let keep = Duration::from_secs(fresh_s + STALE_GRACE_S);
-        if let Err(e) = state::set(JWKS_KEY, &stored, Some(keep)) {
+        if let Err(e) = state::set(stored_key, &stored, Some(keep)) {
             log::warn!("jwt: JWKS not stored: {e}");
         }
         Some(stored)
@@ -438,35 +455,36 @@ impl Jwt {
 
 const UNKNOWN_KID: &str = "unknown key id";
 
-/// Verifies `token` with a key of `set` that fits its header.
-fn check_with(set: &KeySet, token: &str, header: &jsonwebtoken::Header) -> Result<Claims, Refusal> {
-    let candidates = match set.lookup(header.kid.as_deref(), header.alg) {
+/// Verifies `token` with a key of `set` that fits its header, and reads its claims.
+fn check_with(set: &KeySet, token: &Token) -> Result<Claims, Refusal> {
+    let kid = token.kid.as_deref();
+    let candidates = match set.lookup(kid, token.alg) {
         Lookup::Keys(keys) => keys,
         Lookup::UnknownKid => {
             return Err(Refusal::Invalid(format!(
                 "{UNKNOWN_KID} {:?}",
-                header.kid.as_deref().unwrap_or("")
+                kid.unwrap_or("")
             )))
         }
         Lookup::WrongType => {
             return Err(Refusal::Invalid(format!(
-                "key {:?} is not a key for {:?}",
-                header.kid.as_deref().unwrap_or(""),
-                header.alg
+                "key {:?} is not a key for {}",
+                kid.unwrap_or(""),
+                token.alg.name()
             )))
         }
     };
-    // Signature only: the claims are checked by our own rules on the host's clock.
-    let mut validation = Validation::new(header.alg);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    let mut last = String::from("no key for the algorithm");
+    let mut last = String::from("bad signature");
     for key in candidates {
-        match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-            Ok(data) => return Ok(data.claims),
-            Err(e) => last = e.to_string(),
+        match verify_signature(
+            token.alg,
+            &key.jwk,
+            token.signed.as_bytes(),
+            &token.signature,
+        ) {
+            Ok(true) => return token.claims().map_err(Refusal::Invalid),
+            Ok(false) => last = "bad signature".into(),
+            Err(e) => last = e,
         }
     }
     Err(Refusal::Invalid(last))

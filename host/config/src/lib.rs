@@ -327,6 +327,14 @@ pub struct PluginsConfig {
     /// plugins; a client that stalls longer gets `408`.
     #[serde(default = "defaults::body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// Password hashes the crypto service checks at once, on threads of their own (a
+    /// check is slow by design); 0 for half the CPU cores, at least 1. Read at start.
+    #[serde(default)]
+    pub password_checks: u32,
+    /// Longest a password check waits for a free slot before it fails as busy, so a
+    /// flood of logins queues no further than this.
+    #[serde(default = "defaults::password_wait_ms")]
+    pub password_wait_ms: u64,
 }
 
 impl Default for PluginsConfig {
@@ -351,6 +359,8 @@ impl Default for PluginsConfig {
             body_max_bytes: defaults::body_max_bytes(),
             body_ceiling_bytes: defaults::body_ceiling_bytes(),
             body_timeout_ms: defaults::body_timeout_ms(),
+            password_checks: 0,
+            password_wait_ms: defaults::password_wait_ms(),
         }
     }
 }
@@ -678,6 +688,9 @@ mod defaults {
     }
     pub fn body_timeout_ms() -> u64 {
         60_000
+    }
+    pub fn password_wait_ms() -> u64 {
+        1_000
     }
     pub fn max_instances() -> u32 {
         1000

@@ -117,6 +117,12 @@ impl Config {
         }
         positive("plugins.body_max_bytes", p.body_max_bytes as u64)?;
         positive("plugins.body_timeout_ms", p.body_timeout_ms)?;
+        if p.password_checks > 64 {
+            return Err(err("plugins.password_checks", "must be at most 64"));
+        }
+        if p.password_wait_ms > 60_000 {
+            return Err(err("plugins.password_wait_ms", "must be at most 60000"));
+        }
         if p.body_max_bytes > p.body_ceiling_bytes {
             return Err(err(
                 "plugins.body_max_bytes",

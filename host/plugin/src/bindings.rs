@@ -4,9 +4,13 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "plugin",
     exports: { default: async },
-    // State calls may wait on Redis and outbound calls on an upstream: neither blocks
-    // a worker thread.
-    imports: { "sluice:plugin/state": async, "sluice:plugin/outbound": async },
+    // State calls may wait on Redis, outbound calls on an upstream and password checks
+    // for a slot: none blocks a worker thread.
+    imports: {
+        "sluice:plugin/state": async,
+        "sluice:plugin/outbound": async,
+        "sluice:plugin/crypto.verify-password": async,
+    },
 });
 
 pub use self::sluice::plugin::types::{ClientCert, Forward, Hooks, LogLevel, Oversize, Response};

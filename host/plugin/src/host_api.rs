@@ -437,6 +437,20 @@ impl crypto::Host for InstanceState {
         };
         crate::crypto::verify_signature(alg, &key, &message, &signature)
     }
+
+    async fn verify_password(
+        &mut self,
+        hash: String,
+        password: Vec<u8>,
+    ) -> Result<bool, crypto::PasswordError> {
+        use crate::services::passwords::PasswordError as E;
+        let scope = self.scope.clone();
+        match scope.services.passwords.verify(hash, password).await {
+            Ok(matched) => Ok(matched),
+            Err(E::Busy) => Err(crypto::PasswordError::Busy),
+            Err(E::Unsupported(why)) => Err(crypto::PasswordError::Unsupported(why)),
+        }
+    }
 }
 
 impl InstanceState {

@@ -156,6 +156,16 @@ impl Metrics {
             "Time of the plugins' outbound calls sent, response body included, by plugin and upstream",
             services.outbound.seconds.clone(),
         );
+        registry.register(
+            "password_checks",
+            "Password checks of the plugins' crypto service by result (match, mismatch, busy: no free slot within password_wait_ms, unsupported)",
+            services.passwords.checks.clone(),
+        );
+        registry.register(
+            "password_check_duration_seconds",
+            "Time of the password checks that ran (not their wait for a slot)",
+            services.passwords.seconds.clone(),
+        );
         registry.register_collector(Box::new(PluginMetricsCollector(services.metrics.clone())));
         Self {
             registry,

@@ -1,16 +1,19 @@
 //! Services the host offers every plugin, whatever its language: shared state (an
-//! embedded store or Redis), metrics, and the counters of outbound calls. Built once per process from `[state]` and
+//! embedded store or Redis), metrics, password checks, and the counters of outbound calls. Built once per process from `[state]` and
 //! `[metrics]`; a plugin reaches them only through its own namespace.
 
 pub mod metrics;
+pub mod passwords;
 pub mod state;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::outbound::OutboundCounters;
 use sluice_config::Config;
 
 pub use metrics::PluginMetrics;
+pub use passwords::PasswordChecks;
 pub use state::StateService;
 
 /// The bundle every plugin instance gets a handle to.
@@ -18,6 +21,7 @@ pub struct Services {
     pub state: StateService,
     pub metrics: Arc<PluginMetrics>,
     pub outbound: OutboundCounters,
+    pub passwords: PasswordChecks,
 }
 
 impl Services {
@@ -27,6 +31,10 @@ impl Services {
             state: StateService::new(&config.state)?,
             metrics: Arc::new(PluginMetrics::new(config.metrics.max_series_per_metric)),
             outbound: OutboundCounters::default(),
+            passwords: PasswordChecks::new(
+                config.plugins.password_checks,
+                Duration::from_millis(config.plugins.password_wait_ms),
+            ),
         }))
     }
 
@@ -55,6 +63,10 @@ impl Services {
                 sluice_config::MetricsConfig::default().max_series_per_metric,
             )),
             outbound: OutboundCounters::default(),
+            passwords: PasswordChecks::new(
+                0,
+                Duration::from_millis(sluice_config::PluginsConfig::default().password_wait_ms),
+            ),
         })
     }
 }

@@ -130,15 +130,12 @@ impl OutboundClient for StubAuth {
     }
 }
 
-/// `Authorization` of every request: `Bearer t-1`, or `Bearer $HOOK_COST_BEARER`
-/// (a JWT, say).
+/// `Authorization` of every request: `Bearer t-1`, or `$HOOK_COST_AUTHORIZATION`
+/// (`Bearer <a JWT>`, `Basic ...`).
 fn authorization() -> &'static str {
     static VALUE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     VALUE.get_or_init(|| {
-        format!(
-            "Bearer {}",
-            std::env::var("HOOK_COST_BEARER").unwrap_or_else(|_| "t-1".into())
-        )
+        std::env::var("HOOK_COST_AUTHORIZATION").unwrap_or_else(|_| "Bearer t-1".into())
     })
 }
 

@@ -195,6 +195,8 @@ pub mod __private {
     }
 
     impl<P: Plugin> State<P> {
+        // `const` for the export macro's static; `Default` cannot be const.
+        #[allow(clippy::new_without_default)]
         pub const fn new() -> Self {
             Self {
                 plugin: None,

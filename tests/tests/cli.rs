@@ -431,3 +431,36 @@ fn plugins_compile_in_a_child_process_and_a_broken_one_still_gets_its_real_error
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waf_block_names_its_rules_in_the_log_and_not_in_the_response() {
+    let app = spawn_origin("app").await.unwrap();
+    let site = Site::new();
+    site.add_plugin("plugins", "waf", "waf");
+    let (mut child, addr) = run_binary(&site, |listen| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nname = \"site\"\npath = \"/\"\nupstream = \"app\"\n  [[routes.plugins]]\n  name = \"waf\"\n",
+            app.addr
+        )
+    })
+    .await;
+    let reply = get(
+        &h1_client(),
+        addr,
+        "/search?q=1%27+UNION+SELECT+password+FROM+users--",
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert!(!reply.text().contains("1001"), "{}", reply.text());
+    terminate(&child);
+    assert!(wait_exit(&mut child).await.success());
+    let log = stderr_of(&mut child);
+    let line = log
+        .lines()
+        .find(|l| l.contains("waf: blocked"))
+        .unwrap_or_else(|| panic!("no block line: {log}"));
+    for part in ["WARN", "1001", "Query:q", "127.0.0.1", "/search"] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+}

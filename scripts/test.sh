@@ -33,11 +33,11 @@ command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 }
-# The jwt and basic-auth tests make their tokens and hashes with independent
-# implementations.
-python3 -c 'import jwt, cryptography, bcrypt, argon2' 2>/dev/null ||
+# The jwt, basic-auth and totp-gate tests make their tokens, hashes and codes with
+# independent implementations.
+python3 -c 'import jwt, cryptography, bcrypt, argon2, pyotp' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check \
-        "pyjwt[crypto]==2.10.1" "bcrypt==4.2.1" "argon2-cffi==23.1.0"
+        "pyjwt[crypto]==2.10.1" "bcrypt==4.2.1" "argon2-cffi==23.1.0" "pyotp==2.9.0"
 cargo test --release --workspace
 
 echo "== lint"

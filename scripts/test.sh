@@ -33,6 +33,10 @@ command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 command -v redis-server >/dev/null || [ -x /usr/sbin/redis-server ] || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 }
+# The totp-gate test renders its forms with headless Chromium.
+command -v chromium >/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
 # The jwt, basic-auth and totp-gate tests make their tokens, hashes and codes with
 # independent implementations.
 python3 -c 'import jwt, cryptography, bcrypt, argon2, pyotp' 2>/dev/null ||

@@ -405,3 +405,75 @@ async fn tampered_or_foreign_cookies_open_nothing() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Renders `url` with headless Chromium (installed by scripts/test.sh) into `png`.
+fn screenshot(url: &str, png: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=480,600",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url)
+        .output()
+        .expect("chromium runs (scripts/test.sh installs Debian's chromium)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(png).expect("screenshot written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    bytes.len() as u64
+}
+
+#[tokio::test]
+async fn both_forms_render_in_a_browser() {
+    let g = gate().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let blank_html = dir.join("blank.html");
+    std::fs::write(&blank_html, "<!doctype html><title>blank</title>").expect("blank page");
+    let blank = screenshot(
+        &format!("file://{}", blank_html.display()),
+        &dir.join("blank.png"),
+    );
+
+    // The sign-in page as the proxy serves it (its headers and policy included).
+    let login_png = dir.join("totp-gate-sign-in.png");
+    let login = screenshot(
+        &format!("http://{}/.sluice/login?next=/app", g.proxy.addr),
+        &login_png,
+    );
+    // The code page needs the pending cookie: rendered from what the proxy sent.
+    let mut browser = Browser::new(g.proxy.addr);
+    let reply = browser
+        .post_form(
+            "/.sluice/login",
+            &[
+                ("username", "alice"),
+                ("password", &g.password),
+                ("next", "/app"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    let page = browser.get("/.sluice/login/code?next=/app", &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let code_html = dir.join("totp-gate-code.html");
+    std::fs::write(&code_html, page.body.as_ref()).expect("code page");
+    let code_png = dir.join("totp-gate-code.png");
+    let code = screenshot(&format!("file://{}", code_html.display()), &code_png);
+    assert!(
+        login > blank && code > blank,
+        "forms rendered: {login} and {code} bytes against a blank {blank}"
+    );
+    println!(
+        "screenshots: {} {}",
+        login_png.display(),
+        code_png.display()
+    );
+}

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 
+use common::redis::RedisServer;
 use common::*;
 
 const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
@@ -161,12 +162,17 @@ struct Gate {
 }
 
 async fn gate() -> Gate {
+    gate_with("").await
+}
+
+/// The gate with `state` (a `[state]` table) in its config.
+async fn gate_with(state: &str) -> Gate {
     let h = hashes();
     let app = echo_origin::spawn_local("app").await.expect("app origin");
     let site = Site::new();
     site.add_plugin("plugins", "totp-gate", "totp-gate");
     let toml = format!(
-        "{SERVER}[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n\
+        "{SERVER}{state}[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n\
          [[routes.plugins]]\nname = \"totp-gate\"\nconfig = {{ session_secret = \"{SESSION_SECRET}\", max_failures = 5, lockout_s = 300, users = [\
          {{ name = \"alice\", password_hash = {}, totp_secret = \"{SECRET}\" }}, \
          {{ name = \"bob\", password_hash = {}, totp_secret = \"{SECRET}\" }}] }}\n",
@@ -475,5 +481,71 @@ async fn both_forms_render_in_a_browser() {
         "screenshots: {} {}",
         login_png.display(),
         code_png.display()
+    );
+}
+
+#[tokio::test]
+async fn with_redis_sessions_used_codes_and_lockouts_hold_across_proxies() {
+    let redis = RedisServer::start();
+    let state = format!("[state]\nbackend = \"redis\"\nurl = \"{}\"\n", redis.url());
+    let (a, b) = (gate_with(&state).await, gate_with(&state).await);
+
+    // Signed in on A, the session opens B; a code used on A is refused on B.
+    let now = code(0);
+    let mut browser = Browser::new(a.proxy.addr);
+    let reply = browser.log_in("alice", &a.password, &now, "/").await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    browser.addr = b.proxy.addr;
+    let reply = browser.get("/x", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["headers"]["x-authenticated-user"], "alice");
+    let reply = Browser::new(b.proxy.addr)
+        .log_in("alice", &a.password, &now, "/")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNAUTHORIZED,
+        "the code was used on A"
+    );
+
+    // Logout on B ends the session on A.
+    let session = browser.jar.clone();
+    assert_eq!(
+        browser.post_form("/.sluice/login/logout", &[]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    browser.jar = session;
+    browser.addr = a.proxy.addr;
+    assert_eq!(browser.get("/x", &[]).await.status, StatusCode::FOUND);
+
+    // Failures on A and B add up to one lockout (bob: five, alternating).
+    for i in 0..5 {
+        let addr = if i % 2 == 0 {
+            a.proxy.addr
+        } else {
+            b.proxy.addr
+        };
+        let reply = Browser::new(addr)
+            .post_form(
+                "/.sluice/login",
+                &[("username", "bob"), ("password", "nope"), ("next", "/")],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let reply = Browser::new(a.proxy.addr)
+        .post_form(
+            "/.sluice/login",
+            &[
+                ("username", "bob"),
+                ("password", &a.bob_password),
+                ("next", "/"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNAUTHORIZED,
+        "locked on every proxy"
     );
 }

@@ -19,17 +19,7 @@ use common::*;
 
 /// name → (password, hash).
 fn hashes() -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/password_hashes.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .output()
-        .expect("python3 runs (scripts/test.sh installs bcrypt and argon2-cffi)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("hash JSON")
+    python_tool("password_hashes.py", &[])
 }
 
 /// A client whose connections come from `ip` (any 127.x address on Linux).

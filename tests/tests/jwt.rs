@@ -20,18 +20,7 @@ const ISSUER: &str = "https://idp.example";
 
 /// Keys and tokens from the independent implementation.
 fn material() -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/jwt_tokens.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(ISSUER)
-        .output()
-        .expect("python3 runs (scripts/test.sh installs PyJWT and cryptography)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("token JSON")
+    python_tool("jwt_tokens.py", &[ISSUER])
 }
 
 /// A JWKS endpoint whose document can be swapped, counting fetches.

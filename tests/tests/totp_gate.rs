@@ -38,17 +38,7 @@ fn code(steps: i64) -> String {
 }
 
 fn hashes() -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/password_hashes.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("hash JSON")
+    python_tool("password_hashes.py", &[])
 }
 
 /// A browser: keeps cookies, follows nothing by itself.
@@ -120,14 +110,18 @@ impl Browser {
         reply
     }
 
+    /// The password step.
+    async fn password(&mut self, user: &str, password: &str, next: &str) -> Reply {
+        self.post_form(
+            "/.sluice/login",
+            &[("username", user), ("password", password), ("next", next)],
+        )
+        .await
+    }
+
     /// Password, then code; the code step's reply.
     async fn log_in(&mut self, user: &str, password: &str, code: &str, next: &str) -> Reply {
-        let reply = self
-            .post_form(
-                "/.sluice/login",
-                &[("username", user), ("password", password), ("next", next)],
-            )
-            .await;
+        let reply = self.password(user, password, next).await;
         assert_eq!(
             reply.status,
             StatusCode::SEE_OTHER,
@@ -270,40 +264,16 @@ async fn a_code_works_once_and_neighbouring_steps_are_accepted() {
 async fn wrong_passwords_unknown_users_and_a_lockout_look_alike() {
     let g = gate().await;
     let mut browser = Browser::new(g.proxy.addr);
-    let wrong = browser
-        .post_form(
-            "/.sluice/login",
-            &[("username", "alice"), ("password", "nope"), ("next", "/")],
-        )
-        .await;
-    let unknown = browser
-        .post_form(
-            "/.sluice/login",
-            &[("username", "mallory"), ("password", "nope"), ("next", "/")],
-        )
-        .await;
+    let wrong = browser.password("alice", "nope", "/").await;
+    let unknown = browser.password("mallory", "nope", "/").await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.text(), unknown.text());
     for _ in 0..4 {
-        browser
-            .post_form(
-                "/.sluice/login",
-                &[("username", "alice"), ("password", "nope"), ("next", "/")],
-            )
-            .await;
+        browser.password("alice", "nope", "/").await;
     }
     // Five failures: the right password is now answered like a wrong one.
-    let locked = browser
-        .post_form(
-            "/.sluice/login",
-            &[
-                ("username", "alice"),
-                ("password", &g.password),
-                ("next", "/"),
-            ],
-        )
-        .await;
+    let locked = browser.password("alice", &g.password, "/").await;
     assert_eq!(locked.status, StatusCode::UNAUTHORIZED);
     assert_eq!(locked.text(), wrong.text());
 }
@@ -322,16 +292,7 @@ async fn next_never_leads_off_the_site() {
         "javascript:alert(1)",
     ] {
         let mut browser = Browser::new(g.proxy.addr);
-        let reply = browser
-            .post_form(
-                "/.sluice/login",
-                &[
-                    ("username", "alice"),
-                    ("password", &g.password),
-                    ("next", next),
-                ],
-            )
-            .await;
+        let reply = browser.password("alice", &g.password, next).await;
         assert_eq!(reply.status, StatusCode::SEE_OTHER, "{next}");
         assert_eq!(
             reply.header("location"),
@@ -381,16 +342,7 @@ async fn tampered_or_foreign_cookies_open_nothing() {
         assert_eq!(reply.status, StatusCode::FOUND, "{bad}");
     }
     // A pending cookie is not a session.
-    let pending = browser
-        .post_form(
-            "/.sluice/login",
-            &[
-                ("username", "alice"),
-                ("password", &g.password),
-                ("next", "/"),
-            ],
-        )
-        .await;
+    let pending = browser.password("alice", &g.password, "/").await;
     assert_eq!(pending.status, StatusCode::SEE_OTHER);
     let cookie = format!("sluice_session={}", browser.jar["sluice_pending"]);
     let reply = get(
@@ -456,16 +408,7 @@ async fn both_forms_render_in_a_browser() {
     );
     // The code page needs the pending cookie: rendered from what the proxy sent.
     let mut browser = Browser::new(g.proxy.addr);
-    let reply = browser
-        .post_form(
-            "/.sluice/login",
-            &[
-                ("username", "alice"),
-                ("password", &g.password),
-                ("next", "/app"),
-            ],
-        )
-        .await;
+    let reply = browser.password("alice", &g.password, "/app").await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     let page = browser.get("/.sluice/login/code?next=/app", &[]).await;
     assert_eq!(page.status, StatusCode::OK);
@@ -525,23 +468,11 @@ async fn with_redis_sessions_used_codes_and_lockouts_hold_across_proxies() {
         } else {
             b.proxy.addr
         };
-        let reply = Browser::new(addr)
-            .post_form(
-                "/.sluice/login",
-                &[("username", "bob"), ("password", "nope"), ("next", "/")],
-            )
-            .await;
+        let reply = Browser::new(addr).password("bob", "nope", "/").await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     }
     let reply = Browser::new(a.proxy.addr)
-        .post_form(
-            "/.sluice/login",
-            &[
-                ("username", "bob"),
-                ("password", &a.bob_password),
-                ("next", "/"),
-            ],
-        )
+        .password("bob", &a.bob_password, "/")
         .await;
     assert_eq!(
         reply.status,

@@ -55,6 +55,25 @@ pub fn sluice_bin() -> PathBuf {
     bin
 }
 
+/// The JSON a Python tool of `tests/tools/` prints (keys, tokens, hashes made by an
+/// independent implementation; scripts/test.sh installs their packages).
+pub fn python_tool(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join(script);
+    let out = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the tool prints JSON")
+}
+
 /// A loopback address with a port free just now (for configs that need it up front).
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

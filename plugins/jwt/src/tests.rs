@@ -1,5 +1,5 @@
 //! The plugin's own logic; signatures are the proxy's and are tested end to end
-//! (`tests/tests/jwt.rs`, with tokens from an independent implementation).
+//! (`tests/tests/auth/jwt.rs`, with tokens from an independent implementation).
 
 use super::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -3,8 +3,6 @@
 //! passwords, unknown users, a spoofed user header, failures throttled per user and per
 //! client IP (two loopback addresses), and a login flood that other routes outlast.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 
 use base64::Engine as _;
@@ -15,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use common::*;
+use crate::common::*;
 
 /// name → (password, hash).
 fn hashes() -> serde_json::Value {

@@ -3,13 +3,11 @@
 //! inputs that look a little like attacks pass; log mode never blocks; an exclusion
 //! lets a CMS field through. (The rule id in the log: `tests/tests/cli.rs`.)
 
-mod common;
-
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 
-use common::*;
+use crate::common::*;
 
 const SQLI: &[&str] = &[
     "1' OR '1'='1",

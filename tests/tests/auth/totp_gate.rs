@@ -3,8 +3,6 @@
 //! bcrypt. The full flow, replay, lockout, open redirects, a spoofed user header,
 //! tampered cookies and logout.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
@@ -12,8 +10,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 
-use common::redis::RedisServer;
-use common::*;
+use crate::common::redis::RedisServer;
+use crate::common::*;
 
 const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 const SESSION_SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";

@@ -2,8 +2,6 @@
 //! `Authorization` it receives: allow, deny, a login redirect, a 500, a stall, a
 //! stopped service. The app behind is the echo origin, which shows what reached it.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use common::*;
+use crate::common::*;
 
 /// One call the auth service received.
 #[derive(Clone, Debug)]

@@ -2,8 +2,6 @@
 //! cryptography, `tests/tools/jwt_tokens.py`), for every accepted algorithm and the
 //! attacks on them, with keys inline and served by a JWKS upstream that rotates.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +12,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use common::*;
+use crate::common::*;
 
 const ISSUER: &str = "https://idp.example";
 

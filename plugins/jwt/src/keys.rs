@@ -40,6 +40,8 @@ pub struct Key {
     alg: Option<SignatureAlgorithm>,
     /// The JWK as JSON text, as the proxy's signature check takes it.
     pub jwk: String,
+    /// A digest of `jwk`, naming the key in remembered verifications.
+    pub fingerprint: [u8; 16],
 }
 
 impl Key {
@@ -195,10 +197,15 @@ fn key(jwk: &Value) -> Result<Option<Key>, String> {
         }
         None => None,
     };
+    let text = jwk.to_string();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&digest[..16]);
     Ok(Some(Key {
         kid: field("kid").map(str::to_owned),
         kind,
         alg,
-        jwk: jwk.to_string(),
+        jwk: text,
+        fingerprint,
     }))
 }

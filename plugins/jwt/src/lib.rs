@@ -66,6 +66,9 @@ pub struct Config {
     cookie: Option<String>,
     #[serde(default)]
     realm: Option<String>,
+    /// Seconds a verified signature is remembered (per token and key), 0 for never.
+    #[serde(default = "default_verified_cache_s")]
+    verified_cache_s: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,10 @@ fn default_true() -> bool {
 
 fn default_leeway() -> u64 {
     30
+}
+
+fn default_verified_cache_s() -> u64 {
+    60
 }
 
 /// Where the keys come from.
@@ -108,6 +115,7 @@ pub struct Jwt {
     claims_to_headers: Vec<(String, String)>,
     cookie: Option<String>,
     realm: Option<String>,
+    verified_cache: Option<Duration>,
     /// The last fetched JWKS as stored and its parsed keys, so a reused instance
     /// parses each JWKS once.
     parsed: RefCell<Option<(Vec<u8>, KeySet)>>,
@@ -213,6 +221,9 @@ impl Plugin for Jwt {
             }
             claims_to_headers.push((claim, header));
         }
+        if cfg.verified_cache_s > 3600 {
+            return Err("verified_cache_s: at most 3600".into());
+        }
         if cfg.cookie.as_deref() == Some("") {
             return Err("cookie: the cookie name must not be empty".into());
         }
@@ -236,6 +247,8 @@ impl Plugin for Jwt {
             claims_to_headers,
             cookie: cfg.cookie,
             realm: cfg.realm,
+            verified_cache: (cfg.verified_cache_s > 0)
+                .then(|| Duration::from_secs(cfg.verified_cache_s)),
             parsed: RefCell::new(None),
         })
     }
@@ -304,7 +317,7 @@ impl Jwt {
             )));
         }
         let claims = match &self.source {
-            KeySource::Inline(set) => check_with(set, &token)?,
+            KeySource::Inline(set) => check_with(set, &token, self.verified_cache)?,
             KeySource::Fetched {
                 stored_key,
                 refresh_gate,
@@ -344,13 +357,15 @@ impl Jwt {
         let Some(stored) = stored else {
             return Err(Refusal::NoKeys("no JWKS could be fetched".into()));
         };
-        match self.with_keys(&stored, |set| check_with(set, token)) {
+        match self.with_keys(&stored, |set| check_with(set, token, self.verified_cache)) {
             Err(Refusal::Invalid(reason)) if reason.starts_with(UNKNOWN_KID) => {
                 if !gate(kid_gate, UNKNOWN_KID_REFETCH, false) {
                     return Err(Refusal::Invalid(reason));
                 }
                 match self.refresh(stored_key) {
-                    Some(fresh) => self.with_keys(&fresh, |set| check_with(set, token)),
+                    Some(fresh) => {
+                        self.with_keys(&fresh, |set| check_with(set, token, self.verified_cache))
+                    }
                     None => Err(Refusal::Invalid(reason)),
                 }
             }
@@ -456,7 +471,10 @@ impl Jwt {
 const UNKNOWN_KID: &str = "unknown key id";
 
 /// Verifies `token` with a key of `set` that fits its header, and reads its claims.
-fn check_with(set: &KeySet, token: &Token) -> Result<Claims, Refusal> {
+/// With `cache`, a signature verified under a key is remembered in the state service
+/// (keyed by a hash of key and token, so a key leaving the JWKS takes its tokens with
+/// it) for `cache` or until the token expires, whichever is sooner.
+fn check_with(set: &KeySet, token: &Token, cache: Option<Duration>) -> Result<Claims, Refusal> {
     let kid = token.kid.as_deref();
     let candidates = match set.lookup(kid, token.alg) {
         Lookup::Keys(keys) => keys,
@@ -474,6 +492,13 @@ fn check_with(set: &KeySet, token: &Token) -> Result<Claims, Refusal> {
             )))
         }
     };
+    if cache.is_some() {
+        for key in &candidates {
+            if let Ok(Some(_)) = state::get(&verified_key(&key.fingerprint, token)) {
+                return token.claims().map_err(Refusal::Invalid);
+            }
+        }
+    }
     let mut last = String::from("bad signature");
     for key in candidates {
         match verify_signature(
@@ -482,12 +507,48 @@ fn check_with(set: &KeySet, token: &Token) -> Result<Claims, Refusal> {
             token.signed.as_bytes(),
             &token.signature,
         ) {
-            Ok(true) => return token.claims().map_err(Refusal::Invalid),
+            Ok(true) => {
+                let claims = token.claims().map_err(Refusal::Invalid)?;
+                if let Some(cache) = cache {
+                    remember(&verified_key(&key.fingerprint, token), &claims, cache);
+                }
+                return Ok(claims);
+            }
             Ok(false) => last = "bad signature".into(),
             Err(e) => last = e,
         }
     }
     Err(Refusal::Invalid(last))
+}
+
+/// The state key of a token verified under a key.
+fn verified_key(fingerprint: &[u8; 16], token: &Token) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(fingerprint);
+    hash.update(token.signed.as_bytes());
+    hash.update([0]);
+    hash.update(&token.signature);
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ok:{hex}")
+}
+
+/// Remembers a verified token for `cache`, never past its `exp`.
+fn remember(key: &str, claims: &Claims, cache: Duration) {
+    let left = claims
+        .0
+        .get("exp")
+        .and_then(|v| v.as_f64())
+        .map(|exp| exp - (now_ms() / 1000) as f64);
+    let ttl = match left {
+        Some(left) if left < 1.0 => return,
+        Some(left) => cache.min(Duration::from_secs(left as u64)),
+        None => cache,
+    };
+    if let Err(e) = state::set(key, "1", Some(ttl)) {
+        log::debug!("jwt: verified token not remembered: {e}");
+    }
 }
 
 /// When a stored JWKS stops being fresh (ms), from its 8-byte prefix.

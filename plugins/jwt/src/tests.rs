@@ -204,6 +204,7 @@ fn bad_configs_are_refused_with_the_key() {
         (r#"{"algorithms":["RS256"],"jwks_upstream":"idp","claims_to_headers":{"sub":"bad name"}}"#.into(), "claims_to_headers.sub"),
         (r#"{"algorithms":["RS256"],"jwks_upstream":"idp","realm":"a\"b"}"#.into(), "realm"),
         (r#"{"algorithms":["RS256"],"jwks_upstream":"idp","isuer":"x"}"#.into(), "isuer"),
+        (r#"{"algorithms":["RS256"],"jwks_upstream":"idp","verified_cache_s":7200}"#.into(), "verified_cache_s"),
     ] {
         let e = refused(&json);
         assert!(e.contains(key), "{json}: {e}");

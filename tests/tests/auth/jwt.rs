@@ -280,3 +280,33 @@ async fn with_no_jwks_to_be_had_nothing_passes() {
     );
     assert_eq!(app.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_key_leaving_the_jwks_takes_its_remembered_tokens_with_it() {
+    let m = material();
+    let jwks = JwksServer::start(&m["jwks"]).await;
+    let (proxy, _app) = proxy(&m["jwks"], jwks.addr).await;
+    let es256 = token(&m, "valid_ES256");
+    for _ in 0..2 {
+        // Verified, then remembered as verified (verified_cache_s, 60 s by default).
+        let reply = with_token(proxy.addr, "/fetched/x", es256).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    // The provider drops the ES256 key and adds another; a token naming the new key
+    // makes the proxy fetch the new JWKS.
+    let mut rotated = m["rotated_jwks"].clone();
+    rotated["keys"]
+        .as_array_mut()
+        .expect("keys")
+        .retain(|k| k["kid"] != "ES256");
+    *jwks.body.lock().expect("JWKS") = rotated.to_string();
+    let reply = with_token(proxy.addr, "/fetched/x", token(&m, "rotated")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(jwks.fetches(), 2);
+    let reply = with_token(proxy.addr, "/fetched/x", es256).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNAUTHORIZED,
+        "a remembered token of a key no longer published"
+    );
+}

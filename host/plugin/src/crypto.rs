@@ -15,41 +15,25 @@ pub const MAX_SIGNATURE_BYTES: usize = 1024;
 /// HMAC keys shorter than this are guessable (RFC 7518 §3.2 asks for the hash size).
 const MIN_HMAC_KEY_BYTES: usize = 32;
 
-/// The JWS algorithms checked here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SignatureAlgorithm {
-    Rs256,
-    Rs384,
-    Rs512,
-    Ps256,
-    Ps384,
-    Ps512,
-    Es256,
-    Es384,
-    EdDsa,
-    Hs256,
-    Hs384,
-    Hs512,
-}
+/// The JWS algorithms checked here: the WIT enum.
+pub use crate::bindings::sluice::plugin::crypto::SignatureAlgorithm;
 
-impl SignatureAlgorithm {
-    /// The JWS name (`"RS256"`).
-    pub fn name(self) -> &'static str {
-        use SignatureAlgorithm::*;
-        match self {
-            Rs256 => "RS256",
-            Rs384 => "RS384",
-            Rs512 => "RS512",
-            Ps256 => "PS256",
-            Ps384 => "PS384",
-            Ps512 => "PS512",
-            Es256 => "ES256",
-            Es384 => "ES384",
-            EdDsa => "EdDSA",
-            Hs256 => "HS256",
-            Hs384 => "HS384",
-            Hs512 => "HS512",
-        }
+/// The JWS name (`"RS256"`).
+fn name(alg: SignatureAlgorithm) -> &'static str {
+    use SignatureAlgorithm::*;
+    match alg {
+        Rs256 => "RS256",
+        Rs384 => "RS384",
+        Rs512 => "RS512",
+        Ps256 => "PS256",
+        Ps384 => "PS384",
+        Ps512 => "PS512",
+        Es256 => "ES256",
+        Es384 => "ES384",
+        Eddsa => "EdDSA",
+        Hs256 => "HS256",
+        Hs384 => "HS384",
+        Hs512 => "HS512",
     }
 }
 
@@ -76,8 +60,8 @@ pub fn verify_signature(
             .map_err(|e| format!("key's {name:?} is not base64url: {e}"))
     };
     if let Some(own) = field("alg") {
-        if own != alg.name() {
-            return Err(format!("key is for {own}, not {}", alg.name()));
+        if own != name(alg) {
+            return Err(format!("key is for {own}, not {}", name(alg)));
         }
     }
     let kty = field("kty").unwrap_or("");
@@ -87,11 +71,11 @@ pub fn verify_signature(
         Rs256 | Rs384 | Rs512 | Ps256 | Ps384 | Ps512 => ("RSA", ""),
         Es256 => ("EC", "P-256"),
         Es384 => ("EC", "P-384"),
-        EdDsa => ("OKP", "Ed25519"),
+        Eddsa => ("OKP", "Ed25519"),
         Hs256 | Hs384 | Hs512 => ("oct", ""),
     };
     if kty != expected.0 || (!expected.1.is_empty() && crv != expected.1) {
-        return Err(format!("a {kty} {crv} key cannot check {}", alg.name()));
+        return Err(format!("a {kty} {crv} key cannot check {}", name(alg)));
     }
     match alg {
         Rs256 | Rs384 | Rs512 | Ps256 | Ps384 | Ps512 => {
@@ -131,7 +115,7 @@ pub fn verify_signature(
                 .verify(message, signature)
                 .is_ok())
         }
-        EdDsa => {
+        Eddsa => {
             let x = bytes("x")?;
             if x.len() != 32 {
                 return Err("Ed25519 key must be 32 bytes".into());
@@ -233,8 +217,8 @@ mod tests {
             b64(pair.public_key().as_ref())
         );
         let sig = pair.sign(b"m");
-        assert_eq!(verify_signature(EdDsa, &key, b"m", sig.as_ref()), Ok(true));
-        assert_eq!(verify_signature(EdDsa, &key, b"m", &[0u8; 64]), Ok(false));
+        assert_eq!(verify_signature(Eddsa, &key, b"m", sig.as_ref()), Ok(true));
+        assert_eq!(verify_signature(Eddsa, &key, b"m", &[0u8; 64]), Ok(false));
     }
 
     #[test]

@@ -419,22 +419,6 @@ impl crypto::Host for InstanceState {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<bool, String> {
-        use crate::crypto::SignatureAlgorithm as A;
-        use crypto::SignatureAlgorithm as W;
-        let alg = match alg {
-            W::Rs256 => A::Rs256,
-            W::Rs384 => A::Rs384,
-            W::Rs512 => A::Rs512,
-            W::Ps256 => A::Ps256,
-            W::Ps384 => A::Ps384,
-            W::Ps512 => A::Ps512,
-            W::Es256 => A::Es256,
-            W::Es384 => A::Es384,
-            W::Eddsa => A::EdDsa,
-            W::Hs256 => A::Hs256,
-            W::Hs384 => A::Hs384,
-            W::Hs512 => A::Hs512,
-        };
         crate::crypto::verify_signature(alg, &key, &message, &signature)
     }
 

@@ -99,7 +99,9 @@ pub struct Waf {
 #[derive(Default)]
 pub struct Verdict {
     score: u32,
-    /// `rule id [where]` of each match.
+    /// Indexes of the rules that matched: each counts once per request.
+    hit: Vec<usize>,
+    /// `rule id [where]` of each match, for the log.
     matched: Vec<String>,
     path: String,
     client: String,
@@ -207,12 +209,8 @@ impl Plugin for Waf {
 impl Waf {
     /// Adds the scores of the rules `inputs` match (each rule once per request).
     pub fn score(&self, verdict: &mut Verdict, inputs: &[Input]) {
-        for rule in &self.rules {
-            if verdict
-                .matched
-                .iter()
-                .any(|m| m.split(' ').next() == Some(&rule.id))
-            {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if verdict.hit.contains(&index) {
                 continue;
             }
             let hit = inputs.iter().find(|input| {
@@ -223,6 +221,7 @@ impl Waf {
                         .any(|e| e.excludes(&rule.id, &verdict.path, input))
             });
             if let Some(input) = hit {
+                verdict.hit.push(index);
                 verdict.score += rule.score;
                 verdict
                     .matched

@@ -492,15 +492,22 @@ fn check_with(set: &KeySet, token: &Token, cache: Option<Duration>) -> Result<Cl
             )))
         }
     };
-    if cache.is_some() {
-        for key in &candidates {
-            if let Ok(Some(_)) = state::get(&verified_key(&key.fingerprint, token)) {
-                return token.claims().map_err(Refusal::Invalid);
-            }
-        }
+    // Each candidate's state key, hashed once for the lookup and the store.
+    let remembered: Vec<String> = match cache {
+        Some(_) => candidates
+            .iter()
+            .map(|key| verified_key(&key.fingerprint, token))
+            .collect(),
+        None => Vec::new(),
+    };
+    if remembered
+        .iter()
+        .any(|state_key| matches!(state::get(state_key), Ok(Some(_))))
+    {
+        return token.claims().map_err(Refusal::Invalid);
     }
     let mut last = String::from("bad signature");
-    for key in candidates {
+    for (i, key) in candidates.into_iter().enumerate() {
         match verify_signature(
             token.alg,
             &key.jwk,
@@ -509,8 +516,8 @@ fn check_with(set: &KeySet, token: &Token, cache: Option<Duration>) -> Result<Cl
         ) {
             Ok(true) => {
                 let claims = token.claims().map_err(Refusal::Invalid)?;
-                if let Some(cache) = cache {
-                    remember(&verified_key(&key.fingerprint, token), &claims, cache);
+                if let (Some(cache), Some(state_key)) = (cache, remembered.get(i)) {
+                    remember(state_key, &claims, cache);
                 }
                 return Ok(claims);
             }

@@ -37,6 +37,67 @@ pub struct Config {
     /// Plugin metrics (`[metrics]`).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Response cache zones (`[cache.zones.NAME]`), used by routes' `cache` tables.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: the zones routes store responses in.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    pub zones: BTreeMap<String, CacheZoneConfig>,
+}
+
+/// `[cache.zones.NAME]`: one memory budget and its defaults. A reload that changes
+/// them starts the zone empty; one that keeps them keeps what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheZoneConfig {
+    /// Bytes of responses (bodies, fields and bookkeeping) kept at most, in MiB.
+    pub max_mib: u64,
+    /// Responses with larger bodies stream through unstored (and never above a
+    /// sixteenth of `max_mib`).
+    #[serde(default = "defaults::cache_max_object_mib")]
+    pub max_object_mib: u64,
+    /// Freshness of responses that state none (0: they are not stored).
+    #[serde(default)]
+    pub default_ttl_s: u64,
+    /// Heuristic freshness from `Last-Modified` (RFC 9111 §4.2.2) for such responses.
+    #[serde(default)]
+    pub heuristic: bool,
+}
+
+/// A route's `cache = { zone = "NAME", ... }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    pub zone: String,
+    /// Request fields and cookies added to the key (`"header:NAME"`, `"cookie:NAME"`).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Overrides the zone's `default_ttl_s`.
+    pub default_ttl_s: Option<u64>,
+    /// Overrides the zone's `heuristic`.
+    pub heuristic: Option<bool>,
+    /// Send requests with `Cache-Control: no-cache` or `max-age=0` to the origin
+    /// (CDNs ignore them by default: any client could empty the cache's use).
+    #[serde(default)]
+    pub honour_client_no_cache: bool,
+    /// Store responses that set cookies (the cookies are not stored, only sent to the
+    /// client whose request filled the entry).
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    /// Defaults for responses whose `Cache-Control` does not state them.
+    #[serde(default)]
+    pub stale_while_revalidate_s: u64,
+    #[serde(default)]
+    pub stale_if_error_s: u64,
+    /// How long a request waits for another request's fill of the same key before
+    /// going to the origin itself.
+    #[serde(default = "defaults::cache_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
 }
 
 /// Where plugin state lives.
@@ -575,6 +636,8 @@ pub struct RouteConfig {
     /// Accept `%2F` and `%5C` in paths on this route (kept encoded); refused with 400 otherwise.
     #[serde(default)]
     pub allow_encoded_slashes: bool,
+    /// Store and serve responses in a cache zone (off when absent).
+    pub cache: Option<RouteCacheConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -652,6 +715,12 @@ mod defaults {
     }
     pub fn h2_max_concurrent_streams() -> u32 {
         128
+    }
+    pub fn cache_max_object_mib() -> u64 {
+        8
+    }
+    pub fn cache_lock_timeout_ms() -> u64 {
+        5_000
     }
     pub fn outbound_timeout_ms() -> u64 {
         5_000

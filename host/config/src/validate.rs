@@ -183,6 +183,7 @@ impl Config {
             )?;
         }
 
+        self.validate_cache()?;
         let mut names = HashSet::new();
         let mut places = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -271,6 +272,69 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_cache(&self) -> Result<(), ValidationError> {
+        for (name, zone) in &self.cache.zones {
+            let key = format!("cache.zones.{name}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+            {
+                return Err(err(key, "a zone name is letters, digits, '-' and '_'"));
+            }
+            positive(&format!("{key}.max_mib"), zone.max_mib)?;
+            positive(&format!("{key}.max_object_mib"), zone.max_object_mib)?;
+            if zone.max_object_mib > zone.max_mib {
+                return Err(err(
+                    format!("{key}.max_object_mib"),
+                    format!("{} exceeds max_mib ({})", zone.max_object_mib, zone.max_mib),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some(cache) = &route.cache else { continue };
+            let key = format!("routes[{i}].cache");
+            if !self.cache.zones.contains_key(&cache.zone) {
+                let defined: Vec<_> = self.cache.zones.keys().map(String::as_str).collect();
+                return Err(err(
+                    format!("{key}.zone"),
+                    format!(
+                        "unknown cache zone {:?} (defined in [cache.zones]: {})",
+                        cache.zone,
+                        if defined.is_empty() {
+                            "none".to_string()
+                        } else {
+                            defined.join(", ")
+                        }
+                    ),
+                ));
+            }
+            for (k, item) in cache.key.iter().enumerate() {
+                let name = item
+                    .strip_prefix("header:")
+                    .or_else(|| item.strip_prefix("cookie:"));
+                if !name.is_some_and(|n| {
+                    !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_graphic() && !b"=;,:".contains(&b))
+                }) {
+                    return Err(err(
+                        format!("{key}.key[{k}]"),
+                        format!("{item:?} is neither \"header:NAME\" nor \"cookie:NAME\""),
+                    ));
+                }
+            }
+            positive(&format!("{key}.lock_timeout_ms"), cache.lock_timeout_ms)?;
+            if cache.lock_timeout_ms > 60_000 {
+                return Err(err(
+                    format!("{key}.lock_timeout_ms"),
+                    "must be at most 60000",
+                ));
             }
         }
         Ok(())
@@ -549,6 +613,42 @@ mod tests {
             "{BASE}[state]\nbackend = \"redis\"\nurl = \"rediss://user:pw@h:6380/1\"\n"
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn cache_zones_and_route_tables() {
+        let base = r#"
+[server]
+listen = "127.0.0.1:8080"
+[upstreams.app]
+servers = ["127.0.0.1:9000"]
+[cache.zones.main]
+max_mib = 64
+[[routes]]
+path = "/"
+upstream = "app"
+"#;
+        let ok = parse(&format!("{base}cache = {{ zone = \"main\", key = [\"header:accept-language\", \"cookie:lang\"] }}\n")).unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.cache.zones["main"].max_object_mib, 8);
+        let cache = ok.routes[0].cache.as_ref().unwrap();
+        assert_eq!(cache.lock_timeout_ms, 5000);
+        assert!(!cache.honour_client_no_cache);
+
+        let fails = |text: &str| format!("{:#}", parse(text).unwrap_err());
+        let e = fails(&format!("{base}cache = {{ zone = \"other\" }}\n"));
+        assert!(
+            e.contains("routes[0].cache.zone") && e.contains("main"),
+            "{e}"
+        );
+        let e = fails(&format!(
+            "{base}cache = {{ zone = \"main\", key = [\"query:x\"] }}\n"
+        ));
+        assert!(e.contains("routes[0].cache.key[0]"), "{e}");
+        let e = fails(&base.replace("max_mib = 64", "max_mib = 4\nmax_object_mib = 8"));
+        assert!(e.contains("cache.zones.main.max_object_mib"), "{e}");
+        let e = parse(&format!("{base}cache = {{ zone = \"main\", ttl = 5 }}\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("ttl"), "{e:#}");
     }
 
     #[test]

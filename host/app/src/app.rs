@@ -235,7 +235,13 @@ pub async fn start(config_path: &Path, config: Config) -> anyhow::Result<Running
     };
 
     let requests = RequestCounters::default();
-    let metrics = Arc::new(Metrics::new(&engine, &edge, &requests, &services));
+    let metrics = Arc::new(Metrics::new(
+        &engine,
+        &edge,
+        &requests,
+        &services,
+        &snapshot.zones.counters,
+    ));
     let access_log = AccessLog::open(
         match &config.server.access_log_path {
             Some(path) => Destination::File(path.clone()),

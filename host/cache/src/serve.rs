@@ -89,6 +89,25 @@ impl Status {
     }
 }
 
+/// The `304` for a response whose validators the client's request matched: its
+/// fields without those describing the body.
+pub fn not_modified_response(response: &HeaderMap) -> Response<Bytes> {
+    let mut headers = response.clone();
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_RANGE,
+    ] {
+        headers.remove(name);
+    }
+    let mut r = Response::new(Bytes::new());
+    *r.status_mut() = StatusCode::NOT_MODIFIED;
+    *r.headers_mut() = headers;
+    r
+}
+
 /// The response to `method` with `request`'s fields, from `entry` at `now`.
 pub fn respond(
     entry: &Entry,
@@ -97,20 +116,8 @@ pub fn respond(
     now: SystemTime,
     status: &Status,
 ) -> Response<Bytes> {
-    let mut response = if not_modified(entry, request) {
-        let mut headers = entry.headers.clone();
-        for name in [
-            header::CONTENT_LENGTH,
-            header::CONTENT_TYPE,
-            header::CONTENT_ENCODING,
-            header::CONTENT_LANGUAGE,
-        ] {
-            headers.remove(name);
-        }
-        let mut r = Response::new(Bytes::new());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        *r.headers_mut() = headers;
-        r
+    let mut response = if not_modified(entry.status, &entry.headers, request) {
+        not_modified_response(&entry.headers)
     } else {
         match range(entry, method, request) {
             Some(RangeAnswer::Part(start, end)) => {
@@ -153,14 +160,14 @@ pub fn add_age_and_status(headers: &mut HeaderMap, age: Duration, status: &Statu
     headers.insert("cache-status", status.header_value());
 }
 
-/// Whether the client's own validators match the stored response (RFC 9110 §13.2.2:
+/// Whether the client's own validators match a response (RFC 9110 §13.2.2:
 /// `If-None-Match` first; `If-Modified-Since` only without it).
-fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
-    if !entry.status.is_success() {
+pub fn not_modified(status: StatusCode, response: &HeaderMap, request: &HeaderMap) -> bool {
+    if status != StatusCode::OK {
         return false;
     }
     if request.contains_key(header::IF_NONE_MATCH) {
-        let Some(etag) = entry.etag() else {
+        let Some(etag) = response.get(header::ETAG) else {
             return false;
         };
         let stored = opaque(etag.as_bytes());
@@ -175,7 +182,7 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
     }
     match (
         http_date(request, header::IF_MODIFIED_SINCE),
-        entry.last_modified(),
+        http_date(response, header::LAST_MODIFIED),
     ) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,

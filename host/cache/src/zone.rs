@@ -109,7 +109,7 @@ impl Zone {
             config: config.clone(),
             shards,
             shard_budget: budget / SHARDS,
-            max_object: ((config.max_object_mib as usize) << 20).min(budget / SHARDS),
+            max_object: config.max_object_bytes().min(budget / SHARDS),
             counters: counters.zone(name),
             fills: Mutex::new(HashMap::new()),
             hasher: Default::default(),
@@ -285,26 +285,31 @@ pub async fn wait_for_fill(mut running: watch::Receiver<()>, bound: Duration) {
     let _ = tokio::time::timeout(bound, running.changed()).await;
 }
 
-/// Every zone by name; a reload keeps those whose settings did not change.
+/// Every zone by name, and their counters; a reload keeps the zones whose settings
+/// did not change.
 #[derive(Default, Clone)]
-pub struct Zones(pub HashMap<String, Arc<Zone>>);
+pub struct Zones {
+    zones: HashMap<String, Arc<Zone>>,
+    pub counters: CacheCounters,
+}
 
 impl Zones {
     pub fn build(
         configs: &std::collections::BTreeMap<String, CacheZoneConfig>,
         previous: Option<&Zones>,
-        counters: &CacheCounters,
     ) -> Zones {
+        let counters = previous.map(|p| p.counters.clone()).unwrap_or_default();
+        let counters = &counters;
         let mut zones = HashMap::new();
         for (name, config) in configs {
             let kept = previous
-                .and_then(|p| p.0.get(name))
+                .and_then(|p| p.zones.get(name))
                 .filter(|z| z.config == *config)
                 .cloned();
             let zone = match kept {
                 Some(zone) => zone,
                 None => {
-                    if previous.is_some_and(|p| p.0.contains_key(name)) {
+                    if previous.is_some_and(|p| p.zones.contains_key(name)) {
                         tracing::info!(target: "sluice::cache", zone = %name, "cache zone settings changed: its stored responses are dropped");
                     }
                     Zone::new(name, config, counters)
@@ -313,7 +318,7 @@ impl Zones {
             zones.insert(name.clone(), zone);
         }
         if let Some(previous) = previous {
-            for (name, old) in &previous.0 {
+            for (name, old) in &previous.zones {
                 if zones.get(name).is_none_or(|z| !Arc::ptr_eq(z, old)) {
                     // Its gauges would otherwise keep what it held.
                     old.counters.bytes.dec_by(old.bytes() as i64);
@@ -321,17 +326,20 @@ impl Zones {
                 }
             }
         }
-        Zones(zones)
+        Zones {
+            zones,
+            counters: counters.clone(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Zone>> {
-        self.0.get(name)
+        self.zones.get(name)
     }
 
     /// Purges a URL (all variants) or every URL under a prefix, in every zone.
     pub fn purge(&self, url: Option<&str>, prefix: Option<&str>) -> usize {
         let mut removed = 0;
-        for zone in self.0.values() {
+        for zone in self.zones.values() {
             if let Some(url) = url {
                 removed += zone.remove_url(url);
             }
@@ -355,7 +363,7 @@ mod tests {
     fn config(max_mib: u64) -> CacheZoneConfig {
         CacheZoneConfig {
             max_mib,
-            max_object_mib: 1,
+            max_object_mib: Some(1),
             default_ttl_s: 0,
             heuristic: false,
         }

@@ -57,16 +57,22 @@ pub struct CacheConfig {
 pub struct CacheZoneConfig {
     /// Bytes of responses (bodies, fields and bookkeeping) kept at most, in MiB.
     pub max_mib: u64,
-    /// Responses with larger bodies stream through unstored (and never above a
-    /// sixteenth of `max_mib`).
-    #[serde(default = "defaults::cache_max_object_mib")]
-    pub max_object_mib: u64,
+    /// Responses with larger bodies stream through unstored (default 8, at most
+    /// `max_mib`; and never above a sixteenth of `max_mib`).
+    pub max_object_mib: Option<u64>,
     /// Freshness of responses that state none (0: they are not stored).
     #[serde(default)]
     pub default_ttl_s: u64,
     /// Heuristic freshness from `Last-Modified` (RFC 9111 §4.2.2) for such responses.
     #[serde(default)]
     pub heuristic: bool,
+}
+
+impl CacheZoneConfig {
+    /// The largest body stored, in bytes.
+    pub fn max_object_bytes(&self) -> usize {
+        (self.max_object_mib.unwrap_or(8).min(self.max_mib) as usize) << 20
+    }
 }
 
 /// A route's `cache = { zone = "NAME", ... }`.
@@ -715,9 +721,6 @@ mod defaults {
     }
     pub fn h2_max_concurrent_streams() -> u32 {
         128
-    }
-    pub fn cache_max_object_mib() -> u64 {
-        8
     }
     pub fn cache_lock_timeout_ms() -> u64 {
         5_000

@@ -288,12 +288,14 @@ impl Config {
                 return Err(err(key, "a zone name is letters, digits, '-' and '_'"));
             }
             positive(&format!("{key}.max_mib"), zone.max_mib)?;
-            positive(&format!("{key}.max_object_mib"), zone.max_object_mib)?;
-            if zone.max_object_mib > zone.max_mib {
-                return Err(err(
-                    format!("{key}.max_object_mib"),
-                    format!("{} exceeds max_mib ({})", zone.max_object_mib, zone.max_mib),
-                ));
+            if let Some(max_object) = zone.max_object_mib {
+                positive(&format!("{key}.max_object_mib"), max_object)?;
+                if max_object > zone.max_mib {
+                    return Err(err(
+                        format!("{key}.max_object_mib"),
+                        format!("{max_object} exceeds max_mib ({})", zone.max_mib),
+                    ));
+                }
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -630,7 +632,7 @@ upstream = "app"
 "#;
         let ok = parse(&format!("{base}cache = {{ zone = \"main\", key = [\"header:accept-language\", \"cookie:lang\"] }}\n")).unwrap();
         ok.validate().unwrap();
-        assert_eq!(ok.cache.zones["main"].max_object_mib, 8);
+        assert_eq!(ok.cache.zones["main"].max_object_bytes(), 8 << 20);
         let cache = ok.routes[0].cache.as_ref().unwrap();
         assert_eq!(cache.lock_timeout_ms, 5000);
         assert!(!cache.honour_client_no_cache);

@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use sluice_base::repeat_log::{self, Level};
+use sluice_cache::Fill;
 use sluice_http::counters::EdgeCounters;
 use sluice_http::protocol::raw_fields::RawFields;
 use sluice_upstream::body::{BodyError, IncomingBody};
@@ -48,6 +49,8 @@ pub struct UpstreamBody {
     /// Counts the request in flight on its server until the body is done or dropped
     /// (least-conn balancing).
     _in_flight: InFlight,
+    /// The cache fill this body feeds, when its response is being stored.
+    fill: Option<Box<Fill>>,
 }
 
 impl UpstreamBody {
@@ -72,6 +75,40 @@ impl UpstreamBody {
             counters,
             read_back: None,
             _in_flight: in_flight,
+            fill: None,
+        }
+    }
+
+    /// Feeds the body, as it streams, to a cache fill.
+    pub fn set_fill(&mut self, fill: Fill) {
+        self.fill = Some(Box::new(fill));
+    }
+
+    /// Passes a frame to the fill; stores the fill when the body is done.
+    fn feed_fill(&mut self, frame: &Option<Result<Frame<Bytes>, UpstreamBodyError>>) {
+        let Some(fill) = self.fill.as_mut() else {
+            return;
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if !fill.data(data) {
+                        self.fill = None;
+                        return;
+                    }
+                }
+                if self.read_back.is_none() && self.inner.is_end_stream() {
+                    if let Some(fill) = self.fill.take() {
+                        fill.finish();
+                    }
+                }
+            }
+            None => {
+                if let Some(fill) = self.fill.take() {
+                    fill.finish();
+                }
+            }
+            Some(Err(_)) => self.fill = None,
         }
     }
 
@@ -92,11 +129,17 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = &mut *self;
         if let Some(read) = this.read_back.take() {
-            return Poll::Ready(Some(Ok(Frame::data(read))));
+            let frame = Some(Ok(Frame::data(read)));
+            this.feed_fill(&frame);
+            return Poll::Ready(frame);
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
-            return Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::from)));
+            let frame = frame.map(|f| f.map_err(UpstreamBodyError::from));
+            if this.fill.is_some() {
+                this.feed_fill(&frame);
+            }
+            return Poll::Ready(frame);
         }
         if !this.waiting {
             this.waiting = true;
@@ -123,6 +166,7 @@ impl Body for UpstreamBody {
         }) {
             tracing::warn!(target: "sluice::proxy", upstream = %this.upstream, "{line}");
         }
+        this.fill = None;
         Poll::Ready(Some(Err(UpstreamBodyError::Stalled(this.read_timeout))))
     }
 

@@ -65,6 +65,8 @@ pub enum ProxyError {
         server: String,
         reason: String,
     },
+    #[error("the request asked for a stored response only (only-if-cached) and none is fresh")]
+    NotCached,
 }
 
 impl ProxyError {
@@ -96,9 +98,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamProtocol { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::UpstreamConnectTimeout { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -134,7 +136,10 @@ impl ProxyError {
     /// logged where they happened, with plugin, route and hook).
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, ProxyError::Plugin(_)) {
+        // A client's only-if-cached is the client's doing: not worth a warning.
+        if status.is_server_error()
+            && !matches!(self, ProxyError::Plugin(_) | ProxyError::NotCached)
+        {
             let kind = self.repeat_kind();
             if let Some(line) = repeat_log::admit(&kind, Level::Warn, 1, || self.to_string()) {
                 tracing::warn!(target: "sluice::proxy", status = status.as_u16(), "{line}");

@@ -5,6 +5,7 @@
 
 pub mod body;
 mod buffer;
+pub mod cache;
 mod error;
 mod forward;
 pub mod headers;
@@ -342,6 +343,24 @@ impl Proxy {
             _ => RequestBody::prepare(body, &upstream).await?,
         };
 
+        let mut pending = None;
+        if let Some(cache) = &route.cache {
+            let has_body = !matches!(&body, RequestBody::Kept(b) if b.is_empty());
+            let lookup = boxed_in_place(|| {
+                cache::lookup(
+                    cache,
+                    &mut parts,
+                    conn.scheme(),
+                    client_host.as_ref(),
+                    has_body,
+                )
+            });
+            match lookup.await? {
+                cache::CacheLookup::Answer(response) => return Ok(response),
+                cache::CacheLookup::Forward(p) => pending = Some(p),
+            }
+        }
+
         headers::add_forwarding(
             &mut parts.headers,
             &exchange.client,
@@ -349,14 +368,28 @@ impl Proxy {
             client_host.as_ref(),
         );
         let key = upstream.key_of(&parts.headers, conn.peer.ip(), plugin_hash_key.as_deref());
-        // The upstream's fields stay as received only when no on-response hook reads them.
+        // The upstream's fields stay as received only when neither an on-response hook
+        // nor the cache reads them.
         let wanted = match &stage {
+            _ if pending.is_some() => FieldsWanted::Map,
             Some((stage, _)) if stage.has_response_hooks() => FieldsWanted::Map,
             _ => wanted,
         };
-        let (response, server) = self
+        let forwarded = self
             .forward(&upstream, parts, body, key, wanted, exchange)
-            .await?;
+            .await;
+        let (response, server) = match (forwarded, pending.as_mut()) {
+            (Ok(forwarded), _) => forwarded,
+            (Err(e), Some(pending)) => return pending.on_error(e),
+            (Err(e), None) => return Err(e),
+        };
+        let response = match pending.as_mut() {
+            Some(pending) => match pending.on_upstream_response(response) {
+                Ok(answered) => return Ok(answered),
+                Err(response) => response,
+            },
+            None => response,
+        };
 
         let response = match stage {
             Some((stage, client)) if stage.has_response_hooks() => {
@@ -366,6 +399,10 @@ impl Proxy {
                 on_response.await?
             }
             _ => response,
+        };
+        let response = match pending {
+            Some(pending) => pending.finish(response),
+            None => response,
         };
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, response.status())

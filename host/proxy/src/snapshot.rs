@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::cache::RouteCache;
 use crate::metrics::RouteMetrics;
 use crate::outbound::UpstreamCalls;
 use crate::router::Router;
+use sluice_cache::Zones;
 use sluice_config::{Config, RoutePluginConfig};
 use sluice_plugin::bindings::Hooks;
 use sluice_plugin::calls::CallMetrics;
@@ -31,6 +33,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub chain: Vec<BoundPlugin>,
     pub allow_encoded_slashes: bool,
+    /// Its response cache, when it has one.
+    pub cache: Option<RouteCache>,
 }
 
 pub struct Snapshot {
@@ -48,6 +52,8 @@ pub struct Snapshot {
     pub tunnel_idle_timeout: std::time::Duration,
     /// Longest pause of a client while its request body is buffered for plugins.
     pub plugin_body_timeout: std::time::Duration,
+    /// The response cache's zones (kept across reloads that leave them unchanged).
+    pub zones: Zones,
 }
 
 /// Compiled plugins by name.
@@ -123,6 +129,7 @@ impl Snapshot {
             .max(1);
         let max_idle = (config.plugins.max_instances as usize / 4 / bound_count).clamp(1, 64);
         let mut slots = slots_of(previous);
+        let zones = Zones::build(&config.cache.zones, previous.map(|p| &p.zones));
         for (i, route) in config.routes.iter().enumerate() {
             let name = config.route_name(i);
             let upstream = upstreams.get(&route.upstream).cloned().with_context(|| {
@@ -159,6 +166,13 @@ impl Snapshot {
                     })?;
                 chain.push(bound);
             }
+            let cache = match &route.cache {
+                Some(cache) => Some(
+                    RouteCache::new(cache, &zones, &config.cache.zones)
+                        .with_context(|| format!("routes[{i}].cache"))?,
+                ),
+                None => None,
+            };
             router.add(route.host.as_deref(), &route.path, i);
             routes.push(Route {
                 name: Arc::from(name),
@@ -166,6 +180,7 @@ impl Snapshot {
                 upstream,
                 chain,
                 allow_encoded_slashes: route.allow_encoded_slashes,
+                cache,
             });
         }
         Ok(Snapshot {
@@ -181,6 +196,7 @@ impl Snapshot {
                 config.server.tunnel_idle_timeout_ms,
             ),
             plugin_body_timeout: std::time::Duration::from_millis(config.plugins.body_timeout_ms),
+            zones,
         })
     }
 

@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use sluice_cache::CacheCounters;
 use sluice_http::counters::{result_label, EdgeCounters, ResultLabels};
 use sluice_plugin::services::metrics::PluginMetricsCollector;
 use sluice_plugin::services::Services;
@@ -31,6 +32,7 @@ impl Metrics {
         edge: &EdgeCounters,
         requests: &RequestCounters,
         services: &Services,
+        cache: &CacheCounters,
     ) -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let plugin_reloads = Family::<PluginReloadLabels, Counter>::default();
@@ -165,6 +167,41 @@ impl Metrics {
             "password_check_duration_seconds",
             "Time of the password checks that ran (not their wait for a slot)",
             services.passwords.seconds.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by zone and result (hit, miss, stale: served stale, bypass: not looked up or sent to the origin by request)",
+            cache.lookups.clone(),
+        );
+        registry.register(
+            "cache_revalidations",
+            "Stale stored responses checked with the origin, by zone",
+            cache.revalidations.clone(),
+        );
+        registry.register(
+            "cache_fills",
+            "Responses stored, by zone",
+            cache.fills.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Stored responses dropped to stay within max_mib, by zone",
+            cache.evictions.clone(),
+        );
+        registry.register(
+            "cache_invalidations",
+            "Stored responses dropped because an unsafe request (POST, PUT, DELETE, ...) to their URL succeeded, by zone",
+            cache.invalidations.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by each cache zone, as counted against its max_mib",
+            cache.bytes.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Stored responses held by each cache zone",
+            cache.entries.clone(),
         );
         registry.register_collector(Box::new(PluginMetricsCollector(services.metrics.clone())));
         Self {

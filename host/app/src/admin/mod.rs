@@ -151,24 +151,86 @@ async fn route(
                 json!({ "upstreams": pools.iter().map(|u| u.status()).collect::<Vec<_>>() }),
             )
         }
+        (&Method::POST, "/cache/purge") => purge(reloader, req).await,
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics_text(reloader),
         ),
-        (_, "/healthz" | "/plugins" | "/metrics" | "/reload" | "/certificates" | "/upstreams") => {
-            reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "405 Method Not Allowed\n".into(),
-            )
-        }
+        (
+            _,
+            "/healthz" | "/plugins" | "/metrics" | "/reload" | "/certificates" | "/upstreams"
+            | "/cache/purge",
+        ) => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "405 Method Not Allowed\n".into(),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             "404 Not Found\n".into(),
         ),
     }
+}
+
+/// `POST /cache/purge` with `{"url": "http://host/path?query"}` (every stored variant
+/// of that URL) or `{"prefix": "http://host/path"}` (every URL under it), in every zone.
+async fn purge(reloader: &Reloader, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt as _;
+    const MAX_BODY: usize = 64 * 1024;
+    let bad = |why: String| json_reply(StatusCode::BAD_REQUEST, json!({ "error": why }));
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return bad(format!(
+                "cannot read the body (at most {MAX_BODY} bytes): {e}"
+            ))
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Purge {
+        url: Option<String>,
+        prefix: Option<String>,
+    }
+    let purge: Purge = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return bad(format!(
+                "expected {{\"url\": ...}} or {{\"prefix\": ...}}: {e}"
+            ))
+        }
+    };
+    let as_key = |text: &str| -> Result<String, String> {
+        let uri: http::Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+        match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme @ ("http" | "https")), Some(authority)) => Ok(sluice_cache::key::url_key(
+                scheme,
+                authority.as_str(),
+                uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            )),
+            _ => Err(format!("{text:?} is not an absolute http or https URL")),
+        }
+    };
+    let (url, prefix) = match (&purge.url, &purge.prefix) {
+        (Some(url), None) => match as_key(url) {
+            Ok(key) => (Some(key), None),
+            Err(e) => return bad(e),
+        },
+        (None, Some(prefix)) => match as_key(prefix) {
+            Ok(key) => (None, Some(key)),
+            Err(e) => return bad(e),
+        },
+        _ => return bad("give exactly one of \"url\" and \"prefix\"".into()),
+    };
+    let snapshot = reloader.proxy().snapshot();
+    let purged = snapshot.zones.purge(url.as_deref(), prefix.as_deref());
+    tracing::info!(target: "sluice::admin", url = ?url, prefix = ?prefix, purged, "cache purge");
+    json_reply(StatusCode::OK, json!({ "purged": purged }))
 }
 
 /// The registry's metrics plus the upstreams' (per server, read from the pools serving now).

@@ -7,7 +7,7 @@
 //! `Arc<Entry>`: a client reading a stored body holds none.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -117,9 +117,7 @@ impl Zone {
     }
 
     fn shard(&self, url: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        url.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(url) as usize % SHARDS]
     }
 
     /// The stored response for a URL, its added key parts and the request's fields.

@@ -74,6 +74,14 @@ pub(super) enum CacheLookup {
     Forward(Box<Pending>),
 }
 
+/// The origin's response, checked against the stored one.
+pub(super) enum Checked {
+    /// Answered from the cache instead (refreshed by a `304`, or stale on an error).
+    Answer(Response<ProxyBody>),
+    /// The origin's response goes on to the response plugins.
+    Forward(Response<ProxyBody>),
+}
+
 /// A forwarded request of a caching route, and what its response may do to the cache.
 pub(super) struct Pending {
     zone: Arc<Zone>,
@@ -263,13 +271,10 @@ impl Pending {
 
     /// The origin's response before the response plugins: a `304` to a revalidation
     /// refreshes the stored response and answers from it; a server error within
-    /// `stale-if-error` answers with the stale one. `Err` gives the response back.
-    pub(super) fn on_upstream_response(
-        &mut self,
-        response: Response<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    /// `stale-if-error` answers with the stale one.
+    pub(super) fn on_upstream_response(&mut self, response: Response<ProxyBody>) -> Checked {
         let Some(stale) = self.stale.clone() else {
-            return Err(response);
+            return Checked::Forward(response);
         };
         let status = response.status();
         let now = SystemTime::now();
@@ -303,7 +308,7 @@ impl Pending {
                     stale
                 }
             };
-            return Ok(answer(
+            return Checked::Answer(answer(
                 &entry,
                 &self.method,
                 &self.request,
@@ -317,7 +322,7 @@ impl Pending {
             cache_status.fwd_status = Some(status.as_u16());
             cache_status.ttl = Some(stale.ttl(now));
             cache_status.detail = Some("stale-if-error");
-            return Ok(answer(
+            return Checked::Answer(answer(
                 &stale,
                 &self.method,
                 &self.request,
@@ -325,7 +330,7 @@ impl Pending {
                 &cache_status,
             ));
         }
-        Err(response)
+        Checked::Forward(response)
     }
 
     /// The response as the plugins left it: stored while it streams when it may be,

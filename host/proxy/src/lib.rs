@@ -385,8 +385,8 @@ impl Proxy {
         };
         let response = match pending.as_mut() {
             Some(pending) => match pending.on_upstream_response(response) {
-                Ok(answered) => return Ok(answered),
-                Err(response) => response,
+                cache::Checked::Answer(answered) => return Ok(answered),
+                cache::Checked::Forward(response) => response,
             },
             None => response,
         };

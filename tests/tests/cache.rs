@@ -695,3 +695,44 @@ async fn admin_post(admin: SocketAddr, path: &str, body: &str) -> (u16, String) 
     .await;
     (reply.status.as_u16(), reply.text())
 }
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_once_and_refreshes_in_the_background() {
+    let origin = CountingOrigin::start(Duration::ZERO, |_, n| {
+        let headers = if n == 1 {
+            // Stored already stale, within its stale-while-revalidate.
+            vec![
+                (
+                    "cache-control",
+                    "max-age=100, stale-while-revalidate=600".to_string(),
+                ),
+                ("age", "100".into()),
+            ]
+        } else {
+            vec![("cache-control", "max-age=60".to_string())]
+        };
+        (200, headers, Bytes::from(format!("version {n}")))
+    })
+    .await;
+    let (_site, running) = proxy(&origin, "max_mib = 16", "", "").await;
+    let client = h1_client();
+    assert_eq!(
+        get(&client, running.addr, "/s", &[]).await.text(),
+        "version 1"
+    );
+    let stale = get(&client, running.addr, "/s", &[]).await;
+    assert_eq!(stale.text(), "version 1");
+    let status = status_of(&stale);
+    assert!(
+        status.starts_with("Sluice; hit; ttl=")
+            && status.ends_with("; detail=stale-while-revalidate"),
+        "{status}"
+    );
+    let refreshed = eventually(Duration::from_secs(10), || async {
+        let reply = get(&client, running.addr, "/s", &[]).await;
+        reply.text() == "version 2" && status_of(&reply).contains("hit")
+    })
+    .await;
+    assert!(refreshed, "the background refresh was not stored");
+    assert_eq!(origin.count("/s"), 2, "one refresh per key");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 
 use super::{ProxyBody, ProxyError};
@@ -72,6 +72,12 @@ pub(super) enum CacheLookup {
     Answer(Response<ProxyBody>),
     /// To be forwarded; the response comes back through [`Pending`].
     Forward(Box<Pending>),
+    /// Answered with a stale response (`stale-while-revalidate`); the request to
+    /// send in the background refreshes it.
+    AnswerAndRefresh {
+        response: Response<ProxyBody>,
+        refresh: Box<(http::request::Parts, Box<Pending>)>,
+    },
 }
 
 /// The origin's response, checked against the stored one.
@@ -113,6 +119,7 @@ pub(super) async fn lookup(
     scheme: &str,
     client_host: Option<&HeaderValue>,
     has_body: bool,
+    background_refresh: bool,
 ) -> Result<CacheLookup, ProxyError> {
     let host = parts
         .headers
@@ -175,6 +182,43 @@ pub(super) async fn lookup(
                     &status,
                 )));
             }
+            Lookup::Found(entry)
+                if background_refresh && entry.within_stale_while_revalidate(now) =>
+            {
+                counters.stale.inc();
+                let mut status = Status::of(Fwd::Hit);
+                status.ttl = Some(entry.ttl(now));
+                status.detail = Some("stale-while-revalidate");
+                let response = answer(&entry, &parts.method, &parts.headers, now, &status);
+                let claim_key = format!("{}\n{}", pending.url, pending.extra);
+                // One refresh per key: a running fill or refresh makes this one moot.
+                let Claim::Fill(permit) = cache.zone.claim(&claim_key) else {
+                    return Ok(CacheLookup::Answer(response));
+                };
+                counters.revalidations.inc();
+                pending.permit = Some(permit);
+                pending.store = true;
+                pending.status = Status::of(Fwd::Stale);
+                pending.method = Method::GET;
+                // The refresh answers no client: no client conditionals to honour.
+                pending.request = parts.headers.clone();
+                for name in &CLIENT_CONDITIONALS {
+                    pending.request.remove(name);
+                }
+                let mut refresh = Request::new(()).into_parts().0;
+                refresh.method = Method::GET;
+                refresh.uri = parts.uri.clone();
+                refresh.version = parts.version;
+                refresh.headers = pending.request.clone();
+                refresh.headers.remove(header::RANGE);
+                refresh.headers.remove(header::IF_RANGE);
+                add_validators(&mut refresh, &entry);
+                pending.stale = Some(entry);
+                return Ok(CacheLookup::AnswerAndRefresh {
+                    response,
+                    refresh: Box::new((refresh, Box::new(pending))),
+                });
+            }
             Lookup::Found(entry) => {
                 pending.stale = Some(entry);
                 Fwd::Stale
@@ -218,16 +262,21 @@ pub(super) async fn lookup(
         parts.headers.remove(header::IF_RANGE);
         strip_client_conditionals(parts, true);
         if let Some(stale) = &pending.stale {
-            if let Some(etag) = stale.etag() {
-                parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
-            }
-            if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
-                parts
-                    .headers
-                    .insert(header::IF_MODIFIED_SINCE, modified.clone());
-            }
+            add_validators(parts, stale);
         }
         return Ok(CacheLookup::Forward(Box::new(pending)));
+    }
+}
+
+/// Asks the origin whether the stored response is still current.
+fn add_validators(parts: &mut http::request::Parts, stored: &Entry) {
+    if let Some(etag) = stored.etag() {
+        parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = stored.headers.get(header::LAST_MODIFIED) {
+        parts
+            .headers
+            .insert(header::IF_MODIFIED_SINCE, modified.clone());
     }
 }
 
@@ -439,6 +488,26 @@ impl Pending {
         if removed > 0 {
             self.zone.counters.invalidations.inc_by(removed as u64);
         }
+    }
+}
+
+/// Sends a background refresh (`stale-while-revalidate`) and stores what it brings:
+/// a `304` refreshes the stored response, a new response replaces it. Nobody waits
+/// for it; its failures are logged at debug level.
+pub(super) async fn refresh(
+    forwarded: Result<Response<ProxyBody>, ProxyError>,
+    mut pending: Box<Pending>,
+) {
+    let response = match forwarded {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(target: "sluice::cache", url = %pending.url, "background refresh failed: {e}");
+            return;
+        }
+    };
+    if let Checked::Forward(response) = pending.on_upstream_response(response) {
+        // Read to its end so that the fill is stored.
+        let _ = pending.finish(response).into_body().collect().await;
     }
 }
 

@@ -11,7 +11,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 
 use super::body::{ReceivedBody, UpstreamBody};
-use super::{headers, Exchange, Proxy, ProxyBody, ProxyError};
+use super::{headers, ProxyBody, ProxyError};
+use sluice_http::counters::EdgeCounters;
 use sluice_http::protocol::body::ClientBody;
 use sluice_http::protocol::raw_fields::FieldsWanted;
 use sluice_upstream::body::IncomingBody;
@@ -20,171 +21,170 @@ use sluice_upstream::retry::{is_idempotent, Failure, RetryPlan, Verdict};
 use sluice_upstream::servers::InFlight;
 use sluice_upstream::{NoServer, SendBody, Upstream};
 
-impl Proxy {
-    /// Sends the request to a server of `upstream` and returns its response head.
-    /// Failures are retried on another server as the request's `RetryPlan` allows
-    /// (`upstream/retry.rs`), before anything reached the client.
-    pub(super) async fn forward(
-        &self,
-        upstream: &Upstream,
-        mut parts: http::request::Parts,
-        body: RequestBody,
-        key: Option<Vec<u8>>,
-        wanted: FieldsWanted,
-        exchange: &mut Exchange,
-    ) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
-        upstream.budget.record_request();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut plan = RetryPlan::new(
-            upstream.config.retries,
-            upstream.servers.len(),
-            body.is_replayable(),
-            is_idempotent(&parts.method),
-        );
-        let mut body = Some(body);
-        let mut last_failure = None;
-        loop {
-            let index = match upstream.select(key.as_deref(), plan.tried()) {
-                Ok(index) => index,
-                Err(NoServer) => {
-                    return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
-                        upstream: upstream.name.to_string(),
-                    }))
-                }
-            };
-            let last_try = plan.begin(index);
-            let server = &upstream.servers[index];
-            exchange.upstream = Some((upstream.name.clone(), server.addr.clone()));
-            let in_flight = server.state.begin();
-            let started = Instant::now();
-            let client_body_failed;
-            // The request is built in this block so that its locals end before the
-            // await: a moved-from local still holds its room in the future otherwise.
-            let sent = {
-                // The last possible try takes the originals; earlier ones send copies.
-                // (Used in place, not moved to locals: each would take room of its own.)
-                let (attempt_headers, attempt_body) = if last_try {
-                    (
-                        std::mem::take(&mut parts.headers),
-                        body.take().map(RequestBody::into_body),
-                    )
-                } else {
-                    (
-                        parts.headers.clone(),
-                        body.as_ref().and_then(RequestBody::replay),
-                    )
-                };
-                let Some((attempt_body, failed)) = attempt_body else {
-                    return Err(ProxyError::InvalidPluginOutput(
-                        "request body already sent".into(),
-                    ));
-                };
-                client_body_failed = failed;
-                let mut request = Request::new(attempt_body);
-                *request.method_mut() = parts.method.clone();
-                // Origin-form; the connector adds scheme and authority for HTTP/2.
-                *request.uri_mut() = Uri::from(path_and_query.clone());
-                *request.version_mut() = Version::HTTP_11;
-                *request.headers_mut() = attempt_headers;
-                tokio::time::timeout(
-                    upstream.response_timeout,
-                    upstream.connector.send(&server.addr, request, wanted),
-                )
+/// Sends the request to a server of `upstream` and returns its response head.
+/// Failures are retried on another server as the request's `RetryPlan` allows
+/// (`upstream/retry.rs`), before anything reached the client. `chosen` tells the
+/// upstream and server tried last (for the log line).
+pub(super) async fn send(
+    counters: &EdgeCounters,
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    body: RequestBody,
+    key: Option<Vec<u8>>,
+    wanted: FieldsWanted,
+    chosen: &mut Option<(Arc<str>, Authority)>,
+) -> Result<(Response<ProxyBody>, Authority), ProxyError> {
+    upstream.budget.record_request();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut plan = RetryPlan::new(
+        upstream.config.retries,
+        upstream.servers.len(),
+        body.is_replayable(),
+        is_idempotent(&parts.method),
+    );
+    let mut body = Some(body);
+    let mut last_failure = None;
+    loop {
+        let index = match upstream.select(key.as_deref(), plan.tried()) {
+            Ok(index) => index,
+            Err(NoServer) => {
+                return Err(last_failure.unwrap_or(ProxyError::NoHealthyServer {
+                    upstream: upstream.name.to_string(),
+                }))
             }
-            .await;
-            let server_name = &server.addr;
-            let take_budget = || upstream.budget.try_retry();
-            let (failure, verdict) = match sent {
-                Ok(Ok(response)) => {
-                    server.state.record_latency(started.elapsed());
-                    let status = response.status();
-                    if status.is_server_error() {
-                        self.record_failure(upstream, index, &format!("status {status}"));
-                    } else {
-                        server.state.record_success();
-                    }
-                    if upstream.config.retry_on_status.contains(&status.as_u16())
-                        && plan.after_status(take_budget) == Verdict::Retry
-                    {
-                        upstream
-                            .retries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, server = %server_name, "retrying on another server after status {status}");
-                        continue;
-                    }
-                    return Ok((
-                        self.upstream_response(upstream, response, in_flight),
-                        server_name.clone(),
-                    ));
-                }
-                // The client's body broke (bad chunk framing, reset): the client's fault.
-                Ok(Err(e))
-                    if client_body_failed
-                        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) =>
-                {
-                    return Err(ProxyError::BadRequestBody(error_chain(&e)))
-                }
-                Ok(Err(e)) => {
-                    let kind = if e.is_connect() {
-                        Failure::Connect
-                    } else {
-                        Failure::Broken
-                    };
-                    let error = upstream_error(upstream, server_name.as_str(), e);
-                    self.record_failure(upstream, index, &error.to_string());
-                    (error, plan.after_failure(kind, take_budget))
-                }
-                Err(_) => {
-                    let error = ProxyError::UpstreamTimeout {
-                        upstream: upstream.name.to_string(),
-                        server: server_name.to_string(),
-                        timeout_ms: upstream.response_timeout.as_millis(),
-                    };
-                    self.record_failure(upstream, index, &error.to_string());
-                    (error, plan.after_failure(Failure::Timeout, take_budget))
-                }
-            };
-            if verdict == Verdict::GiveUp {
-                return Err(failure);
-            }
-            upstream
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, "retrying on another server after: {failure}");
-            last_failure = Some(failure);
-        }
-    }
-
-    /// Passive health: counts a failed try against its server.
-    fn record_failure(&self, upstream: &Upstream, index: usize, why: &str) {
+        };
+        let last_try = plan.begin(index);
         let server = &upstream.servers[index];
-        if let Some(ejected_for) = server.state.record_failure(why, &upstream.config.passive) {
-            tracing::warn!(target: "sluice::upstream", upstream = %upstream.name, server = %server.addr, "server ejected for {} ms after {} failures in a row: {why}", ejected_for.as_millis(), upstream.config.passive.failures);
+        *chosen = Some((upstream.name.clone(), server.addr.clone()));
+        let in_flight = server.state.begin();
+        let started = Instant::now();
+        let client_body_failed;
+        // The request is built in this block so that its locals end before the
+        // await: a moved-from local still holds its room in the future otherwise.
+        let sent = {
+            // The last possible try takes the originals; earlier ones send copies.
+            // (Used in place, not moved to locals: each would take room of its own.)
+            let (attempt_headers, attempt_body) = if last_try {
+                (
+                    std::mem::take(&mut parts.headers),
+                    body.take().map(RequestBody::into_body),
+                )
+            } else {
+                (
+                    parts.headers.clone(),
+                    body.as_ref().and_then(RequestBody::replay),
+                )
+            };
+            let Some((attempt_body, failed)) = attempt_body else {
+                return Err(ProxyError::InvalidPluginOutput(
+                    "request body already sent".into(),
+                ));
+            };
+            client_body_failed = failed;
+            let mut request = Request::new(attempt_body);
+            *request.method_mut() = parts.method.clone();
+            // Origin-form; the connector adds scheme and authority for HTTP/2.
+            *request.uri_mut() = Uri::from(path_and_query.clone());
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = attempt_headers;
+            tokio::time::timeout(
+                upstream.response_timeout,
+                upstream.connector.send(&server.addr, request, wanted),
+            )
         }
+        .await;
+        let server_name = &server.addr;
+        let take_budget = || upstream.budget.try_retry();
+        let (failure, verdict) = match sent {
+            Ok(Ok(response)) => {
+                server.state.record_latency(started.elapsed());
+                let status = response.status();
+                if status.is_server_error() {
+                    record_failure(upstream, index, &format!("status {status}"));
+                } else {
+                    server.state.record_success();
+                }
+                if upstream.config.retry_on_status.contains(&status.as_u16())
+                    && plan.after_status(take_budget) == Verdict::Retry
+                {
+                    upstream
+                        .retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, server = %server_name, "retrying on another server after status {status}");
+                    continue;
+                }
+                return Ok((
+                    upstream_response(counters, upstream, response, in_flight),
+                    server_name.clone(),
+                ));
+            }
+            // The client's body broke (bad chunk framing, reset): the client's fault.
+            Ok(Err(e))
+                if client_body_failed
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) =>
+            {
+                return Err(ProxyError::BadRequestBody(error_chain(&e)))
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() {
+                    Failure::Connect
+                } else {
+                    Failure::Broken
+                };
+                let error = upstream_error(upstream, server_name.as_str(), e);
+                record_failure(upstream, index, &error.to_string());
+                (error, plan.after_failure(kind, take_budget))
+            }
+            Err(_) => {
+                let error = ProxyError::UpstreamTimeout {
+                    upstream: upstream.name.to_string(),
+                    server: server_name.to_string(),
+                    timeout_ms: upstream.response_timeout.as_millis(),
+                };
+                record_failure(upstream, index, &error.to_string());
+                (error, plan.after_failure(Failure::Timeout, take_budget))
+            }
+        };
+        if verdict == Verdict::GiveUp {
+            return Err(failure);
+        }
+        upstream
+            .retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(target: "sluice::proxy", upstream = %upstream.name, "retrying on another server after: {failure}");
+        last_failure = Some(failure);
     }
+}
 
-    fn upstream_response(
-        &self,
-        upstream: &Upstream,
-        mut response: Response<IncomingBody>,
-        in_flight: InFlight,
-    ) -> Response<ProxyBody> {
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        headers::strip_hop_by_hop(response.headers_mut(), switching);
-        response.map(|body| {
-            Either::Left(Box::new(UpstreamBody::new(
-                body,
-                upstream.read_timeout,
-                upstream.name.clone(),
-                self.counters.clone(),
-                in_flight,
-            )))
-        })
+/// Passive health: counts a failed try against its server.
+fn record_failure(upstream: &Upstream, index: usize, why: &str) {
+    let server = &upstream.servers[index];
+    if let Some(ejected_for) = server.state.record_failure(why, &upstream.config.passive) {
+        tracing::warn!(target: "sluice::upstream", upstream = %upstream.name, server = %server.addr, "server ejected for {} ms after {} failures in a row: {why}", ejected_for.as_millis(), upstream.config.passive.failures);
     }
+}
+
+fn upstream_response(
+    counters: &EdgeCounters,
+    upstream: &Upstream,
+    mut response: Response<IncomingBody>,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(response.headers_mut(), switching);
+    response.map(|body| {
+        Either::Left(Box::new(UpstreamBody::new(
+            body,
+            upstream.read_timeout,
+            upstream.name.clone(),
+            counters.clone(),
+            in_flight,
+        )))
+    })
 }
 
 fn upstream_error(upstream: &Upstream, server: &str, e: SendError) -> ProxyError {

@@ -346,6 +346,8 @@ impl Proxy {
         let mut pending = None;
         if let Some(cache) = &route.cache {
             let has_body = !matches!(&body, RequestBody::Kept(b) if b.is_empty());
+            // A background refresh runs no response plugins: only where there are none.
+            let background_refresh = !stage.as_ref().is_some_and(|(s, _)| s.has_response_hooks());
             let lookup = boxed_in_place(|| {
                 cache::lookup(
                     cache,
@@ -353,11 +355,44 @@ impl Proxy {
                     conn.scheme(),
                     client_host.as_ref(),
                     has_body,
+                    background_refresh,
                 )
             });
             match lookup.await? {
                 cache::CacheLookup::Answer(response) => return Ok(response),
                 cache::CacheLookup::Forward(p) => pending = Some(p),
+                cache::CacheLookup::AnswerAndRefresh { response, refresh } => {
+                    let (mut refresh_parts, refresh_pending) = *refresh;
+                    headers::add_forwarding(
+                        &mut refresh_parts.headers,
+                        &exchange.client,
+                        conn.scheme(),
+                        client_host.as_ref(),
+                    );
+                    let key = upstream.key_of(
+                        &refresh_parts.headers,
+                        conn.peer.ip(),
+                        plugin_hash_key.as_deref(),
+                    );
+                    let counters = self.counters.clone();
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        let mut chosen = None;
+                        let forwarded = forward::send(
+                            &counters,
+                            &upstream,
+                            refresh_parts,
+                            RequestBody::Kept(Bytes::new()),
+                            key,
+                            FieldsWanted::Map,
+                            &mut chosen,
+                        )
+                        .await
+                        .map(|(response, _)| response);
+                        cache::refresh(forwarded, refresh_pending).await;
+                    });
+                    return Ok(response);
+                }
             }
         }
 
@@ -375,9 +410,16 @@ impl Proxy {
             Some((stage, _)) if stage.has_response_hooks() => FieldsWanted::Map,
             _ => wanted,
         };
-        let forwarded = self
-            .forward(&upstream, parts, body, key, wanted, exchange)
-            .await;
+        let forwarded = forward::send(
+            &self.counters,
+            &upstream,
+            parts,
+            body,
+            key,
+            wanted,
+            &mut exchange.upstream,
+        )
+        .await;
         let (response, server) = match (forwarded, pending.as_mut()) {
             (Ok(forwarded), _) => forwarded,
             (Err(e), Some(pending)) => return pending.on_error(e),

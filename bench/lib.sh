@@ -51,7 +51,7 @@ wait_ports() {
 }
 
 # measure_row ROW [WRK_ARGS...]: one wrk run (DURATION s, CONNS connections, on
-# LOAD_CPU) against `/` on row_port[ROW]; appends its req/s, p99 (ms) and the CPU µs
+# LOAD_CPU) against URL_PATH (default `/`) on row_port[ROW]; appends its req/s, p99 (ms) and the CPU µs
 # per request of row_pid[ROW] to rps[ROW], p99[ROW] and cpu[ROW] (associative arrays
 # the caller declares). Warns when the row answered anything but 2xx.
 measure_row() {
@@ -59,7 +59,7 @@ measure_row() {
   local pid=${row_pid[$row]} before after out reqs
   before=$(cpu_ticks "$pid")
   out=$(taskset -c "$LOAD_CPU" timeout $((DURATION + 10)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
-    "$@" "http://127.0.0.1:${row_port[$row]}/")
+    "$@" "http://127.0.0.1:${row_port[$row]}${URL_PATH:-/}")
   after=$(cpu_ticks "$pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   if grep -q 'Non-2xx' <<<"$out"; then echo "row $row answered non-2xx: $(grep Non-2xx <<<"$out")" >&2; fi

@@ -736,3 +736,66 @@ async fn stale_while_revalidate_serves_stale_once_and_refreshes_in_the_backgroun
     assert!(refreshed, "the background refresh was not stored");
     assert_eq!(origin.count("/s"), 2, "one refresh per key");
 }
+
+/// Files (not temporary ones) under a disk tier's directory.
+fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(shards) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    shards
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flat_map(|files| files.flatten().map(|f| f.path()))
+        .filter(|p| p.extension().is_none())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_disk_tier_survives_a_restart_and_a_corrupt_file_is_not_served() {
+    let origin = CountingOrigin::start(Duration::ZERO, by_path).await;
+    let site = Site::new();
+    let disk = site.dir.path().join("responses");
+    // The same port after the restart: the host (with its port) is part of the key.
+    let listen = free_addr();
+    let config = format!(
+        "[server]\nlisten = \"{listen}\"\naccess_log = false\n[upstreams.app]\nservers = [\"{}\"]\n[cache.zones.main]\nmax_mib = 16\ndisk_dir = \"responses\"\ndisk_max_mib = 64\n[[routes]]\nupstream = \"app\"\ncache = {{ zone = \"main\" }}\n",
+        origin.addr
+    );
+    let client = h1_client();
+    let path = "/d/max-age%3D600";
+    let running = site.start(&config).await;
+    let first = get(&client, running.addr, path, &[]).await;
+    assert!(status_of(&first).contains("stored"));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            cache_files(&disk).len() == 1
+        })
+        .await,
+        "no file written"
+    );
+    assert!(running.shutdown().await);
+
+    let running = site.start(&config).await;
+    let warm = get(&client, running.addr, path, &[]).await;
+    assert_eq!(warm.text(), first.text());
+    assert!(status_of(&warm).contains("hit"), "{}", status_of(&warm));
+    assert_eq!(origin.count(path), 1);
+    assert!(running.shutdown().await);
+
+    // One flipped byte in the body: discarded, fetched again, stored again.
+    let file = &cache_files(&disk)[0];
+    let mut bytes = std::fs::read(file).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    std::fs::write(file, bytes).unwrap();
+    let running = site.start(&config).await;
+    let fetched = get(&client, running.addr, path, &[]).await;
+    assert!(
+        status_of(&fetched).contains("fwd=uri-miss"),
+        "{}",
+        status_of(&fetched)
+    );
+    assert_eq!(fetched.text(), format!("body 2 of {}", "/d/max-age%3D600"));
+    assert_eq!(origin.count(path), 2);
+    assert!(running.shutdown().await);
+}

@@ -7,6 +7,7 @@
 //! `fill` collects a response body into an entry as it streams to the client.
 
 pub mod control;
+pub mod disk;
 pub mod entry;
 pub mod fill;
 pub mod key;

@@ -15,6 +15,7 @@ use http::header::HeaderMap;
 use lru::LruCache;
 use tokio::sync::watch;
 
+use crate::disk::DiskTier;
 use crate::entry::Entry;
 use crate::metrics::{CacheCounters, ZoneCounters};
 use sluice_config::CacheZoneConfig;
@@ -53,6 +54,8 @@ pub struct Zone {
     pub counters: ZoneCounters,
     fills: Mutex<HashMap<Box<str>, watch::Receiver<()>>>,
     hasher: std::collections::hash_map::RandomState,
+    /// The disk tier, with `disk_dir`.
+    pub disk: Option<Arc<DiskTier>>,
 }
 
 /// What a lookup found.
@@ -94,7 +97,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Zone {
-    pub fn new(name: &str, config: &CacheZoneConfig, counters: &CacheCounters) -> Arc<Zone> {
+    pub fn new(
+        name: &str,
+        config: &CacheZoneConfig,
+        counters: &CacheCounters,
+    ) -> std::io::Result<Arc<Zone>> {
+        let disk = match &config.disk_dir {
+            Some(dir) => Some(Arc::new(DiskTier::open(
+                dir,
+                config.disk_max_mib.unwrap_or(1024),
+            )?)),
+            None => None,
+        };
         let budget = (config.max_mib as usize) << 20;
         let shards = (0..SHARDS)
             .map(|_| {
@@ -104,7 +118,7 @@ impl Zone {
                 })
             })
             .collect();
-        Arc::new(Zone {
+        Ok(Arc::new(Zone {
             name: Arc::from(name),
             config: config.clone(),
             shards,
@@ -113,7 +127,8 @@ impl Zone {
             counters: counters.zone(name),
             fills: Mutex::new(HashMap::new()),
             hasher: Default::default(),
-        })
+            disk,
+        }))
     }
 
     fn shard(&self, url: &str) -> &Mutex<Shard> {
@@ -138,9 +153,42 @@ impl Zone {
         }
     }
 
-    /// Stores an entry (replacing the variant it selects the same way); false when it
-    /// is too large for the zone.
+    /// Stores an entry (replacing the variant it selects the same way), and writes it
+    /// to the disk tier; false when it is too large for the zone.
     pub fn insert(&self, url: &str, extra: &str, entry: Arc<Entry>) -> bool {
+        if !self.insert_in_memory(url, extra, entry.clone()) {
+            return false;
+        }
+        if let Some(disk) = &self.disk {
+            disk.write(url, extra, entry);
+        }
+        true
+    }
+
+    /// Reads a key's file from the disk tier (blocking) and keeps it in memory when
+    /// the request selects it.
+    pub fn read_disk(&self, url: &str, extra: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+        let disk = self.disk.as_ref()?;
+        let id = crate::disk::file_id(url, extra);
+        if !disk.has(&id) {
+            return None;
+        }
+        let entry = Arc::new(disk.read(&id, url, extra)?);
+        if !entry.matches(request) {
+            return None;
+        }
+        self.insert_in_memory(url, extra, entry.clone());
+        Some(entry)
+    }
+
+    /// Whether the disk tier may hold a key (no disk access).
+    pub fn may_be_on_disk(&self, url: &str, extra: &str) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.has(&crate::disk::file_id(url, extra)))
+    }
+
+    fn insert_in_memory(&self, url: &str, extra: &str, entry: Arc<Entry>) -> bool {
         let weight = entry.weight() + url.len() + extra.len();
         if entry.body.len() > self.max_object || weight > self.shard_budget {
             return false;
@@ -198,8 +246,16 @@ impl Zone {
         true
     }
 
-    /// Drops every stored variant of a URL; returns how many.
+    /// Drops every stored variant of a URL, on disk too; returns how many.
     pub fn remove_url(&self, url: &str) -> usize {
+        let on_disk = self
+            .disk
+            .as_ref()
+            .map_or(0, |d| d.remove_matching(Some(url), None));
+        self.remove_url_in_memory(url).max(on_disk)
+    }
+
+    fn remove_url_in_memory(&self, url: &str) -> usize {
         let mut shard = lock(self.shard(url));
         let Some(variants) = shard.lru.pop(url) else {
             return 0;
@@ -221,13 +277,20 @@ impl Zone {
         };
         let before = variants.0.len();
         let mut freed = 0;
+        let mut extras = Vec::new();
         variants.0.retain(|v| {
             let keep = !Arc::ptr_eq(&v.entry, entry);
             if !keep {
                 freed += v.weight;
+                extras.push(v.extra.clone());
             }
             keep
         });
+        if let Some(disk) = &self.disk {
+            for extra in &extras {
+                disk.remove(&crate::disk::file_id(url, extra));
+            }
+        }
         let removed = before - variants.0.len();
         let empty = variants.0.is_empty();
         shard.bytes -= freed;
@@ -238,8 +301,13 @@ impl Zone {
         self.counters.entries.dec_by(removed as i64);
     }
 
-    /// Drops every URL starting with `prefix`; returns how many entries went.
+    /// Drops every URL starting with `prefix`, on disk too; returns how many entries
+    /// went.
     pub fn remove_prefix(&self, prefix: &str) -> usize {
+        let on_disk = self
+            .disk
+            .as_ref()
+            .map_or(0, |d| d.remove_matching(None, Some(prefix)));
         let mut removed = 0;
         for shard in self.shards.iter() {
             let urls: Vec<Box<str>> = lock(shard)
@@ -249,10 +317,10 @@ impl Zone {
                 .map(|(url, _)| url.clone())
                 .collect();
             for url in urls {
-                removed += self.remove_url(&url);
+                removed += self.remove_url_in_memory(&url);
             }
         }
-        removed
+        removed.max(on_disk)
     }
 
     /// Claims the fill of `key` (URL and added parts) for this request, or returns the
@@ -295,7 +363,7 @@ impl Zones {
     pub fn build(
         configs: &std::collections::BTreeMap<String, CacheZoneConfig>,
         previous: Option<&Zones>,
-    ) -> Zones {
+    ) -> anyhow::Result<Zones> {
         let counters = previous.map(|p| p.counters.clone()).unwrap_or_default();
         let counters = &counters;
         let mut zones = HashMap::new();
@@ -310,7 +378,16 @@ impl Zones {
                     if previous.is_some_and(|p| p.zones.contains_key(name)) {
                         tracing::info!(target: "sluice::cache", zone = %name, "cache zone settings changed: its stored responses are dropped");
                     }
-                    Zone::new(name, config, counters)
+                    Zone::new(name, config, counters).map_err(|e| {
+                        anyhow::anyhow!(
+                            "cache.zones.{name}.disk_dir: cannot use {}: {e}",
+                            config
+                                .disk_dir
+                                .as_deref()
+                                .unwrap_or(std::path::Path::new(""))
+                                .display()
+                        )
+                    })?
                 }
             };
             zones.insert(name.clone(), zone);
@@ -324,10 +401,10 @@ impl Zones {
                 }
             }
         }
-        Zones {
+        Ok(Zones {
             zones,
             counters: counters.clone(),
-        }
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Zone>> {
@@ -364,6 +441,8 @@ mod tests {
             max_object_mib: Some(1),
             default_ttl_s: 0,
             heuristic: false,
+            disk_dir: None,
+            disk_max_mib: None,
         }
     }
 
@@ -388,7 +467,7 @@ mod tests {
     #[test]
     fn variants_by_extra_and_vary() {
         let counters = CacheCounters::default();
-        let zone = Zone::new("z", &config(16), &counters);
+        let zone = Zone::new("z", &config(16), &counters).unwrap();
         let en = vec![(header::ACCEPT_LANGUAGE, Some(b"en".to_vec()))];
         let fr = vec![(header::ACCEPT_LANGUAGE, Some(b"fr".to_vec()))];
         assert!(zone.insert("http://a/x", "", entry(10, en)));
@@ -416,7 +495,7 @@ mod tests {
     #[test]
     fn the_budget_evicts_least_recently_used() {
         let counters = CacheCounters::default();
-        let zone = Zone::new("z", &config(1), &counters);
+        let zone = Zone::new("z", &config(1), &counters).unwrap();
         // 16 shards of 64 KiB: 200 entries of 8 KiB cannot all stay.
         for i in 0..200 {
             assert!(zone.insert(&format!("http://a/{i}"), "", entry(8192, Vec::new())));
@@ -434,7 +513,7 @@ mod tests {
     #[test]
     fn prefix_purge_and_one_fill_per_key() {
         let counters = CacheCounters::default();
-        let zone = Zone::new("z", &config(16), &counters);
+        let zone = Zone::new("z", &config(16), &counters).unwrap();
         zone.insert("http://a/p/1", "", entry(1, Vec::new()));
         zone.insert("http://a/p/2", "", entry(1, Vec::new()));
         zone.insert("http://a/q", "", entry(1, Vec::new()));

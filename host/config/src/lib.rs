@@ -66,6 +66,11 @@ pub struct CacheZoneConfig {
     /// Heuristic freshness from `Last-Modified` (RFC 9111 §4.2.2) for such responses.
     #[serde(default)]
     pub heuristic: bool,
+    /// A directory keeping the latest response of each key on disk, so that a
+    /// restart starts warm (relative to the config file).
+    pub disk_dir: Option<PathBuf>,
+    /// Bytes of files kept in `disk_dir` at most, in MiB (default 1024).
+    pub disk_max_mib: Option<u64>,
 }
 
 impl CacheZoneConfig {
@@ -919,6 +924,11 @@ impl Config {
         }
         if config.plugins.cache_dir.is_relative() {
             config.plugins.cache_dir = base_dir.join(&config.plugins.cache_dir);
+        }
+        for zone in config.cache.zones.values_mut() {
+            if let Some(dir) = zone.disk_dir.as_mut() {
+                anchor(dir);
+            }
         }
         config.validate()?;
         Ok(config)

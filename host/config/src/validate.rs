@@ -288,6 +288,30 @@ impl Config {
                 return Err(err(key, "a zone name is letters, digits, '-' and '_'"));
             }
             positive(&format!("{key}.max_mib"), zone.max_mib)?;
+            match (&zone.disk_dir, zone.disk_max_mib) {
+                (None, Some(_)) => {
+                    return Err(err(format!("{key}.disk_max_mib"), "needs disk_dir"));
+                }
+                (Some(dir), mib) => {
+                    positive(&format!("{key}.disk_max_mib"), mib.unwrap_or(1))?;
+                    if same_dir(dir, &self.plugins.dir) || same_dir(dir, &self.plugins.cache_dir) {
+                        return Err(err(
+                            format!("{key}.disk_dir"),
+                            "must not be the plugins directory or their compile cache",
+                        ));
+                    }
+                    let shared = self.cache.zones.iter().any(|(other, z)| {
+                        other != name && z.disk_dir.as_ref().is_some_and(|d| same_dir(d, dir))
+                    });
+                    if shared {
+                        return Err(err(
+                            format!("{key}.disk_dir"),
+                            "another zone uses this directory",
+                        ));
+                    }
+                }
+                (None, None) => {}
+            }
             if let Some(max_object) = zone.max_object_mib {
                 positive(&format!("{key}.max_object_mib"), max_object)?;
                 if max_object > zone.max_mib {

@@ -166,9 +166,24 @@ pub(super) async fn lookup(
     let mut waited = false;
     loop {
         let now = SystemTime::now();
-        let found = cache
+        let mut found = cache
             .zone
             .lookup(&pending.url, &pending.extra, &parts.headers);
+        if !matches!(found, Lookup::Found(_))
+            && cache.zone.may_be_on_disk(&pending.url, &pending.extra)
+        {
+            let (zone, url, extra, request) = (
+                cache.zone.clone(),
+                pending.url.clone(),
+                pending.extra.clone(),
+                parts.headers.clone(),
+            );
+            let read =
+                tokio::task::spawn_blocking(move || zone.read_disk(&url, &extra, &request)).await;
+            if let Ok(Some(entry)) = read {
+                found = Lookup::Found(entry);
+            }
+        }
         let miss = match found {
             Lookup::Found(entry) if entry.is_fresh(now) => {
                 counters.hits.inc();

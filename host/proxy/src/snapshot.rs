@@ -129,7 +129,7 @@ impl Snapshot {
             .max(1);
         let max_idle = (config.plugins.max_instances as usize / 4 / bound_count).clamp(1, 64);
         let mut slots = slots_of(previous);
-        let zones = Zones::build(&config.cache.zones, previous.map(|p| &p.zones));
+        let zones = Zones::build(&config.cache.zones, previous.map(|p| &p.zones))?;
         for (i, route) in config.routes.iter().enumerate() {
             let name = config.route_name(i);
             let upstream = upstreams.get(&route.upstream).cloned().with_context(|| {

@@ -1,7 +1,6 @@
 //! Answering a request from a stored response: the client's own conditionals
 //! (`304`), byte ranges (`206`, `416`), `Age` and `Cache-Status` (RFC 9211).
 
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -65,27 +64,33 @@ impl Status {
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        let mut out = String::from(CACHE_NAME);
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(CACHE_NAME.as_bytes());
         if self.hit {
-            out.push_str("; hit");
+            out.extend_from_slice(b"; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(out, "; fwd={fwd}");
+            out.extend_from_slice(b"; fwd=");
+            out.extend_from_slice(fwd.as_bytes());
         }
         if let Some(status) = self.fwd_status {
-            let _ = write!(out, "; fwd-status={status}");
+            out.extend_from_slice(b"; fwd-status=");
+            out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         }
         if self.stored {
-            out.push_str("; stored");
+            out.extend_from_slice(b"; stored");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(out, "; ttl={ttl}");
+            out.extend_from_slice(b"; ttl=");
+            out.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
         }
         if let Some(detail) = self.detail {
-            let _ = write!(out, "; detail={detail}");
+            out.extend_from_slice(b"; detail=");
+            out.extend_from_slice(detail.as_bytes());
         }
         // Built from a fixed name, numbers and tokens: always a valid value.
-        HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(CACHE_NAME))
+        HeaderValue::from_maybe_shared(Bytes::from(out))
+            .unwrap_or(HeaderValue::from_static(CACHE_NAME))
     }
 }
 

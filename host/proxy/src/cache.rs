@@ -111,6 +111,54 @@ pub(super) struct Pending {
 const CLIENT_CONDITIONALS: [header::HeaderName; 2] =
     [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
 
+/// The key of a request: its URL and the route's added parts.
+fn keys(
+    cache: &RouteCache,
+    parts: &http::request::Parts,
+    scheme: &str,
+    client_host: Option<&HeaderValue>,
+) -> (String, String) {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .or(client_host)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let url = key::url_key(scheme, host, target);
+    let extra = key::request_key(String::new(), &cache.key, &parts.headers);
+    (url, extra)
+}
+
+/// A fresh stored response for the request, when there is one: the common case,
+/// answered before (and without) the bookkeeping of [`lookup`].
+pub(super) fn fresh_hit(
+    cache: &RouteCache,
+    parts: &http::request::Parts,
+    scheme: &str,
+    client_host: Option<&HeaderValue>,
+    has_body: bool,
+) -> Option<Response<ProxyBody>> {
+    if has_body
+        || !matches!(parts.method, Method::GET | Method::HEAD)
+        || policy::client_wants_origin(&parts.headers, &cache.rules)
+    {
+        return None;
+    }
+    let (url, extra) = keys(cache, parts, scheme, client_host);
+    let Lookup::Found(entry) = cache.zone.lookup(&url, &extra, &parts.headers) else {
+        return None;
+    };
+    let now = SystemTime::now();
+    if !entry.is_fresh(now) {
+        return None;
+    }
+    cache.zone.counters.hits.inc();
+    let mut status = Status::of(Fwd::Hit);
+    status.ttl = Some(entry.ttl(now));
+    Some(answer(&entry, &parts.method, &parts.headers, now, &status))
+}
+
 /// Looks a request up. `parts` are the request as it will be forwarded (the cache's
 /// own validators replace the client's when it revalidates or fills).
 pub(super) async fn lookup(
@@ -121,15 +169,7 @@ pub(super) async fn lookup(
     has_body: bool,
     background_refresh: bool,
 ) -> Result<CacheLookup, ProxyError> {
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .or(client_host)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let url = key::url_key(scheme, host, target);
-    let extra = key::request_key(String::new(), &cache.key, &parts.headers);
+    let (url, extra) = keys(cache, parts, scheme, client_host);
     let counters = &cache.zone.counters;
     let mut pending = Pending {
         zone: cache.zone.clone(),

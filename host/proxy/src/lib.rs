@@ -346,6 +346,11 @@ impl Proxy {
         let mut pending = None;
         if let Some(cache) = &route.cache {
             let has_body = !matches!(&body, RequestBody::Kept(b) if b.is_empty());
+            if let Some(hit) =
+                cache::fresh_hit(cache, &parts, conn.scheme(), client_host.as_ref(), has_body)
+            {
+                return Ok(hit);
+            }
             // A background refresh runs no response plugins: only where there are none.
             let background_refresh = !stage.as_ref().is_some_and(|(s, _)| s.has_response_hooks());
             let lookup = boxed_in_place(|| {

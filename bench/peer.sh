@@ -7,7 +7,8 @@
 #
 # The default config (access log on, to a file in BENCH_RUN), one route to the
 # origin, and with TLS_PORT a TLS listener (HTTP/2 and HTTP/1.1 by ALPN) serving the
-# harness's certificate.
+# harness's certificate. SLUICE_CACHE=1 gives the route a response cache that keeps
+# the origin's responses an hour (beside the harness's `nginx-cache` peer).
 set -euo pipefail
 bin=$1; port=$2; tls_port=${3:-}
 run=${BENCH_RUN:?BENCH_RUN is not set}
@@ -21,5 +22,8 @@ mkdir -p "$run/sluice-plugins"
   fi
   printf '[plugins]\ndir = "%s/sluice-plugins"\n' "$run"
   printf '[upstreams.app]\nservers = ["%s"]\n[[routes]]\npath = "/"\nupstream = "app"\n' "${BENCH_ORIGIN:?}"
+  if [ "${SLUICE_CACHE:-0}" = 1 ]; then
+    printf 'cache = { zone = "main" }\n[cache.zones.main]\nmax_mib = 64\ndefault_ttl_s = 3600\n'
+  fi
 } >"$run/sluice.toml"
 exec "$bin" run --config "$run/sluice.toml" 2>>"$run/sluice-stderr.log"

@@ -47,6 +47,7 @@ pub mod bindings {
 }
 
 mod body;
+pub mod cache;
 pub mod crypto;
 mod headers;
 pub mod log;

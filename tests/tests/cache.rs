@@ -799,3 +799,48 @@ async fn the_disk_tier_survives_a_restart_and_a_corrupt_file_is_not_served() {
     assert_eq!(origin.count(path), 2);
     assert!(running.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_plugin_may_key_the_cache_or_bypass_it() {
+    let origin = CountingOrigin::start(Duration::ZERO, |req, n| {
+        let tenant = req
+            .headers()
+            .get("x-tenant")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_string();
+        (
+            200,
+            vec![("cache-control", "max-age=60".into())],
+            Bytes::from(format!("{tenant} {n}")),
+        )
+    })
+    .await;
+    let site = Site::new();
+    site.add_plugin("fixtures", "tenant-key", "tenant-key");
+    let config = format!(
+        "{SERVER}[upstreams.app]\nservers = [\"{}\"]\n[cache.zones.main]\nmax_mib = 16\n[[routes]]\nupstream = \"app\"\ncache = {{ zone = \"main\" }}\n[[routes.plugins]]\nname = \"tenant-key\"\n",
+        origin.addr
+    );
+    let running = site.start(&config).await;
+    let client = h1_client();
+    for _ in 0..2 {
+        for tenant in ["a", "b"] {
+            let reply = get(&client, running.addr, "/t", &[("x-tenant", tenant)]).await;
+            assert!(
+                reply.text().starts_with(&format!("{tenant} ")),
+                "{}",
+                reply.text()
+            );
+        }
+    }
+    assert_eq!(origin.count("/t"), 2, "one fill per tenant");
+    let bypassed = get(
+        &client,
+        running.addr,
+        "/t",
+        &[("x-tenant", "a"), ("x-cache-bypass", "1")],
+    )
+    .await;
+    assert_eq!(bypassed.header("cache-status"), None);
+    assert_eq!(origin.count("/t"), 3);
+}

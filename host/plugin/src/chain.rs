@@ -12,7 +12,7 @@ use super::bindings::{
 use super::calls::{CallMetrics, Hook, Outcome};
 use super::engine::PluginEngine;
 use super::guard::PluginGuard;
-use super::host_api::PluginScope;
+use super::host_api::{CacheDirective, PluginScope};
 use super::instance::{classify, new_store, CallLimits, Instance, PluginFault};
 use super::loader::LoadedPlugin;
 use super::preinit::SnapshotSlot;
@@ -193,6 +193,8 @@ pub enum RequestDecision {
         upstream: Option<String>,
         /// The balancing key a plugin supplied (hash upstreams).
         hash_key: Option<String>,
+        /// What a plugin asked of the response cache (the last one's word).
+        cache: Option<CacheDirective>,
     },
     /// A plugin answered; the upstream is skipped.
     Respond(Response),
@@ -215,6 +217,7 @@ pub async fn run_on_request<'a>(
     let mut stage = PluginStage::new(engine, chain);
     let mut upstream = None;
     let mut hash_key = None;
+    let mut cache = None;
     for (index, bound) in chain.iter().enumerate() {
         if !bound.has(Hooks::ON_REQUEST) {
             let left = bound.hooks & later_hooks();
@@ -240,7 +243,10 @@ pub async fn run_on_request<'a>(
             .calls
             .record(Hook::Request, counted, started.elapsed());
         match outcome {
-            Ok((RequestAction::Continue(forward), instance)) => {
+            Ok((RequestAction::Continue(forward), mut instance)) => {
+                if let Some(directive) = instance.take_cache_directive() {
+                    cache = Some(directive);
+                }
                 let mut left = bound.hooks & later_hooks();
                 if forward.skip_request_body {
                     left &= !Hooks::ON_REQUEST_BODY;
@@ -279,6 +285,7 @@ pub async fn run_on_request<'a>(
             head,
             upstream,
             hash_key,
+            cache,
         },
         stage,
     )

@@ -11,7 +11,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::sluice::plugin::{crypto, host, metrics, outbound, state, types};
+use super::bindings::sluice::plugin::{
+    crypto, host, metrics, outbound, response_cache, state, types,
+};
 use super::bindings::LogLevel;
 use super::convert;
 use super::engine::{MemoryBudget, StoreTicket};
@@ -75,7 +77,21 @@ pub struct InstanceState {
     pub stderr: StderrCapture,
     wasi: WasiCtx,
     table: ResourceTable,
+    /// What the call in progress asked of the response cache.
+    pub cache_directive: Option<CacheDirective>,
 }
+
+/// A plugin's word to the response cache for the request in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheDirective {
+    /// Key the response by this instead of the route's `key` items.
+    Key(String),
+    /// Neither look up nor store.
+    Bypass,
+}
+
+/// Longest key a plugin may set; a longer one bypasses the cache.
+const MAX_CACHE_KEY: usize = 1024;
 
 impl InstanceState {
     pub fn new(
@@ -104,6 +120,7 @@ impl InstanceState {
             stderr,
             wasi,
             table: ResourceTable::new(),
+            cache_directive: None,
         }
     }
 }
@@ -434,6 +451,20 @@ impl crypto::Host for InstanceState {
             Err(E::Busy) => Err(crypto::PasswordError::Busy),
             Err(E::Unsupported(why)) => Err(crypto::PasswordError::Unsupported(why)),
         }
+    }
+}
+
+impl response_cache::Host for InstanceState {
+    fn set_key(&mut self, key: String) {
+        self.cache_directive = Some(if key.len() > MAX_CACHE_KEY {
+            CacheDirective::Bypass
+        } else {
+            CacheDirective::Key(key)
+        });
+    }
+
+    fn bypass(&mut self) {
+        self.cache_directive = Some(CacheDirective::Bypass);
     }
 }
 

@@ -9,7 +9,7 @@ use super::bindings::{
     ResponseBodyAction, ResponseHead,
 };
 use super::engine::{PluginEngine, EPOCH_TICK};
-use super::host_api::{InstanceState, PluginScope};
+use super::host_api::{CacheDirective, InstanceState, PluginScope};
 
 /// Why a plugin call failed, and whether it was the plugin's fault.
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +159,17 @@ impl Instance {
         head: &RequestHead,
     ) -> Result<RequestAction, PluginFault> {
         arm_deadline(&mut self.store, limits.deadline_ms);
+        self.store.data_mut().cache_directive = None;
         let result = self
             .bindings
             .call_on_request(&mut self.store, client, head)
             .await;
         result.map_err(|e| classify(&self.store, e, limits))
+    }
+
+    /// What the last `on-request` asked of the response cache.
+    pub fn take_cache_directive(&mut self) -> Option<CacheDirective> {
+        self.store.data_mut().cache_directive.take()
     }
 
     pub async fn on_response(

@@ -111,22 +111,34 @@ pub(super) struct Pending {
 const CLIENT_CONDITIONALS: [header::HeaderName; 2] =
     [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE];
 
-/// The key of a request: its URL and the route's added parts.
+/// What the cache needs to know of a request besides its head.
+pub(super) struct CacheRequest<'a> {
+    pub scheme: &'a str,
+    pub client_host: Option<&'a HeaderValue>,
+    pub has_body: bool,
+    /// A plugin's key, in place of the route's `key` items.
+    pub plugin_key: Option<&'a str>,
+}
+
+/// The key of a request: its URL and the route's added parts (or a plugin's key).
 fn keys(
     cache: &RouteCache,
     parts: &http::request::Parts,
-    scheme: &str,
-    client_host: Option<&HeaderValue>,
+    request: &CacheRequest<'_>,
 ) -> (String, String) {
     let host = parts
         .headers
         .get(header::HOST)
-        .or(client_host)
+        .or(request.client_host)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let url = key::url_key(scheme, host, target);
-    let extra = key::request_key(String::new(), &cache.key, &parts.headers);
+    let url = key::url_key(request.scheme, host, target);
+    let extra = match request.plugin_key {
+        // Marked apart from the route's parts (which start with `h:` or `c:`).
+        Some(key) => format!("p:{key}"),
+        None => key::request_key(String::new(), &cache.key, &parts.headers),
+    };
     (url, extra)
 }
 
@@ -135,17 +147,15 @@ fn keys(
 pub(super) fn fresh_hit(
     cache: &RouteCache,
     parts: &http::request::Parts,
-    scheme: &str,
-    client_host: Option<&HeaderValue>,
-    has_body: bool,
+    request: &CacheRequest<'_>,
 ) -> Option<Response<ProxyBody>> {
-    if has_body
+    if request.has_body
         || !matches!(parts.method, Method::GET | Method::HEAD)
         || policy::client_wants_origin(&parts.headers, &cache.rules)
     {
         return None;
     }
-    let (url, extra) = keys(cache, parts, scheme, client_host);
+    let (url, extra) = keys(cache, parts, request);
     let Lookup::Found(entry) = cache.zone.lookup(&url, &extra, &parts.headers) else {
         return None;
     };
@@ -164,12 +174,11 @@ pub(super) fn fresh_hit(
 pub(super) async fn lookup(
     cache: &RouteCache,
     parts: &mut http::request::Parts,
-    scheme: &str,
-    client_host: Option<&HeaderValue>,
-    has_body: bool,
+    request: &CacheRequest<'_>,
     background_refresh: bool,
 ) -> Result<CacheLookup, ProxyError> {
-    let (url, extra) = keys(cache, parts, scheme, client_host);
+    let has_body = request.has_body;
+    let (url, extra) = keys(cache, parts, request);
     let counters = &cache.zone.counters;
     let mut pending = Pending {
         zone: cache.zone.clone(),

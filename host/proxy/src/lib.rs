@@ -46,6 +46,7 @@ use sluice_http::server::{ClientConn, Handler, ResponseDone};
 use sluice_plugin::bindings::{ClientCert, ClientInfo, ResponseHead};
 use sluice_plugin::chain::{self, RequestDecision};
 use sluice_plugin::convert;
+use sluice_plugin::host_api::CacheDirective;
 use sluice_plugin::PluginEngine;
 use tunnel::tunnel;
 
@@ -270,6 +271,7 @@ impl Proxy {
         let mut upstream = route.upstream.clone();
         let mut stage = None;
         let mut plugin_hash_key = None;
+        let mut plugin_cache = None;
         if !route.chain.is_empty() {
             let client = client_info(conn, &route.name);
             let head = convert::request_head(&parts);
@@ -290,8 +292,10 @@ impl Proxy {
                     head,
                     upstream: choice,
                     hash_key,
+                    cache,
                 } => {
                     plugin_hash_key = hash_key;
+                    plugin_cache = cache;
                     apply_request_head(&mut parts, head, snapshot.merge_slashes)?;
                     if let Some(name) = choice {
                         upstream = snapshot
@@ -344,25 +348,30 @@ impl Proxy {
         };
 
         let mut pending = None;
-        if let Some(cache) = &route.cache {
+        let route_cache = match (&route.cache, &plugin_cache) {
+            (Some(_), Some(CacheDirective::Bypass)) => None,
+            (cache, _) => cache.as_ref(),
+        };
+        let plugin_key = match plugin_cache {
+            Some(CacheDirective::Key(key)) => Some(key),
+            _ => None,
+        };
+        if let Some(cache) = route_cache {
+            let plugin_key = plugin_key.as_deref();
             let has_body = !matches!(&body, RequestBody::Kept(b) if b.is_empty());
-            if let Some(hit) =
-                cache::fresh_hit(cache, &parts, conn.scheme(), client_host.as_ref(), has_body)
-            {
+            let request = cache::CacheRequest {
+                scheme: conn.scheme(),
+                client_host: client_host.as_ref(),
+                has_body,
+                plugin_key,
+            };
+            if let Some(hit) = cache::fresh_hit(cache, &parts, &request) {
                 return Ok(hit);
             }
             // A background refresh runs no response plugins: only where there are none.
             let background_refresh = !stage.as_ref().is_some_and(|(s, _)| s.has_response_hooks());
-            let lookup = boxed_in_place(|| {
-                cache::lookup(
-                    cache,
-                    &mut parts,
-                    conn.scheme(),
-                    client_host.as_ref(),
-                    has_body,
-                    background_refresh,
-                )
-            });
+            let lookup =
+                boxed_in_place(|| cache::lookup(cache, &mut parts, &request, background_refresh));
             match lookup.await? {
                 cache::CacheLookup::Answer(response) => return Ok(response),
                 cache::CacheLookup::Forward(p) => pending = Some(p),

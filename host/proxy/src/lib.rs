@@ -434,20 +434,23 @@ impl Proxy {
             &mut exchange.upstream,
         )
         .await;
-        let (response, server) = match (forwarded, pending.as_mut()) {
-            (Ok(forwarded), _) => forwarded,
-            (Err(e), Some(pending)) => return pending.on_error(e),
-            (Err(e), None) => return Err(e),
+        let (mut response, server) = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(e) => {
+                return match pending.as_mut() {
+                    Some(pending) => pending.on_error(e),
+                    None => Err(e),
+                }
+            }
         };
-        let response = match pending.as_mut() {
-            Some(pending) => match pending.on_upstream_response(response) {
+        // Moved through the cache's checks only on routes that cache.
+        if let Some(pending) = pending.as_mut() {
+            response = match pending.on_upstream_response(response) {
                 cache::Checked::Answer(answered) => return Ok(answered),
                 cache::Checked::Forward(response) => response,
-            },
-            None => response,
-        };
-
-        let response = match stage {
+            };
+        }
+        let mut response = match stage {
             Some((stage, client)) if stage.has_response_hooks() => {
                 let on_response = boxed_in_place(|| {
                     self.respond_through_chain(stage, &client, response, exchange)
@@ -456,10 +459,9 @@ impl Proxy {
             }
             _ => response,
         };
-        let response = match pending {
-            Some(pending) => pending.finish(response),
-            None => response,
-        };
+        if let Some(pending) = pending {
+            response = pending.finish(response);
+        }
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
             (client_upgrade, response.status())
         {

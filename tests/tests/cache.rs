@@ -81,6 +81,16 @@ impl CountingOrigin {
         CountingOrigin { addr, seen, tasks }
     }
 
+    /// An origin that answers every request with the same fields and body.
+    async fn fixed(headers: &[(&'static str, &'static str)], body: &'static [u8]) -> Self {
+        let headers: Vec<(&'static str, String)> =
+            headers.iter().map(|(n, v)| (*n, v.to_string())).collect();
+        Self::start(Duration::ZERO, move |_, _| {
+            (200, headers.clone(), Bytes::from_static(body))
+        })
+        .await
+    }
+
     /// Requests that reached the origin for `path`.
     fn count(&self, path: &str) -> usize {
         self.seen
@@ -367,17 +377,8 @@ async fn stale_if_error_serves_the_stored_response_when_the_origin_fails() {
     assert_eq!(stale.text(), "version 1");
     assert!(status_of(&stale).ends_with("detail=stale-if-error"));
     // Without stale-if-error the failure is the client's answer.
-    let strict = CountingOrigin::start(Duration::ZERO, |_, _| {
-        (
-            200,
-            vec![
-                ("cache-control", "max-age=100".into()),
-                ("age", "100".into()),
-            ],
-            Bytes::from_static(b"x"),
-        )
-    })
-    .await;
+    let strict =
+        CountingOrigin::fixed(&[("cache-control", "max-age=100"), ("age", "100")], b"x").await;
     let (_site2, running2) = proxy(&strict, "max_mib = 16", "", "").await;
     get(&client, running2.addr, "/p", &[]).await;
     strict.stop();
@@ -455,16 +456,10 @@ async fn vary_keeps_variants_apart_and_hosts_never_share() {
 
 #[tokio::test]
 async fn head_and_ranges_are_answered_from_a_stored_get() {
-    let origin = CountingOrigin::start(Duration::ZERO, |_, _| {
-        (
-            200,
-            vec![
-                ("cache-control", "max-age=60".into()),
-                ("etag", "\"e\"".into()),
-            ],
-            Bytes::from_static(b"0123456789"),
-        )
-    })
+    let origin = CountingOrigin::fixed(
+        &[("cache-control", "max-age=60"), ("etag", "\"e\"")],
+        b"0123456789",
+    )
     .await;
     let (_site, running) = proxy(&origin, "max_mib = 16", "", "").await;
     let client = h1_client();

@@ -66,6 +66,20 @@ pub struct Freshness {
     pub no_cache: bool,
 }
 
+impl Freshness {
+    /// Fresh for `lifetime`, then never served stale: for tests.
+    #[cfg(test)]
+    pub(crate) fn lasting(lifetime: Duration) -> Freshness {
+        Freshness {
+            lifetime,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            no_cache: false,
+        }
+    }
+}
+
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
 fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(

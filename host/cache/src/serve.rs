@@ -287,13 +287,7 @@ mod tests {
             Bytes::from_static(b"0123456789"),
             Vec::new(),
             (now, now),
-            Freshness {
-                lifetime: Duration::from_secs(60),
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                must_revalidate: false,
-                no_cache: false,
-            },
+            Freshness::lasting(Duration::from_secs(60)),
         )
     }
 
